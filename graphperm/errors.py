@@ -8,10 +8,10 @@ that escapes is a bug in graphperm.
 Example:
     >>> from graphperm.errors import PolicyError
     >>> try:
-    ...     raise PolicyError("policy.yaml: align[0].kind: 'atn' is not a group kind (did you mean 'attn'?)")
+    ...     raise PolicyError("p.yaml: align[0].kind: 'atn' is not a kind (did you mean 'attn'?)")
     ... except GraphpermError as err:
     ...     print(err)
-    policy.yaml: align[0].kind: 'atn' is not a group kind (did you mean 'attn'?)
+    p.yaml: align[0].kind: 'atn' is not a kind (did you mean 'attn'?)
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from __future__ import annotations
 __all__ = [
     "CalibrationError",
     "GraphpermError",
-    "ModelLoadError",
     "MismatchError",
+    "ModelLoadError",
     "OutputExistsError",
     "PolicyError",
     "TraceError",

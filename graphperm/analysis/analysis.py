@@ -1,0 +1,129 @@
+"""The analysis of one traced model: coupling, groups, sites, fixed axes and warnings.
+
+Example:
+    >>> from graphperm.trace import load_model, trace
+    >>> a = analyse(trace(load_model("builtin:hubert-tiny")))
+    >>> a.group("encoder.layers.0.attention").structure
+    '4 heads × (qk 16, vo 16)'
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import time
+from dataclasses import dataclass, field
+
+from graphperm.analysis.coupling import Coupling, couple
+from graphperm.analysis.groups import FixedAxis, PermutationGroup, build_groups
+from graphperm.analysis.sites import find_sites
+from graphperm.errors import PolicyError
+from graphperm.trace.export import Traced
+
+__all__ = ["Analysis", "analyse"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Analysis:
+    """Everything graphperm knows about how a model's units may be permuted."""
+
+    traced: Traced
+    coupling: Coupling
+    groups: list[PermutationGroup]
+    fixed: list[FixedAxis]
+    deps: dict[int, int]  # inner leaf class -> outer leaf class its permutation is indexed by
+    warnings: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def group(self, name: str) -> PermutationGroup:
+        """The group called ``name``; a :class:`PolicyError` with suggestions if there is none."""
+        for g in self.groups:
+            if g.name == name:
+                return g
+        close = difflib.get_close_matches(name, [g.name for g in self.groups], n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise PolicyError(f"no group named '{name}'{hint}; `graphperm trace` lists them")
+
+    def counts(self) -> dict[str, int]:
+        """Number of groups per kind."""
+        out: dict[str, int] = {}
+        for g in self.groups:
+            out[g.kind] = out.get(g.kind, 0) + 1
+        return out
+
+    def to_dict(self) -> dict:
+        """A JSON-ready description (what ``graphperm trace --json`` prints)."""
+        return {
+            "model": self.traced.loaded.source,
+            "class": type(self.traced.loaded.module).__name__,
+            "inputs": {k: list(v.shape) for k, v in self.traced.inputs.items()},
+            "groups": [
+                {
+                    "name": g.name,
+                    "kind": g.kind,
+                    "size": g.size,
+                    **({"heads": g.heads} if g.heads else {}),
+                    "structure": g.structure,
+                    "parts": [
+                        {"name": p.name, "size": p.size, **({"per": p.outer} if p.outer else {})}
+                        for p in g.parts
+                    ],
+                    "tensors": [f"{k}:{d}" for k, d in g.tensors],
+                    "sites": [
+                        {
+                            "value": s.key,
+                            "dim": s.dim,
+                            "module": s.module,
+                            "role": s.role,
+                            **({"part": s.part} if s.part else {}),
+                        }
+                        for s in g.sites
+                    ],
+                }
+                for g in self.groups
+            ],
+            "counts": self.counts(),
+            "fixed": [
+                {"tensor": f.key, "dim": f.dim, "size": f.size, "reasons": list(f.reasons)}
+                for f in self.fixed
+            ],
+            "warnings": self.warnings,
+            "seconds": {"trace": round(self.traced.seconds, 3), "analysis": round(self.seconds, 3)},
+        }
+
+
+def analyse(traced: Traced) -> Analysis:
+    """Find the permutation groups of a traced model."""
+    start = time.perf_counter()
+    coupling = couple(traced.program)
+    groups, fixed, deps = build_groups(coupling)
+    groups = [find_sites(coupling, g) for g in groups]
+    warnings = _warnings(coupling, traced, fixed)
+    for w in warnings:
+        log.warning("%s", w)
+    seconds = time.perf_counter() - start
+    log.info("analysed %d groups in %.2f s", len(groups), seconds)
+    return Analysis(traced, coupling, groups, fixed, deps, warnings, seconds)
+
+
+def _warnings(coupling: Coupling, traced: Traced, fixed: list[FixedAxis]) -> list[str]:
+    out = []
+    # ops without a rule that fixed an axis of a saved tensor
+    costly = {r for f in fixed for r in f.reasons if r.startswith("no rule for ")}
+    for op, nodes in sorted(coupling.unknown.items()):
+        if f"no rule for {op}" not in costly:
+            continue
+        modules = sorted({coupling.module_of.get(n, "") or "<root>" for n in nodes})
+        out.append(
+            f"no rule for {op} (in {', '.join(modules[:3])}{' ...' if len(modules) > 3 else ''}): "
+            "the axes it touches stay fixed; add a rule in graphperm/analysis/rules/"
+        )
+    for node, why in sorted(coupling.failed.items()):
+        out.append(f"the rule for node {node} failed ({why}); its axes stay fixed")
+    seen = set(coupling.state.values())
+    unused = coupling.unused + [k for k in traced.loaded.module.state_dict() if k not in seen]
+    for key in unused:
+        out.append(f"'{key}' is not used by the traced forward pass; it is left unpermuted")
+    return out

@@ -1,0 +1,119 @@
+"""Contractions: linear layers, matrix products, einsum.
+
+Tags used downstream: ``linear_in``/``linear_out`` on the feature axes a weight consumes and
+produces (they mark where activation sites are), and, for a product of two activations,
+``heads`` on batch dims, ``qk`` on the contracted dim and ``vo`` on the right operand's free dim
+(what eager attention's ``q @ k.T`` and ``p @ v`` look like).
+"""
+
+from __future__ import annotations
+
+from graphperm.analysis.context import Axis, RuleContext, TensorArg
+from graphperm.analysis.rules import register
+
+
+@register("aten.linear")
+def linear(ctx: RuleContext) -> None:
+    """``y = x @ W.T + b`` with ``W`` of shape (out, in)."""
+    x, w, b, out = ctx.arg(0), ctx.arg(1), ctx.arg(2, "bias"), ctx.out
+    ctx.tie(x[-1], w[1], tag="linear_in")
+    ctx.tie(out[-1], w[0], tag="linear_out")
+    if b is not None:
+        ctx.tie(b[-1], w[0])
+    for d in range(x.ndim - 1):
+        ctx.tie(x[d], out[d])
+
+
+@register("aten.addmm")
+def addmm(ctx: RuleContext) -> None:
+    """``y = bias + x @ W`` with ``W`` of shape (in, out)."""
+    bias, x, w, out = ctx.arg(0), ctx.arg(1), ctx.arg(2), ctx.out
+    _matmul(ctx, x, w, out)
+    ctx.elementwise([bias], out)
+
+
+@register("aten.mm", "aten.matmul", "aten.bmm")
+def matmul(ctx: RuleContext) -> None:
+    _matmul(ctx, ctx.arg(0), ctx.arg(1), ctx.out)
+
+
+@register("aten.baddbmm", "aten.addbmm")
+def baddbmm(ctx: RuleContext) -> None:
+    """``bias + a @ b`` (batched)."""
+    bias, a, b, out = ctx.arg(0), ctx.arg(1), ctx.arg(2), ctx.out
+    if ctx.op.startswith("aten.addbmm"):  # sums over the batch: the batch dim is reduced
+        ctx.tie(a[0], b[0])
+        _matmul(ctx, a, b, out, summed_batch=True)
+    else:
+        _matmul(ctx, a, b, out)
+    ctx.elementwise([bias], out)
+
+
+def _matmul(
+    ctx: RuleContext, a: TensorArg, b: TensorArg, out: TensorArg, summed_batch: bool = False
+) -> None:
+    """torch.matmul semantics, including 1-D operands and broadcast batch dims."""
+    a_axes, b_axes = a.axes(), b.axes()
+    if summed_batch:  # addbmm: the batch of products is summed away
+        a_axes, b_axes = a_axes[1:], b_axes[1:]
+    o_axes = out.axes()
+    a_vec, b_vec = len(a_axes) == 1, len(b_axes) == 1
+    ka, kb = a_axes[-1], (b_axes[0] if b_vec else b_axes[-2])
+    one_param = a.is_param != b.is_param
+    ctx.tie(ka, kb, tag=None if one_param else "qk")
+    o = list(o_axes)
+    if not b_vec:
+        n_out = o.pop()
+        ctx.tie(b_axes[-1], n_out, tag=None if one_param else "vo")
+        if one_param:
+            ctx.tag(n_out, "linear_out")
+    if not a_vec:
+        ctx.tie(a_axes[-2], o.pop())
+    if one_param:
+        ctx.tag(ka if b.is_param else kb, "linear_in")
+    # broadcast batch dims, aligned from the right
+    a_batch = a_axes[:-2] if not a_vec else []
+    b_batch = b_axes[:-2] if not b_vec else []
+    for i, ob in enumerate(reversed(o)):
+        for batch in (a_batch, b_batch):
+            if i < len(batch):
+                src = batch[-1 - i]
+                if src.size == ob.size:
+                    ctx.tie(src, ob, tag=None if one_param or ob.size == 1 else "heads")
+                else:
+                    ctx.free(src)
+
+
+@register("aten.einsum")
+def einsum(ctx: RuleContext) -> None:
+    """Every letter ties its axes across operands and output; a repeated letter is a diagonal."""
+    equation = ctx.raw(0).replace(" ", "")
+    operands = ctx.tensors(1)
+    lhs, _, rhs = equation.partition("->")
+    terms = lhs.split(",")
+    if not rhs and "->" not in equation:
+        rhs = "".join(sorted(c for c in set(lhs) if c.isalpha() and lhs.count(c) == 1))
+    by_letter: dict[str, list[Axis]] = {}
+    for term, t in [*zip(terms, operands), (rhs, ctx.out)]:
+        letters = _expand_ellipsis(term, t.ndim)
+        for letter, d in zip(letters, range(t.ndim)):
+            by_letter.setdefault(letter, []).append(t[d])
+        for letter in set(letters):
+            if letters.count(letter) > 1:
+                ctx.block(
+                    *(t[d] for d, c in enumerate(letters) if c == letter),
+                    reason="einsum takes a diagonal along it",
+                )
+    for axes in by_letter.values():
+        sized = [a for a in axes if a.size > 1]
+        for a in sized[1:]:
+            ctx.tie(sized[0], a)
+        ctx.free(*(a for a in axes if a.size == 1))
+
+
+def _expand_ellipsis(term: str, ndim: int) -> list[str]:
+    if "..." not in term:
+        return list(term)
+    head, tail = term.split("...")
+    n = ndim - len(head) - len(tail)
+    return [*head, *(f"...{i}" for i in range(n)), *tail]

@@ -1,0 +1,87 @@
+"""Pointwise ops: unary maps, broadcasting binary/ternary maps, dtype and copy ops."""
+
+from __future__ import annotations
+
+from graphperm.analysis.context import RuleContext
+from graphperm.analysis.rules import register
+
+#: Elementwise nonlinearities: where a ``pre`` activation site ends and ``post`` begins.
+NONLINEAR = frozenset(
+    f"aten.{n}"
+    for n in """gelu relu relu6 silu elu selu celu leaky_relu hardtanh tanh sigmoid softplus mish
+hardswish hardsigmoid log_sigmoid prelu glu""".split()
+)
+
+_UNARY = """abs neg exp exp2 expm1 log log1p log2 log10 sqrt rsqrt sin cos tan asin acos atan sinh
+cosh erf erfc erfinv reciprocal sign sgn square floor ceil round trunc frac logical_not
+bitwise_not isnan isinf isfinite nan_to_num clamp clamp_min clamp_max clip gelu relu
+relu6 silu elu selu celu leaky_relu hardtanh tanh sigmoid softplus mish hardswish
+hardsigmoid log_sigmoid logit dropout alpha_dropout feature_dropout
+feature_alpha_dropout native_dropout contiguous clone detach alias lift_fresh_copy
+_to_copy to positive fill zero relu_ gelu_ silu_ tanh_ sigmoid_ clamp_ dropout_ fill_
+zero_ mul_ div_ abs_ neg_ exp_""".split()
+
+_BROADCAST = """add sub rsub mul div true_divide floor_divide remainder fmod pow maximum minimum
+fmax fmin eq ne lt le gt ge logical_and logical_or logical_xor bitwise_and bitwise_or
+bitwise_xor atan2 copysign hypot where masked_fill addcmul addcdiv lerp xlogy add_ sub_
+masked_fill_""".split()
+
+
+def _first_tensor_like(ctx: RuleContext) -> None:
+    """Output is arg 0 mapped elementwise; any other tensor argument only gives dtype/device,
+    or a scalar parameter (pow's exponent, clamp's bounds) broadcast over the input."""
+    x = ctx.arg(0, "self") or ctx.arg(0, "input")
+    if x is None:
+        return
+    others = [t for t in ctx.inputs if t.key != x.key]
+    if others and all(t.shape == () or t.ndim == 0 for t in others):
+        others = []
+    if others:
+        ctx.elementwise([x, *others], ctx.out)
+    elif x.shape == ctx.out.shape:
+        ctx.same(x, ctx.out)
+    else:
+        ctx.elementwise([x], ctx.out)
+    if len(ctx.outputs) > 1:  # native_dropout returns (out, mask)
+        for extra in ctx.outputs[1:]:
+            if extra.shape == x.shape:
+                ctx.same(x, extra)
+
+
+register(*(f"aten.{n}" for n in _UNARY))(_first_tensor_like)
+
+
+@register("aten.type_as", "aten.to.other", "aten.view_as", "aten.reshape_as")
+def like_other(ctx: RuleContext) -> None:
+    """``x.type_as(y)``: y lends only its dtype (view_as/reshape_as are handled by view rules)."""
+    x, y = ctx.arg(0), ctx.arg(1)
+    if ctx.op in ("aten.view_as.default", "aten.reshape_as.default"):
+        from graphperm.analysis.rules.view import view_axes
+
+        view_axes(ctx, x, ctx.out)
+    else:
+        ctx.same(x, ctx.out)
+    if y is not None:
+        ctx.reduce(*y.axes())
+
+
+@register(*(f"aten.{n}" for n in _BROADCAST))
+def broadcast(ctx: RuleContext) -> None:
+    """Broadcasting map of several tensors; an ``add`` of two activations is a skip connection."""
+    tensors = [t for t in ctx.inputs if t.ndim > 0]
+    ctx.elementwise(tensors, ctx.out)
+    if ctx.op.startswith("aten.add") and _is_skip(ctx, tensors):
+        for d in range(ctx.out.ndim):
+            ctx.tag(ctx.out[d], "skip")
+
+
+def _is_skip(ctx: RuleContext, tensors: list) -> bool:
+    acts = [t for t in tensors if not t.is_param and not t.is_constant and t.shape == ctx.out.shape]
+    return len(acts) >= 2
+
+
+@register("aten._assert_tensor_metadata", "aten._assert_async", "aten._functional_assert_async")
+def assertion(ctx: RuleContext) -> None:
+    """Runtime checks of metadata: indifferent to permutations."""
+    for t in ctx.inputs:
+        ctx.reduce(*t.axes())

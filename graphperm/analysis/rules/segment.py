@@ -1,0 +1,193 @@
+"""Ops that cut, join, index or pad along an axis.
+
+Joining along a channel axis (cat) or cutting it (chunk, split) makes it a concatenation of
+segments: each segment may be permuted inside, never across. Taking part of an axis (a slice, an
+index, padding) is not equivariant along it, so that axis is blocked. Lookups (embedding, gather)
+block the looked-up axis and pass the others through.
+"""
+
+from __future__ import annotations
+
+from graphperm.analysis.context import RuleContext, TensorArg
+from graphperm.analysis.rules import register
+
+_INT_MAX = 2**62
+
+
+@register("getitem")
+def getitem(ctx: RuleContext) -> None:
+    """``operator.getitem`` on a multi-output node: the element is the output."""
+    element = ctx.builder.element(ctx.raw(0), int(ctx.raw(1)))
+    if element is not None and ctx.outputs:
+        ctx.same(element, ctx.out)
+
+
+@register("aten.cat", "aten.concat", "aten.concatenate")
+def cat(ctx: RuleContext) -> None:
+    tensors = [t for t in ctx.tensors(0) if t.ndim == ctx.out.ndim]
+    out = ctx.out
+    dim = int(ctx.raw(1, "dim", 0)) % out.ndim
+    for t in tensors:
+        for d in range(out.ndim):
+            if d != dim:
+                ctx.tie(t[d], out[d])
+    ctx.concat(out[dim], [t[dim] for t in tensors])
+    for t in ctx.tensors(0):  # legacy empty (0,) tensors contribute nothing
+        if t.ndim != out.ndim:
+            ctx.free(*t.axes())
+
+
+@register(
+    "aten.split",
+    "aten.split_with_sizes",
+    "aten.chunk",
+    "aten.tensor_split",
+    "aten.unsafe_split",
+    "aten.unsafe_chunk",
+    "aten.split_copy",
+)
+def split(ctx: RuleContext) -> None:
+    x = ctx.arg(0)
+    dim = int(ctx.raw(2, "dim", 0)) % x.ndim
+    for out in ctx.outputs:
+        for d in range(x.ndim):
+            if d != dim:
+                ctx.tie(x[d], out[d])
+    ctx.concat(x[dim], [out[dim] for out in ctx.outputs])
+
+
+@register("aten.unbind", "aten.stack", "aten.hstack", "aten.vstack")
+def unbind_stack(ctx: RuleContext) -> None:
+    """A new axis indexes separate tensors: it is blocked, the others pass through."""
+    if ctx.op.startswith("aten.unbind"):
+        x, parts = ctx.arg(0), ctx.outputs
+        dim = int(ctx.raw(1, "dim", 0)) % x.ndim
+    else:
+        x, parts = ctx.out, ctx.tensors(0)
+        dim = int(ctx.raw(1, "dim", 0)) % x.ndim
+    if ctx.op.startswith(("aten.hstack", "aten.vstack")):
+        for t in (x, *parts):
+            ctx.block(*t.axes(), reason=f"{ctx.op} is not handled axis by axis")
+        return
+    ctx.block(x[dim], reason=f"{ctx.op} indexes separate tensors along it")
+    for p in parts:
+        for d, xd in enumerate(i for i in range(x.ndim) if i != dim):
+            ctx.tie(p[d], x[xd])
+
+
+@register("aten.slice", "aten.narrow", "aten.slice_copy")
+def slice_(ctx: RuleContext) -> None:
+    x, out = ctx.arg(0), ctx.out
+    dim = int(ctx.raw(1, "dim", 0)) % x.ndim
+    for d in range(x.ndim):
+        if d != dim or x.shape[d] == out.shape[d]:
+            ctx.tie(x[d], out[d])
+        else:
+            ctx.block(x[d], out[d], reason=f"{ctx.op} takes part of it")
+
+
+@register("aten.select", "aten.select_copy")
+def select(ctx: RuleContext) -> None:
+    x, out = ctx.arg(0), ctx.out
+    dim = int(ctx.raw(1)) % x.ndim
+    ctx.block(x[dim], reason=f"{ctx.op} picks one position of it")
+    for i, d in enumerate(d for d in range(x.ndim) if d != dim):
+        ctx.tie(x[d], out[i])
+
+
+@register(
+    "aten.constant_pad_nd",
+    "aten.pad",
+    "aten.reflection_pad1d",
+    "aten.reflection_pad2d",
+    "aten.replication_pad1d",
+    "aten.replication_pad2d",
+)
+def pad(ctx: RuleContext) -> None:
+    x, out = ctx.arg(0), ctx.out
+    widths = list(ctx.raw(1))
+    padded = {x.ndim - 1 - i // 2 for i, w in enumerate(widths) if w != 0}
+    for d in range(x.ndim):
+        if d in padded:
+            ctx.block(x[d], out[d], reason=f"{ctx.op} pads it")
+        else:
+            ctx.tie(x[d], out[d])
+
+
+@register("aten.embedding")
+def embedding(ctx: RuleContext) -> None:
+    """``W[idx]``: the vocabulary axis is looked up, the feature axis is produced."""
+    w, idx, out = ctx.arg(0), ctx.arg(1), ctx.out
+    ctx.block(w[0], reason="embedding rows are looked up by index")
+    ctx.tie(out[-1], w[1], tag="linear_out")
+    for d in range(idx.ndim):
+        ctx.tie(idx[d], out[d])
+
+
+@register("aten.index_select")
+def index_select(ctx: RuleContext) -> None:
+    x, idx, out = ctx.arg(0), ctx.arg(2), ctx.out
+    dim = int(ctx.raw(1)) % x.ndim
+    ctx.block(x[dim], reason="index_select looks positions up along it")
+    ctx.tie(idx[0], out[dim])
+    for d in range(x.ndim):
+        if d != dim:
+            ctx.tie(x[d], out[d])
+
+
+@register("aten.gather")
+def gather(ctx: RuleContext) -> None:
+    """``out[..i..] = x[..idx[..i..]..]`` along ``dim``; the index has the output's shape."""
+    x, idx, out = ctx.arg(0), ctx.arg(2), ctx.out
+    dim = int(ctx.raw(1)) % x.ndim
+    ctx.block(x[dim], reason="gather looks positions up along it")
+    ctx.same(idx, out)
+    for d in range(x.ndim):
+        if d != dim:
+            if x.shape[d] == out.shape[d]:
+                ctx.tie(x[d], out[d])
+            else:
+                ctx.block(x[d], reason="gather reads only part of it")
+
+
+@register("aten.index")
+def index(ctx: RuleContext) -> None:
+    """``x[i0, i1, ...]`` with index tensors on the leading dims; trailing dims pass through."""
+    x, out = ctx.arg(0), ctx.out
+    indices = list(ctx.raw(1))
+    lead = len(indices)
+    idx = [ctx.builder.tensor(i) if i is not None else None for i in indices]
+    if any(i is None for i in idx):  # index tensors after a full slice: not handled axis-wise
+        for t in (x, out, *(i for i in idx if i)):
+            ctx.block(*t.axes(), reason="advanced indexing after a slice")
+        return
+    ctx.block(*(x[d] for d in range(lead)), reason="it is indexed by a tensor of positions")
+    n_idx = out.ndim - (x.ndim - lead)
+    for t in idx:
+        _tie_broadcast(ctx, t, out, n_idx)
+    for d in range(lead, x.ndim):
+        ctx.tie(x[d], out[n_idx + d - lead])
+
+
+def _tie_broadcast(ctx: RuleContext, t: TensorArg, out: TensorArg, n: int) -> None:
+    """Tie ``t``'s dims to the first ``n`` dims of ``out``, aligned from the right."""
+    for i in range(1, t.ndim + 1):
+        a, o = t[-i], out[n - i]
+        if a.size == o.size:
+            ctx.tie(a, o)
+        else:
+            ctx.free(a)
+
+
+@register("aten.repeat")
+def repeat(ctx: RuleContext) -> None:
+    """Repeating along an axis lays copies end to end: blocked where the repeat count is > 1."""
+    x, out = ctx.arg(0), ctx.out
+    reps = list(ctx.raw(1))
+    offset = out.ndim - x.ndim
+    ctx.block(*(out[d] for d in range(offset)), reason="repeat adds it")
+    for d in range(x.ndim):
+        if reps[offset + d] == 1:
+            ctx.tie(x[d], out[offset + d])
+        else:
+            ctx.block(x[d], out[offset + d], reason="repeat tiles it")

@@ -1,0 +1,149 @@
+"""Turn part permutations into gathers on concrete tensors (weights, activations, outputs).
+
+An axis's class may be a leaf (one part's permutation), a product (blocks: the flat index is
+split into digits, each digit is permuted by its factor's permutation, possibly chosen by the
+outer digit's new value), or a concatenation (each segment permuted on its own). When an inner
+part's permutation depends on an outer part that lives on another axis of the same tensor (a
+grouped convolution's weight), the gather indexes both axes at once.
+
+Example:
+    >>> from graphperm.trace import load_model, trace        # doctest: +SKIP
+    >>> from graphperm.analysis import analyse                # doctest: +SKIP
+    >>> a = analyse(trace(load_model("builtin:hubert-tiny")))  # doctest: +SKIP
+    >>> ix = Indexer(a)                                      # doctest: +SKIP
+    >>> ix.shapes()["encoder.layers.0.feed_forward"]         # doctest: +SKIP
+    {'channels': (128,)}
+"""
+
+from __future__ import annotations
+
+import torch
+
+from graphperm.analysis.analysis import Analysis
+from graphperm.analysis.classes import Concat, Product
+from graphperm.apply.permutation import Permutation
+
+__all__ = ["Indexer"]
+
+
+class Indexer:
+    """Applies a :class:`Permutation` to any value of an analysed model."""
+
+    def __init__(self, analysis: Analysis) -> None:
+        self.analysis = analysis
+        self.table = analysis.coupling.table
+        self.deps = analysis.deps
+        self._part_of: dict[int, tuple[str, str]] = {}
+        for g in analysis.groups:
+            for p in g.parts:
+                self._part_of[self.table.find(p.cls)] = (g.name, p.name)
+
+    def shapes(self) -> dict[str, dict[str, tuple[int, ...]]]:
+        """Expected shape of every part's permutation tensor."""
+        out: dict[str, dict[str, tuple[int, ...]]] = {}
+        for g in self.analysis.groups:
+            sizes = {p.name: p.size for p in g.parts}
+            out[g.name] = {
+                p.name: ((sizes[p.outer], p.size) if p.outer else (p.size,)) for p in g.parts
+            }
+        return out
+
+    # ------------------------------------------------------------------ apply
+    def permute_value(self, key: str, tensor: torch.Tensor, perm: Permutation) -> torch.Tensor:
+        """Permute graph value ``key`` (a placeholder or activation) held in ``tensor``."""
+        return self.permute(tensor, self.analysis.coupling.classes(key), perm)
+
+    def permute(self, tensor: torch.Tensor, classes: list[int], perm: Permutation) -> torch.Tensor:
+        """Gather ``tensor`` whose dim ``d`` has axis class ``classes[d]``."""
+        if tensor.ndim != len(classes):
+            raise ValueError(f"tensor has {tensor.ndim} dims, classes given for {len(classes)}")
+        ndim = tensor.ndim
+        news = [self._arange(n, d, ndim, tensor.device) for d, n in enumerate(tensor.shape)]
+        env: dict[int, torch.Tensor] = {}
+        for c, idx in zip(classes, news):
+            self._digits(c, idx, env)
+        olds = [self._old(c, idx, env, perm) for c, idx in zip(classes, news)]
+        if all(o is None for o in olds):
+            return tensor
+        if all(o is None or o.numel() == o.shape[d] for d, o in enumerate(olds)):
+            out = tensor
+            for d, o in enumerate(olds):
+                if o is not None:
+                    out = out.index_select(d, o.reshape(-1))
+            return out
+        full = [news[d] if o is None else o for d, o in enumerate(olds)]
+        return tensor[tuple(torch.broadcast_tensors(*full))]
+
+    @staticmethod
+    def _arange(n: int, d: int, ndim: int, device: torch.device) -> torch.Tensor:
+        shape = [1] * ndim
+        shape[d] = n
+        return torch.arange(n, device=device).reshape(shape)
+
+    def _digits(self, c: int, idx: torch.Tensor, env: dict[int, torch.Tensor]) -> None:
+        """Record the new index of every leaf reachable through products of ``c``."""
+        c = self.table.find(c)
+        d = self.table.decomp(c)
+        if d is None:
+            env.setdefault(c, idx)
+        elif isinstance(d, Product):
+            for f, digit in zip(d.factors, self._split(d.factors, idx)):
+                self._digits(f, digit, env)
+
+    def _split(self, factors: tuple[int, ...], idx: torch.Tensor) -> list[torch.Tensor]:
+        sizes = [self.table.size(f) for f in factors]
+        digits = []
+        stride = 1
+        for s in reversed(sizes):
+            digits.append((idx // stride) % s)
+            stride *= s
+        return digits[::-1]
+
+    def _old(
+        self, c: int, idx: torch.Tensor, env: dict[int, torch.Tensor], perm: Permutation
+    ) -> torch.Tensor | None:
+        """Old index for each new index ``idx`` along an axis of class ``c`` (None: identity)."""
+        c = self.table.find(c)
+        d = self.table.decomp(c)
+        if d is None:
+            return self._leaf(c, idx, env, perm)
+        if isinstance(d, Product):
+            digits = self._split(d.factors, idx)
+            local = dict(env)
+            for f, digit in zip(d.factors, digits):
+                if self.table.decomp(f) is None:
+                    local[self.table.find(f)] = digit
+            olds = [self._old(f, g, local, perm) for f, g in zip(d.factors, digits)]
+            if all(o is None for o in olds):
+                return None
+            out = torch.zeros((), dtype=torch.long, device=idx.device)
+            for f, g, o in zip(d.factors, digits, olds):
+                out = out * self.table.size(f) + (g if o is None else o)
+            return out
+        assert isinstance(d, Concat)
+        out, offset, moved = idx, 0, False
+        for s in d.segments:
+            n = self.table.size(s)
+            local_idx = (idx - offset).clamp(0, n - 1)
+            o = self._old(s, local_idx, env, perm)
+            if o is not None:
+                inside = (idx >= offset) & (idx < offset + n)
+                out = torch.where(inside, o + offset, out)
+                moved = True
+            offset += n
+        return out if moved else None
+
+    def _leaf(
+        self, c: int, idx: torch.Tensor, env: dict[int, torch.Tensor], perm: Permutation
+    ) -> torch.Tensor | None:
+        where = self._part_of.get(c)
+        p = perm.get(*where) if where else None
+        if p is None:
+            return None
+        p = p.to(idx.device)
+        if p.ndim == 1:
+            return p[idx]
+        outer = env.get(self.deps[c])
+        if outer is None:
+            raise RuntimeError(f"part {where} depends on a part this tensor does not hold")
+        return p[outer, idx]

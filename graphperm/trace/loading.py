@@ -1,0 +1,147 @@
+"""Load a model to align: a local folder, a hub id, or a built-in config.
+
+For encoder–decoder models (Whisper) the encoder is the module graphperm works on; the whole
+model is kept so that a merged encoder can be saved back in place.
+
+Example:
+    >>> m = load_model("builtin:hubert-tiny")
+    >>> m.prefix, type(m.module).__name__
+    ('', 'HubertModel')
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import transformers as tf
+from torch import nn
+
+from graphperm.errors import ModelLoadError
+from graphperm.trace.builtin import BUILTINS, builtin_config
+
+__all__ = ["LoadedModel", "load_model"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LoadedModel:
+    """A model as loaded, and the module inside it that graphperm traces and permutes."""
+
+    model: nn.Module  # what save_pretrained saves
+    module: nn.Module  # the traced module: the model itself, or its encoder
+    prefix: str  # state_dict prefix of ``module`` inside ``model`` ("" or "encoder.")
+    source: str  # what the user passed
+
+    @property
+    def config(self) -> tf.PretrainedConfig:
+        return self.model.config
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The traced module's state (keys relative to it)."""
+        return self.module.state_dict()
+
+
+def load_model(
+    spec: str | Path | nn.Module,
+    *,
+    random_init: bool = False,
+    seed: int = 0,
+    trust_remote_code: bool = False,
+) -> LoadedModel:
+    """Load ``spec``: a folder saved with ``save_pretrained``, a hub id, ``builtin:NAME``, or a
+    module. ``random_init`` builds the model from its config alone, with seeded random weights.
+
+    Raises :class:`~graphperm.errors.ModelLoadError` with a one-line fix for anything else.
+    """
+    if isinstance(spec, nn.Module):
+        return _wrap(spec.eval(), type(spec).__name__)
+    text = str(spec)
+    if text.startswith("builtin:"):
+        name = text.removeprefix("builtin:")
+        if name not in BUILTINS:
+            raise ModelLoadError(
+                f"'{text}' is not a built-in model; choose one of: "
+                + ", ".join(f"builtin:{n}" for n in BUILTINS)
+            )
+        return _wrap(_from_config(builtin_config(name), seed), text)
+    path = Path(text).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise ModelLoadError(
+                f"'{text}' is not a model: no config.json in it; pass a folder written by "
+                "save_pretrained, a hub id, or builtin:NAME (see `graphperm trace --help`)"
+            )
+        has_weights = any(path.glob("*.safetensors")) or any(path.glob("*.bin"))
+        if random_init or not has_weights:
+            if not random_init:
+                raise ModelLoadError(
+                    f"'{text}' has a config.json but no weights (*.safetensors, *.bin); "
+                    "pass --random-init to build the model from its config with random weights"
+                )
+            config = _config(text, trust_remote_code)
+            return _wrap(_from_config(config, seed), text)
+        return _wrap(_pretrained(text, trust_remote_code), text)
+    if "/" in text.strip("/") and not text.startswith((".", "/", "~")) and text.count("/") == 1:
+        if random_init:
+            return _wrap(_from_config(_config(text, trust_remote_code), seed), text)
+        return _wrap(_pretrained(text, trust_remote_code), text)
+    raise ModelLoadError(
+        f"'{text}' is not a model: no such folder, and not a hub id (org/name) or builtin:NAME; "
+        "check the path"
+    )
+
+
+def _config(source: str, trust_remote_code: bool) -> tf.PretrainedConfig:
+    try:
+        return tf.AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
+    except Exception as err:
+        raise ModelLoadError(f"cannot read the config of '{source}': {_first_line(err)}") from err
+
+
+def _pretrained(source: str, trust_remote_code: bool) -> nn.Module:
+    config = _config(source, trust_remote_code)
+    try:
+        model = tf.AutoModel.from_pretrained(
+            source, trust_remote_code=trust_remote_code, dtype=torch.float32
+        )
+    except Exception as err:
+        hint = ""
+        if "trust_remote_code" in str(err) or config.model_type.lower().startswith("mert"):
+            hint = (
+                "; MERT checkpoints load as HuBERT with `graphperm.mert.load_mert_as_hubert` "
+                "(or pass --trust-remote-code if you trust the checkpoint's code)"
+            )
+        raise ModelLoadError(f"cannot load '{source}': {_first_line(err)}{hint}") from err
+    return model.eval()
+
+
+def _from_config(config: tf.PretrainedConfig, seed: int) -> nn.Module:
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        try:
+            model = tf.AutoModel.from_config(config)
+        except Exception as err:
+            raise ModelLoadError(
+                f"cannot build a {type(config).__name__} model: {_first_line(err)}"
+            ) from err
+    return model.eval()
+
+
+def _wrap(model: nn.Module, source: str) -> LoadedModel:
+    config = getattr(model, "config", None)
+    module, prefix = model, ""
+    if config is not None and getattr(config, "is_encoder_decoder", False):
+        encoder = model.get_encoder()
+        prefix = next(n for n, m in model.named_modules() if m is encoder) + "."
+        module = encoder
+        log.info("%s is an encoder-decoder model: working on its encoder (%s)", source, prefix)
+    return LoadedModel(model=model.eval(), module=module.eval(), prefix=prefix, source=source)
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0] if text else type(err).__name__

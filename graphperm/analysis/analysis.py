@@ -102,7 +102,7 @@ def analyse(traced: Traced) -> Analysis:
     groups = [find_sites(coupling, g) for g in groups]
     warnings = _warnings(coupling, traced, fixed)
     for w in warnings:
-        log.warning("%s", w)
+        log.info("%s", w)
     seconds = time.perf_counter() - start
     log.info("analysed %d groups in %.2f s", len(groups), seconds)
     return Analysis(traced, coupling, groups, fixed, deps, warnings, seconds)

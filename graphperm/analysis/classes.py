@@ -176,7 +176,13 @@ class ClassTable:
         elif isinstance(da, Concat) and isinstance(db, Concat):
             self._unify_concats(root, da, db)
         else:
-            self.fix(root, "it is both split into blocks and concatenated from segments")
+            self._conflict(root, db, "it is both split into blocks and concatenated from segments")
+
+    def _conflict(self, root: int, dropped: Decomp, reason: str) -> None:
+        """Fix ``root``; the structure it does not keep is fixed too, or its parts would float."""
+        self.fix(root, reason)
+        for part in _parts(dropped):
+            self.fix(part, reason)
 
     def _unify_products(self, root: int, da: Product, db: Product) -> None:
         fa = [f for x in da.factors for f in self.factors(x)]
@@ -189,7 +195,7 @@ class ClassTable:
             return
         strides = sorted(set(_strides(sa)) | set(_strides(sb)), reverse=True)
         if any(big % small for big, small in zip(strides, strides[1:])):
-            self.fix(root, f"its block structures {_fmt(sa)} and {_fmt(sb)} are incompatible")
+            self._conflict(root, db, f"its block structures {_fmt(sa)} and {_fmt(sb)} clash")
             return
         ra, rb = self._refine(fa, strides), self._refine(fb, strides)
         for x, y in zip(ra, rb):
@@ -237,12 +243,17 @@ class ClassTable:
             else:
                 pieces = [self.new(n) for n in sizes]
                 if self.find(s) in self._decomp:
-                    self.fix(s, "it is split at different points in different places")
+                    for c in (s, *pieces):
+                        self.fix(c, "it is split at different points in different places")
                 else:
                     self._decomp[self.find(s)] = Concat(tuple(pieces))
                 out.extend(pieces)
             start = end
         return out
+
+
+def _parts(d: Decomp) -> tuple[int, ...]:
+    return d.factors if isinstance(d, Product) else d.segments
 
 
 def _strides(sizes: list[int]) -> list[int]:

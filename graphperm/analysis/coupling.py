@@ -56,7 +56,8 @@ class Coupling:
     unknown: dict[str, list[str]]  # op name -> node names with no rule
     failed: dict[str, str]  # node name -> why its rule failed (all its axes were blocked)
     module_of: dict[str, str] = field(default_factory=dict)  # node name -> module path
-    axis_tags: dict[tuple[str, int, str], set[str]] = field(default_factory=dict)
+    # axis id -> {tag: name of the node whose rule set it}
+    axis_tags: dict[tuple[str, int, str], dict[str, str]] = field(default_factory=dict)
     unused: list[str] = field(default_factory=list)  # saved tensors the forward never reads
 
     def cls(self, key: str, dim: int) -> int:
@@ -81,7 +82,7 @@ class CouplingBuilder:
         self.axis_class: dict[tuple[str, int, str], int] = {}
         self.owner: dict[int, str] = {}
         self.links: list[Link] = []
-        self.raw_tags: list[tuple[int, str, tuple[str, int, str]]] = []
+        self.raw_tags: list[tuple[int, str, tuple[str, int, str], str]] = []
         self.unknown: dict[str, list[str]] = defaultdict(list)
         self.failed: dict[str, str] = {}
         self.state: dict[str, str] = {}
@@ -146,7 +147,7 @@ class CouplingBuilder:
         self.table.fix(self.cls(axis), reason)
 
     def tag(self, node: fx.Node, axis: Axis, tag: str) -> None:
-        self.raw_tags.append((self.cls(axis), tag, axis.id))
+        self.raw_tags.append((self.cls(axis), tag, axis.id, node.name))
 
     # ------------------------------------------------------------------ walk
     def build(self) -> Coupling:
@@ -175,10 +176,10 @@ class CouplingBuilder:
                 module_of[node.name] = _module_path(node)
                 self._visit(node)
         tags: dict[int, set[str]] = defaultdict(set)
-        axis_tags: dict[tuple[str, int, str], set[str]] = defaultdict(set)
-        for c, tag, axis_id in self.raw_tags:
+        axis_tags: dict[tuple[str, int, str], dict[str, str]] = defaultdict(dict)
+        for c, tag, axis_id, node_name in self.raw_tags:
             tags[self.table.find(c)].add(tag)
-            axis_tags[axis_id].add(tag)
+            axis_tags[axis_id].setdefault(tag, node_name)
         unused = [
             self.state[n.name]
             for n in self.program.graph.nodes

@@ -59,11 +59,14 @@ def find_sites(coupling: Coupling, group: PermutationGroup) -> PermutationGroup:
         parts = _covered(coupling, cls, leaves)
         if not parts:
             continue
-        if tags & {"linear_in", "conv_in"}:
-            sites[(key, dim, "post")] = _site(coupling, key, dim, "post", parts)
-        if tags & {"linear_out", "conv_out"}:
+        consumer = tags.get("linear_in") or tags.get("conv_in")
+        if consumer:
+            module = coupling.module_of.get(consumer, "")
+            sites[(key, dim, "post")] = Site(key, dim, module, "post", ",".join(parts))
+        if "linear_out" in tags or "conv_out" in tags:
             end, end_dim = _follow(coupling, nodes[key], dim)
-            sites[(end, end_dim, "pre")] = _site(coupling, end, end_dim, "pre", parts)
+            module = coupling.module_of.get(end, "")
+            sites[(end, end_dim, "pre")] = Site(end, end_dim, module, "pre", ",".join(parts))
     ordered = sorted(sites.values(), key=lambda s: (order[s.key], s.role))
     return dataclasses.replace(group, sites=tuple(ordered))
 

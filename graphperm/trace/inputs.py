@@ -40,6 +40,8 @@ def example_inputs(
     """
     config = loaded.config
     name = main_input_name(loaded)
+    if config is None:
+        raise _no_recipe(loaded, name)
     g = torch.Generator().manual_seed(seed)
     if (
         name == "input_values"

@@ -37,8 +37,8 @@ class LoadedModel:
     source: str  # what the user passed
 
     @property
-    def config(self) -> tf.PretrainedConfig:
-        return self.model.config
+    def config(self) -> tf.PretrainedConfig | None:
+        return getattr(self.model, "config", None)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """The traced module's state (keys relative to it)."""

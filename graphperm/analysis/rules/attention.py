@@ -19,6 +19,8 @@ def sdpa(ctx: RuleContext) -> None:
     ctx.tie(v[-1], out[-1], tag="vo")
     ctx.tie(q[-2], out[-2])
     ctx.tie(k[-2], v[-2])
+    if ctx.raw(5, "is_causal", False):  # query i sees keys <= i: positions matter
+        ctx.block(q[-2], k[-2], reason="causal attention depends on positions along it")
     for i in range(3, out.ndim + 1):
         o = out[-i]
         for t in (q, k, v):

@@ -21,7 +21,7 @@ def reduce(ctx: RuleContext) -> None:
     if ctx.op in ("aten.max.dim", "aten.min.dim"):  # (values, indices): indices name positions
         for d in dims:
             ctx.block(x[d], reason=f"{ctx.op} returns positions along it")
-    keepdim = bool(ctx.raw(2, "keepdim", False)) if dims is not None else False
+    keepdim = bool(ctx.raw(_position(ctx, "keepdim"), "keepdim", False))
     kept = [d for d in range(x.ndim) if d not in dims]
     ctx.reduce(*(x[d] for d in dims))
     for out in ctx.outputs:
@@ -38,17 +38,23 @@ def reduce(ctx: RuleContext) -> None:
 
 def _dims(ctx: RuleContext, ndim: int) -> list[int]:
     """The reduced dims; all of them when the op takes none."""
-    name = ctx.op.split(".")[-1]
-    if name in ("default",) or ctx.raw(1, "dim") is None:
+    raw = ctx.raw(_position(ctx, "dim"), "dim")
+    if raw is None or isinstance(raw, bool):
         return list(range(ndim))
-    raw = ctx.raw(1, "dim")
-    if name in ("ScalarOpt_dim", "Scalar_dim"):  # norm(x, p, dim)
-        raw = ctx.raw(2, "dim")
-    if isinstance(raw, (int, float)) and not isinstance(raw, bool):
+    if isinstance(raw, (int, float)):
         raw = [int(raw)]
     if not raw:
         return list(range(ndim))
     return sorted({int(d) % ndim for d in raw})
+
+
+def _position(ctx: RuleContext, name: str) -> int:
+    """Where argument ``name`` sits in the op's schema (a position past the end if it has none):
+    ``amax.default(x, dim, keepdim)`` takes a dim, ``sum.default(x)`` does not, and
+    ``linalg_vector_norm(x, ord, dim, keepdim)`` has it third."""
+    schema = getattr(ctx.node.target, "_schema", None)
+    names = [a.name for a in schema.arguments] if schema is not None else []
+    return names.index(name) if name in names else len(names) + len(ctx.node.args)
 
 
 @register(

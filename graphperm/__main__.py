@@ -1,0 +1,7 @@
+"""``python -m graphperm`` runs the command line."""
+
+import sys
+
+from graphperm.cli import main
+
+sys.exit(main())

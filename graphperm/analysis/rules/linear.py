@@ -8,8 +8,15 @@ produces (they mark where activation sites are), and, for a product of two activ
 
 from __future__ import annotations
 
-from graphperm.analysis.context import Axis, RuleContext, TensorArg
+from torch import fx
+
+from graphperm.analysis.context import Axis, RuleContext, TensorArg, op_name
 from graphperm.analysis.rules import register
+
+#: Ops after which a saved weight is still that weight (``x @ W.t()``, ``x @ W.to(dtype)``).
+_SAME_WEIGHT = frozenset(
+    f"aten.{n}" for n in "t transpose permute mT numpy_T _to_copy to contiguous clone alias".split()
+)
 
 
 @register("aten.linear")
@@ -59,18 +66,22 @@ def _matmul(
     o_axes = out.axes()
     a_vec, b_vec = len(a_axes) == 1, len(b_axes) == 1
     ka, kb = a_axes[-1], (b_axes[0] if b_vec else b_axes[-2])
-    one_param = a.is_param != b.is_param
+    wa, wb = _is_weight(ctx, a), _is_weight(ctx, b)
+    one_param = wa != wb
     ctx.tie(ka, kb, tag=None if one_param else "qk")
     o = list(o_axes)
     if not b_vec:
         n_out = o.pop()
         ctx.tie(b_axes[-1], n_out, tag=None if one_param else "vo")
-        if one_param:
+        if one_param and wb:
             ctx.tag(n_out, "linear_out")
     if not a_vec:
-        ctx.tie(a_axes[-2], o.pop())
+        m_out = o.pop()
+        ctx.tie(a_axes[-2], m_out)
+        if one_param and wa:  # W @ x: the weight's rows are the produced features
+            ctx.tag(m_out, "linear_out")
     if one_param:
-        ctx.tag(ka if b.is_param else kb, "linear_in")
+        ctx.tag(ka if wb else kb, "linear_in")
     # broadcast batch dims, aligned from the right
     a_batch = a_axes[:-2] if not a_vec else []
     b_batch = b_axes[:-2] if not b_vec else []
@@ -82,6 +93,14 @@ def _matmul(
                     ctx.tie(src, ob, tag=None if one_param or ob.size == 1 else "heads")
                 else:
                     ctx.free(src)
+
+
+def _is_weight(ctx: RuleContext, t: TensorArg) -> bool:
+    """Whether ``t`` is a saved tensor, possibly transposed or cast on the way (``x @ W.t()``)."""
+    node = next((n for n in ctx.node.all_input_nodes if n.name == t.key), None)
+    while node is not None and op_name(node.target).rsplit(".", 1)[0] in _SAME_WEIGHT:
+        node = node.args[0] if isinstance(node.args[0], fx.Node) else None
+    return node is not None and node.name in ctx.builder.state
 
 
 @register("aten.einsum")

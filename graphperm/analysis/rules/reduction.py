@@ -78,6 +78,8 @@ def positional(ctx: RuleContext) -> None:
         dims = list(range(x.ndim)) if dims is None else dims
     elif ctx.op.startswith("aten.topk") or ctx.op.startswith("aten.kthvalue"):
         dims = [ctx.raw(2, "dim", -1)]
+    elif ctx.op.startswith(("aten.sort", "aten.argsort")):  # dim defaults to -1, not all
+        dims = [ctx.raw(1, "dim", -1)]
     else:
         dims = ctx.raw(1, "dim")
     dims = list(range(x.ndim)) if dims is None else dims

@@ -1,0 +1,166 @@
+"""Pointwise rules: broadcasting maps, bias adds, skip connections, unary maps and copies."""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .helpers import Axes, analysed, assert_fixed_by, assert_verifies, group_of, node, nodes
+
+
+class Broadcast(nn.Module):
+    """x -> Linear -> (* scale[16]) (+ row[3, 1]) (* sigmoid gate[..., 1]) -> dropout -> to -> gelu
+    -> Linear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(8, 16)
+        self.gate = nn.Linear(8, 1)
+        self.b = nn.Linear(16, 8)
+        self.scale = nn.Parameter(torch.randn(16))
+        self.row = nn.Parameter(torch.randn(3, 1))
+
+    def forward(self, x):
+        h = self.a(x) * self.scale + self.row
+        h = h * torch.sigmoid(self.gate(x))
+        h = F.dropout(h, 0.1, training=self.training)
+        h = h.to(torch.float64).to(torch.float32)
+        return self.b(F.gelu(h))
+
+
+class Skip(nn.Module):
+    """A residual block: h + b(gelu(c(h))), read out by d."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(8, 12)
+        self.c = nn.Linear(12, 16)
+        self.b = nn.Linear(16, 12)
+        self.d = nn.Linear(12, 4)
+
+    def forward(self, x):
+        h = self.a(x)
+        h = h + self.b(F.gelu(self.c(h)))
+        return self.d(h)
+
+
+class Select(nn.Module):
+    """where / masked_fill / clamp / pow with a model-input mask broadcast over channels."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(8, 12)
+        self.b = nn.Linear(12, 4)
+
+    def forward(self, x, mask):
+        h = self.a(x)
+        h = torch.where(h > 0, h, 0.1 * h)
+        h = h.masked_fill(mask, 0.0).clamp(-3.0, 3.0).pow(2)
+        return self.b(h)
+
+
+@functools.cache
+def broadcast():
+    torch.manual_seed(0)
+    return analysed(Broadcast(), x=torch.randn(2, 3, 8))
+
+
+@functools.cache
+def skip():
+    torch.manual_seed(0)
+    return analysed(Skip(), x=torch.randn(2, 3, 8))
+
+
+@functools.cache
+def select():
+    torch.manual_seed(0)
+    return analysed(Select(), x=torch.randn(2, 3, 8), mask=torch.rand(2, 3, 1) > 0.5)
+
+
+# ------------------------------------------------------------------------------ golden maps
+def test_broadcast_ties_channels_from_the_right():
+    a = broadcast()
+    ax = Axes(a)
+    ch = ax.p("a.weight", 0)
+    mul = node(a, "mul")
+    assert ax.arg(mul, 0, -1) == ax.arg(mul, 1, 0) == ax.out(mul, -1) == ch
+    assert ax.p("scale", 0) == ch == ax.p("a.bias", 0) == ax.p("b.weight", 1)
+    assert ax.movable(ch) and ax.size(ch) == 16
+    # leading dims follow the input through the product
+    assert [ax.out(mul, d) for d in (0, 1)] == [ax.v("x", 0), ax.v("x", 1)]
+
+
+def test_size_one_broadcast_axes_are_free_and_tie_nothing():
+    a = broadcast()
+    ax = Axes(a)
+    ch = ax.p("a.weight", 0)
+    row_add = node(a, "add")
+    # row (3, 1): the 3 is the token axis, the 1 broadcasts over channels
+    assert ax.p("row", 0) == ax.out(row_add, 1) == ax.v("x", 1)
+    assert ax.size(ax.p("row", 1)) == 1 and ax.p("row", 1) != ch
+    assert not ax.fixed(ax.p("row", 1))
+    gate_mul = node(a, "mul", 1)
+    assert ax.size(ax.arg(gate_mul, 1, -1)) == 1 and ax.arg(gate_mul, 1, -1) != ch
+    assert ax.out(gate_mul, -1) == ch
+    assert ax.size(ax.p("gate.weight", 0)) == 1
+
+
+def test_bias_add_is_not_a_skip_connection():
+    a = broadcast()
+    ax = Axes(a)
+    assert "skip" not in ax.tags(ax.p("a.weight", 0))
+    assert group_of(a, "a.weight", 0).kind == "ffn"
+
+
+def test_unary_maps_and_copies_keep_every_axis():
+    a = broadcast()
+    ax = Axes(a)
+    for op, count in (("dropout", 1), ("to", 2), ("gelu", 1), ("sigmoid", 1)):
+        assert len(nodes(a, op)) == count, op
+        for n in nodes(a, op):
+            assert [ax.arg(n, 0, d) for d in range(3)] == [ax.out(n, d) for d in range(3)], op
+    assert ax.out(node(a, "gelu"), -1) == ax.p("b.weight", 1)
+
+
+def test_skip_add_ties_both_branches_and_is_tagged():
+    a = skip()
+    ax = Axes(a)
+    add = node(a, "add")
+    ch = ax.out(add, -1)
+    assert ax.arg(add, 0, -1) == ax.arg(add, 1, -1) == ch
+    assert ch == ax.p("a.weight", 0) == ax.p("b.weight", 0) == ax.p("c.weight", 1)
+    assert ch == ax.p("d.weight", 1)
+    assert "skip" in ax.tags(ch)
+    assert group_of(a, "a.weight", 0).kind == "residual"
+    assert group_of(a, "c.weight", 0).kind == "ffn"
+    assert group_of(a, "c.weight", 0) is not group_of(a, "a.weight", 0)
+
+
+def test_where_and_masked_fill_broadcast_a_fixed_mask():
+    a = select()
+    ax = Axes(a)
+    ch = ax.p("a.weight", 0)
+    for op in ("where", "masked_fill", "clamp", "pow", "gt"):
+        assert ax.out(node(a, op), -1) == ch, op
+    # the mask is a model input: its token axis is fixed, its size-1 channel axis is not
+    assert_fixed_by(ax, ax.v("mask", 1), "model input")
+    assert ax.size(ax.v("mask", 2)) == 1
+    assert ax.movable(ch)
+
+
+# ------------------------------------------------------------------------------ semantics
+def test_broadcast_semantics():
+    a = broadcast()
+    assert [g.structure for g in a.groups if ("a.weight", 0) in g.tensors] == ["16"]
+    assert_verifies(a)
+
+
+def test_skip_semantics():
+    assert_verifies(skip())
+
+
+def test_select_semantics():
+    assert_verifies(select())

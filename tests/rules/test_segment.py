@@ -1,0 +1,272 @@
+"""Segment rules: cat / chunk / split (segments), slice / select / pad (blocked), lookups
+(embedding, index_select, gather), repeat, stack."""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .helpers import Axes, analysed, assert_fixed_by, assert_verifies, group_of, node
+
+
+class Between(nn.Module):
+    """x -> Linear(8, n) -> f -> Linear(m, 4); ``idx`` is a saved index buffer."""
+
+    def __init__(self, f, n: int = 12, m: int = 12) -> None:
+        super().__init__()
+        self.a = nn.Linear(8, n)
+        self.b = nn.Linear(m, 4)
+        self.f = f
+        self.register_buffer("idx", torch.tensor([2, 0, 1, 1]))
+
+    def forward(self, x):
+        return self.b(self.f(self, self.a(x)))
+
+
+class Cat(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.a2 = nn.Linear(8, 4), nn.Linear(8, 6)
+        self.b = nn.Linear(10, 8)
+
+    def forward(self, x):
+        return self.b(torch.cat([self.a(x), self.a2(x)], -1))
+
+
+class FusedQkv(nn.Module):
+    """One Linear makes q, k and v; chunk cuts them apart (4 heads of 4)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.qkv = nn.Linear(8, 48)
+        self.o = nn.Linear(16, 8)
+
+    def forward(self, x):
+        b, t, _ = x.shape
+        q, k, v = (y.view(b, t, 4, 4).transpose(1, 2) for y in self.qkv(x).chunk(3, dim=-1))
+        o = F.scaled_dot_product_attention(q, k, v)
+        return self.o(o.transpose(1, 2).reshape(b, t, 16))
+
+
+class Embed(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.e = nn.Embedding(10, 6)
+        self.b = nn.Linear(6, 4)
+
+    def forward(self, ids):
+        return self.b(self.e(ids))
+
+
+CASES = {  # name -> (f(self, h) on h of shape (2, 3, 12), n, m)
+    "split": (lambda s, h: torch.cat(h.split([5, 7], -1)[::-1], -1), 12, 12),
+    "slice_part": (lambda s, h: h[..., 2:10], 12, 8),
+    "slice_full": (lambda s, h: torch.ops.aten.slice.Tensor(h, 2, 0, 12), 12, 12),
+    "slice_tokens": (lambda s, h: h[:, 1:], 12, 12),
+    "select": (lambda s, h: h[:, 1], 12, 12),
+    "pad_channels": (lambda s, h: F.pad(h, (1, 1)), 12, 14),
+    "pad_tokens": (lambda s, h: F.pad(h, (0, 0, 1, 1)), 12, 12),
+    "index_select_tokens": (lambda s, h: h.index_select(1, s.idx), 12, 12),
+    "index_select_channels": (lambda s, h: h.index_select(2, s.idx), 12, 4),
+    "gather": (lambda s, h: h.gather(1, s.idx.view(1, 4, 1).expand(2, 4, 12)), 12, 12),
+    "repeat_tokens": (lambda s, h: h.repeat(1, 2, 1), 12, 12),
+    "repeat_channels": (lambda s, h: h.repeat(1, 1, 2), 12, 24),
+    "stack": (lambda s, h: torch.stack([h, 2 * h], 1).amax(1), 12, 12),
+    "unbind": (lambda s, h: sum(h.unbind(1)), 12, 12),
+}
+
+
+@functools.cache
+def between(name: str):
+    torch.manual_seed(0)
+    f, n, m = CASES[name]
+    return analysed(Between(f, n, m), x=torch.randn(2, 3, 8))
+
+
+@functools.cache
+def cat():
+    torch.manual_seed(0)
+    return analysed(Cat(), x=torch.randn(2, 3, 8))
+
+
+@functools.cache
+def fused():
+    torch.manual_seed(0)
+    return analysed(FusedQkv(), x=torch.randn(2, 3, 8))
+
+
+@functools.cache
+def embed():
+    torch.manual_seed(0)
+    return analysed(Embed(), ids=torch.randint(0, 10, (2, 3)))
+
+
+# ------------------------------------------------------------------------------ golden maps
+def test_cat_along_channels_makes_segments():
+    a = cat()
+    ax = Axes(a)
+    c = node(a, "cat")
+    flat = ax.out(c, 2)
+    assert ax.segments(flat) == [4, 6]
+    assert list(ax.t.decomp(flat).segments) == [ax.p("a.weight", 0), ax.p("a2.weight", 0)]
+    assert ax.p("b.weight", 1) == flat
+    for part in (*c.args[0], c):
+        assert [ax.v(part, d) for d in (0, 1)] == [ax.v("x", 0), ax.v("x", 1)]
+    g = group_of(a, "b.weight", 1)
+    assert g is group_of(a, "a.weight", 0) is group_of(a, "a2.weight", 0)
+    assert sorted(p.size for p in g.parts) == [4, 6]
+
+
+def test_split_then_cat_in_another_order():
+    a = between("split")
+    ax = Axes(a)
+    split = node(a, "split_with_sizes")
+    five, seven = ax.out(split, 2, 0), ax.out(split, 2, 1)
+    assert ax.segments(ax.p("a.weight", 0)) == [5, 7]
+    assert list(ax.t.decomp(ax.p("a.weight", 0)).segments) == [five, seven]
+    assert list(ax.t.decomp(ax.p("b.weight", 1)).segments) == [seven, five]
+    assert ax.out(node(a, "getitem", 1), 2) == seven
+
+
+def test_chunked_fused_qkv_keeps_heads_qk_vo():
+    a = fused()
+    ax = Axes(a)
+    chunk = node(a, "chunk")
+    qkv = ax.p("qkv.weight", 0)
+    assert ax.segments(qkv) == [16, 16, 16]
+    q, k, v = (ax.out(chunk, 2, i) for i in range(3))
+    assert list(ax.t.decomp(qkv).segments) == [q, k, v]
+    heads, qk = ax.t.factors(q)
+    assert ax.t.factors(k) == [heads, qk]
+    assert ax.t.factors(v)[0] == heads and ax.t.factors(v)[1] != qk
+    assert ax.t.factors(ax.p("o.weight", 1)) == ax.t.factors(v)
+    g = group_of(a, "qkv.weight", 0)
+    assert g.kind == "attn" and g.structure == "4 heads × (qk 4, vo 4)"
+    assert g is group_of(a, "o.weight", 1)
+
+
+def test_partial_slice_is_blocked_full_slice_is_tied():
+    part = between("slice_part")
+    ax = Axes(part)
+    s = node(part, "slice")
+    assert_fixed_by(ax, ax.arg(s, 0, 2), "aten.slice", "takes part")
+    assert_fixed_by(ax, ax.out(s, 2), "aten.slice")
+    assert [ax.out(s, d) for d in (0, 1)] == [ax.v("x", 0), ax.v("x", 1)]
+    assert group_of(part, "a.weight", 0) is None and group_of(part, "b.weight", 1) is None
+
+    full = between("slice_full")
+    ax = Axes(full)
+    s = node(full, "slice")
+    assert ax.arg(s, 0, 2) == ax.out(s, 2) == ax.p("a.weight", 0) == ax.p("b.weight", 1)
+    assert ax.movable(ax.out(s, 2))
+
+    tokens = between("slice_tokens")
+    ax = Axes(tokens)
+    s = node(tokens, "slice")
+    assert ax.out(s, 2) == ax.p("a.weight", 0) and ax.movable(ax.out(s, 2))
+    assert_fixed_by(ax, ax.out(s, 1), "takes part")
+
+
+def test_select_blocks_its_dim_and_passes_the_others():
+    a = between("select")
+    ax = Axes(a)
+    s = node(a, "select")
+    assert_fixed_by(ax, ax.arg(s, 0, 1), "select")
+    assert [ax.out(s, 0), ax.out(s, 1)] == [ax.v("x", 0), ax.p("a.weight", 0)]
+    assert ax.movable(ax.p("a.weight", 0))
+
+
+def test_pad_blocks_the_padded_dim():
+    a = between("pad_channels")
+    ax = Axes(a)
+    p = node(a, "pad")
+    assert_fixed_by(ax, ax.arg(p, 0, 2), "pads it")
+    assert_fixed_by(ax, ax.out(p, 2), "pads it")
+    assert group_of(a, "a.weight", 0) is None
+
+    a = between("pad_tokens")
+    ax = Axes(a)
+    p = node(a, "pad")
+    assert ax.out(p, 2) == ax.p("a.weight", 0) == ax.p("b.weight", 1)
+    assert ax.movable(ax.out(p, 2))
+    assert_fixed_by(ax, ax.out(p, 1), "pads it")
+
+
+def test_embedding_fixes_the_vocabulary_and_ties_the_features():
+    a = embed()
+    ax = Axes(a)
+    e = node(a, "embedding")
+    assert_fixed_by(ax, ax.p("e.weight", 0), "looked up")
+    feat = ax.out(e, 2)
+    assert feat == ax.p("e.weight", 1) == ax.p("b.weight", 1)
+    assert "linear_out" in ax.tags(feat) and ax.movable(feat)
+    assert [ax.out(e, 0), ax.out(e, 1)] == [ax.v("ids", 0), ax.v("ids", 1)]
+    assert group_of(a, "e.weight", 1).structure == "6"
+
+
+def test_index_select_and_gather():
+    a = between("index_select_tokens")
+    ax = Axes(a)
+    n = node(a, "index_select")
+    assert_fixed_by(ax, ax.arg(n, 0, 1), "index_select")
+    assert ax.out(n, 1) == ax.p("idx", 0)  # the index order is the output order
+    assert ax.out(n, 2) == ax.p("a.weight", 0) and ax.movable(ax.out(n, 2))
+
+    a = between("index_select_channels")
+    ax = Axes(a)
+    n = node(a, "index_select")
+    assert_fixed_by(ax, ax.p("a.weight", 0), "index_select")
+    assert ax.p("idx", 0) == ax.out(n, 2) == ax.p("b.weight", 1)
+
+    a = between("gather")
+    ax = Axes(a)
+    n = node(a, "gather")
+    assert_fixed_by(ax, ax.arg(n, 0, 1), "gather")
+    assert [ax.arg(n, 2, d) for d in range(3)] == [ax.out(n, d) for d in range(3)]
+    assert ax.out(n, 2) == ax.p("a.weight", 0) and ax.movable(ax.out(n, 2))
+
+
+def test_repeat_blocks_tiled_dims_only():
+    a = between("repeat_tokens")
+    ax = Axes(a)
+    n = node(a, "repeat")
+    assert_fixed_by(ax, ax.out(n, 1), "repeat tiles")
+    assert ax.out(n, 2) == ax.p("a.weight", 0) and ax.movable(ax.out(n, 2))
+
+    a = between("repeat_channels")
+    ax = Axes(a)
+    assert_fixed_by(ax, ax.p("a.weight", 0), "repeat tiles")
+    assert_fixed_by(ax, ax.p("b.weight", 1), "repeat tiles")
+
+
+def test_stack_and_unbind_block_the_new_axis():
+    a = between("stack")
+    ax = Axes(a)
+    n = node(a, "stack")
+    ch = ax.p("a.weight", 0)
+    assert_fixed_by(ax, ax.out(n, 1), "stack")
+    assert [ax.out(n, d) for d in (0, 2, 3)] == [ax.v("x", 0), ax.v("x", 1), ch]
+    assert ax.movable(ch) and ch == ax.p("b.weight", 1)
+
+    a = between("unbind")
+    ax = Axes(a)
+    n = node(a, "unbind")
+    ch = ax.p("a.weight", 0)
+    assert_fixed_by(ax, ax.arg(n, 0, 1), "unbind")
+    for i in range(3):
+        assert [ax.out(n, d, i) for d in (0, 1)] == [ax.v("x", 0), ch]
+    assert ax.movable(ch) and ch == ax.p("b.weight", 1)
+
+
+# ------------------------------------------------------------------------------ semantics
+def test_segment_semantics():
+    for analysis in (cat(), fused(), embed()):
+        assert_verifies(analysis)
+
+
+def test_between_semantics():
+    for name in CASES:
+        assert_verifies(between(name))

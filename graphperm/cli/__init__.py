@@ -13,13 +13,13 @@ import argparse
 import sys
 
 from graphperm import __version__
-from graphperm.cli import trace_cmd, verify_cmd
+from graphperm.cli import apply_cmd, demo_cmd, merge_cmd, schema_cmd, trace_cmd, verify_cmd
 from graphperm.cli.common import add_common_args, setup_logging
 from graphperm.errors import GraphpermError
 
 __all__ = ["build_parser", "main"]
 
-COMMANDS = (trace_cmd, verify_cmd)
+COMMANDS = (trace_cmd, verify_cmd, merge_cmd, apply_cmd, schema_cmd, demo_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for command in COMMANDS:
         add_common_args(command.add_parser(sub))
+    add_common_args(merge_cmd.add_align_parser(sub))
     return parser
 
 

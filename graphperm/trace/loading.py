@@ -70,6 +70,10 @@ def load_model(
         return _wrap(_from_config(builtin_config(name), seed), text)
     path = Path(text).expanduser()
     if path.exists():
+        if (path / "config.json").is_file() and not trust_remote_code:
+            mert = _maybe_mert(path, random_init, seed)
+            if mert is not None:
+                return _wrap(mert, text)
         if not (path / "config.json").is_file():
             raise ModelLoadError(
                 f"'{text}' is not a model: no config.json in it; pass a folder written by "
@@ -86,6 +90,8 @@ def load_model(
             return _wrap(_from_config(config, seed), text)
         return _wrap(_pretrained(text, trust_remote_code), text)
     if "/" in text.strip("/") and not text.startswith((".", "/", "~")) and text.count("/") == 1:
+        if not trust_remote_code and "mert" in text.lower():
+            return load_model(_snapshot(text), random_init=random_init, seed=seed)
         if random_init:
             return _wrap(_from_config(_config(text, trust_remote_code), seed), text)
         return _wrap(_pretrained(text, trust_remote_code), text)
@@ -93,6 +99,34 @@ def load_model(
         f"'{text}' is not a model: no such folder, and not a hub id (org/name) or builtin:NAME; "
         "check the path"
     )
+
+
+def _maybe_mert(path: Path, random_init: bool, seed: int) -> nn.Module | None:
+    """A MERT folder loaded as HubertModel (no remote code), or None if it is not MERT."""
+    import json
+
+    from graphperm import mert
+
+    try:
+        config = json.loads((path / "config.json").read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ModelLoadError(f"cannot read {path / 'config.json'}: {err}") from err
+    if not mert.is_mert_config(config):
+        return None
+    log.info("%s is a MERT checkpoint: loading it as HubertModel", path)
+    if random_init:
+        return _from_config(mert.mert_config_to_hubert(config), seed)
+    return mert.load_mert_as_hubert(path)
+
+
+def _snapshot(repo: str) -> str:
+    """Download a hub repository's config and weights (for MERT, read without remote code)."""
+    try:
+        from huggingface_hub import snapshot_download
+
+        return snapshot_download(repo, allow_patterns=["*.json", "*.safetensors", "*.bin"])
+    except Exception as err:  # network and hub errors come in many kinds
+        raise ModelLoadError(f"cannot download '{repo}': {_first_line(err)}") from err
 
 
 def _config(source: str, trust_remote_code: bool) -> tf.PretrainedConfig:

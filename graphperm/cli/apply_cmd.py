@@ -1,0 +1,71 @@
+"""``graphperm apply``: permute a model with a saved permutations file (and optionally merge)."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+from pathlib import Path
+
+from graphperm.apply import Indexer, Permutation, permute_state
+from graphperm.cli.common import add_model_args, analyse_model, load_cli_model, say
+from graphperm.errors import MismatchError
+from graphperm.merge import check_output, check_same_architecture, interpolate, output_folder
+from graphperm.merge.pipeline import Alignment, check_permuted, write_model
+from graphperm.policy import Plan, load_policy
+
+HELP = "apply a permutations.safetensors file to model B (and optionally merge it into A)"
+
+
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = sub.add_parser("apply", help=HELP, description=HELP)
+    add_model_args(p, names=("model_b",))
+    p.add_argument(
+        "--perms",
+        type=Path,
+        required=True,
+        metavar="FILE",
+        help="permutations.safetensors written by `graphperm merge` or `align`",
+    )
+    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
+    p.add_argument(
+        "--merge-into", metavar="MODEL_A", help="interpolate the permuted B with this model A"
+    )
+    p.add_argument("--policy", default="paper", help="policy with the weights (--merge-into)")
+    p.add_argument("--weight-a", type=float, metavar="W", help="override the policy's weight_a")
+    p.add_argument("--force", action="store_true", help="replace a non-empty output folder")
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    check_output(args.out, args.force)
+    if not args.perms.is_file():
+        raise MismatchError(f"--perms '{args.perms}' does not exist")
+    b = load_cli_model(args, args.model_b, seed=1)
+    analysis = analyse_model(args, b)
+    indexer = Indexer(analysis)
+    try:
+        perm = Permutation.load(args.perms)
+    except Exception as err:  # safetensors raises several kinds for a bad file
+        raise MismatchError(f"'{args.perms}' is not a permutations file: {err}") from err
+    perm.check(indexer.shapes())
+    state_b = permute_state(indexer, b.state_dict(), perm)
+    policy = load_policy(args.policy)
+    report = check_permuted(Alignment(analysis, Plan(policy), perm, []), b, state_b)
+    target, state = b, state_b
+    if args.merge_into:
+        a = load_cli_model(args, args.merge_into, seed=0)
+        check_same_architecture(a, b)
+        if args.weight_a is not None:
+            policy = policy.model_copy(update={"weight_a": args.weight_a})
+        target, state = a, interpolate(a.state_dict(), state_b, policy.weight_for)
+    with output_folder(args.out, force=args.force) as tmp:
+        write_model(tmp, target, state)
+        shutil.copy(args.perms, tmp / "permutations.safetensors")
+    say(
+        f"applied {sum(1 for _ in perm)} part permutations of {len(perm.perms)} groups; "
+        f"permuted B computes what B computed (max rel error {report.max_rel:.2g})"
+    )
+    what = f"{policy.weight_a:g}·A + {1 - policy.weight_a:g}·B'" if args.merge_into else "B'"
+    say(f"{what} written to {args.out}")
+    return 0

@@ -1,0 +1,20 @@
+"""Policies: pydantic models, loading with one-line errors, and resolution against a model."""
+
+from __future__ import annotations
+
+from graphperm.policy.load import SPECS, load_policy, policy_names
+from graphperm.policy.model import AlignRule, Calibration, Policy, WeightOverride
+from graphperm.policy.resolve import Plan, Target, resolve
+
+__all__ = [
+    "SPECS",
+    "AlignRule",
+    "Calibration",
+    "Plan",
+    "Policy",
+    "Target",
+    "WeightOverride",
+    "load_policy",
+    "policy_names",
+    "resolve",
+]

@@ -1,0 +1,134 @@
+"""From a policy and a model's groups to a plan: which part of which group is aligned where.
+
+Example:
+    >>> from graphperm.trace import load_model, trace
+    >>> from graphperm.analysis import analyse
+    >>> from graphperm.policy import load_policy
+    >>> plan = resolve(load_policy("paper"), analyse(trace(load_model("builtin:hubert-tiny"))))
+    >>> sorted({t.kind for t in plan.targets})
+    ['attn', 'conv', 'ffn']
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
+
+from graphperm.analysis import Analysis, PermutationGroup, Site
+from graphperm.errors import PolicyError
+from graphperm.policy.model import Policy
+
+__all__ = ["Plan", "Target", "resolve"]
+
+#: The paper's measurement points, per kind and part.
+AUTO_SITE = {"conv": "pre", "ffn": "post", "residual": "post", "other": "pre"}
+AUTO_PART_SITE = {"heads": "post", "vo": "post", "qk": "pre"}
+
+
+@dataclass(frozen=True)
+class Target:
+    """One part of one group to align, measured at ``sites``."""
+
+    group: str
+    kind: str
+    part: str
+    role: str  # pre | post
+    sites: tuple[Site, ...]
+
+
+@dataclass
+class Plan:
+    """The resolved policy: targets per group, and what could not be measured."""
+
+    policy: Policy
+    targets: list[Target] = field(default_factory=list)
+    unmeasured: list[str] = field(default_factory=list)
+
+    def by_group(self) -> dict[str, dict[str, Target]]:
+        out: dict[str, dict[str, Target]] = {}
+        for t in self.targets:
+            out.setdefault(t.group, {})[t.part] = t
+        return out
+
+    def sites(self) -> list[Site]:
+        """Every distinct site to collect statistics at."""
+        seen: dict[tuple[str, int], Site] = {}
+        for t in self.targets:
+            for s in t.sites:
+                seen.setdefault((s.key, s.dim), s)
+        return list(seen.values())
+
+    def to_dict(self) -> dict:
+        return {
+            "policy": self.policy.model_dump(mode="json"),
+            "aligned": [
+                {
+                    "group": t.group,
+                    "kind": t.kind,
+                    "part": t.part,
+                    "site": t.role,
+                    "measured_at": sorted({s.module for s in t.sites}),
+                }
+                for t in self.targets
+            ],
+            "unmeasured": self.unmeasured,
+        }
+
+
+def resolve(policy: Policy, analysis: Analysis, *, where: str = "policy") -> Plan:
+    """Match the policy's ``align`` rules against ``analysis``'s groups."""
+    plan = Plan(policy)
+    chosen: dict[tuple[str, str], str] = {}
+    names = [g.name for g in analysis.groups]
+    for i, rule in enumerate(policy.align):
+        matched = [
+            g
+            for g in analysis.groups
+            if (rule.kind is None or g.kind == rule.kind)
+            and any(fnmatchcase(g.name, pat) for pat in rule.groups)
+        ]
+        if not matched:
+            raise PolicyError(f"{where}: align[{i}] selects no group{_hint(rule, names, analysis)}")
+        for g in matched:
+            parts = [p.name for p in g.parts]
+            wanted = parts if rule.parts is None else [p for p in parts if p in rule.parts]
+            for part in wanted:
+                chosen[(g.name, part)] = _role(rule.site, g.kind, part)
+    groups = {g.name: g for g in analysis.groups}
+    for (gname, part), role in chosen.items():
+        g = groups[gname]
+        sites = _sites_for(g, part, role)
+        if not sites:
+            plan.unmeasured.append(f"{gname}/{part}")
+            continue
+        plan.targets.append(Target(gname, g.kind, part, role, tuple(sites)))
+    order = {n: i for i, n in enumerate(names)}
+    plan.targets.sort(key=lambda t: (order[t.group], t.part))
+    return plan
+
+
+def _role(site: str, kind: str, part: str) -> str:
+    if site != "auto":
+        return site
+    return AUTO_PART_SITE.get(part) or AUTO_SITE.get(kind, "pre")
+
+
+def _sites_for(group: PermutationGroup, part: str, role: str) -> list[Site]:
+    """Sites of ``role`` that measure ``part``; the other role if none has it."""
+    covering = [s for s in group.sites if part in s.part.split(",")]
+    exact = [s for s in covering if s.role == role]
+    return exact or covering
+
+
+def _hint(rule, names: list[str], analysis: Analysis) -> str:
+    kinds = sorted({g.kind for g in analysis.groups})
+    if rule.kind is not None and rule.kind not in kinds:
+        return f": this model has no '{rule.kind}' groups (it has {', '.join(kinds)})"
+    candidates = sorted(set(names) | {re.sub(r"\d+", "*", n) for n in names})
+    for pat in rule.groups:
+        close = difflib.get_close_matches(pat, candidates, n=1, cutoff=0.5)
+        if close:
+            return f": '{pat}' matches no group name (did you mean '{close[0]}'?)"
+    return f": check the group names with `graphperm trace` (e.g. '{names[0]}')" if names else ""

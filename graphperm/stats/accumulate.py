@@ -1,0 +1,148 @@
+"""Streaming sufficient statistics of two models' activations at one site.
+
+For channels ``a`` (model A) and ``b`` (model B) observed on the same frames, keep the count, the
+sums, the sums of squares and the cross-product sum ``Σ a bᵀ`` — never the activations — so memory
+is O(C²) whatever the amount of data, and statistics from different batches, shards or processes
+simply add (:meth:`SiteStats.merge`). Sums are taken around a fixed shift (the first batch's
+mean) so that float32 accumulation does not lose the correlation to cancellation.
+
+Example:
+    >>> import torch
+    >>> s = SiteStats.empty(3)
+    >>> a = torch.randn(100, 3)
+    >>> s.update(a, a[:, [2, 0, 1]])
+    >>> s.correlation().argmax(dim=1).tolist()
+    [1, 2, 0]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+__all__ = ["SiteStats"]
+
+
+@dataclass
+class SiteStats:
+    """Sufficient statistics for the cross-correlation of A's and B's channels at a site."""
+
+    n: float
+    shift_a: torch.Tensor  # (C,) float64
+    shift_b: torch.Tensor
+    sum_a: torch.Tensor  # (C,) float64, of (a - shift_a)
+    sum_b: torch.Tensor
+    sq_a: torch.Tensor  # (C,) float64, of (a - shift_a)²
+    sq_b: torch.Tensor
+    cross: torch.Tensor  # (C, C), of (a - shift_a)(b - shift_b)ᵀ, float32 or float64
+
+    @classmethod
+    def empty(cls, channels: int, dtype: torch.dtype = torch.float32) -> SiteStats:
+        z = torch.zeros(channels, dtype=torch.float64)
+        return cls(
+            0.0,
+            z.clone(),
+            z.clone(),
+            z.clone(),
+            z.clone(),
+            z.clone(),
+            z.clone(),
+            torch.zeros(channels, channels, dtype=dtype),
+        )
+
+    @property
+    def channels(self) -> int:
+        return self.sum_a.numel()
+
+    def update(self, a: torch.Tensor, b: torch.Tensor) -> None:
+        """Add frames: ``a`` and ``b`` are (frames, C) activations of A and B on the same input."""
+        if a.shape[0] == 0:
+            return
+        if self.n == 0:
+            self.shift_a = a.double().mean(0)
+            self.shift_b = b.double().mean(0)
+        a = a.to(self.cross.dtype) - self.shift_a.to(self.cross.dtype)
+        b = b.to(self.cross.dtype) - self.shift_b.to(self.cross.dtype)
+        self.n += a.shape[0]
+        self.sum_a += a.sum(0, dtype=torch.float64)
+        self.sum_b += b.sum(0, dtype=torch.float64)
+        self.sq_a += a.square().sum(0, dtype=torch.float64)
+        self.sq_b += b.square().sum(0, dtype=torch.float64)
+        self.cross.addmm_(a.T, b)
+
+    def merge(self, other: SiteStats) -> SiteStats:
+        """Statistics of the union of both sets of frames (shifts reconciled exactly)."""
+        if other.n == 0:
+            return self
+        if self.n == 0:
+            return other
+        da = other.shift_a - self.shift_a  # other's sums are around other's shift
+        db = other.shift_b - self.shift_b
+        m = other.n
+        sa = other.sum_a + m * da
+        sb = other.sum_b + m * db
+        cross = (
+            other.cross.double()
+            + torch.outer(other.sum_a, db)
+            + torch.outer(da, other.sum_b)
+            + m * torch.outer(da, db)
+        )
+        return SiteStats(
+            self.n + m,
+            self.shift_a,
+            self.shift_b,
+            self.sum_a + sa,
+            self.sum_b + sb,
+            self.sq_a + other.sq_a + 2 * da * other.sum_a + m * da.square(),
+            self.sq_b + other.sq_b + 2 * db * other.sum_b + m * db.square(),
+            (self.cross.double() + cross).to(self.cross.dtype),
+        )
+
+    def std(self) -> tuple[torch.Tensor, torch.Tensor]:
+        n = max(self.n, 1.0)
+        ma, mb = self.sum_a / n, self.sum_b / n
+        va = (self.sq_a / n - ma.square()).clamp_min(0)
+        vb = (self.sq_b / n - mb.square()).clamp_min(0)
+        return va.sqrt(), vb.sqrt()
+
+    def correlation(self) -> torch.Tensor:
+        """Pearson correlation of A's channel i with B's channel j, float64, (C, C).
+
+        Dead (constant) channels and empty statistics give 0, never NaN.
+        """
+        n = max(self.n, 1.0)
+        ma, mb = self.sum_a / n, self.sum_b / n
+        cov = self.cross.double() / n - torch.outer(ma, mb)
+        sa, sb = self.std()
+        denom = torch.outer(sa, sb)
+        top = float(sa.max()) * float(sb.max()) if sa.numel() else 0.0
+        tiny = max(1e-12 * top, 1e-30)
+        corr = torch.where(denom > tiny, cov / denom.clamp_min(tiny), torch.zeros_like(cov))
+        return torch.nan_to_num(corr.clamp(-1.0, 1.0), nan=0.0)
+
+    def to_tensors(self, prefix: str) -> dict[str, torch.Tensor]:
+        return {
+            f"{prefix}/n": torch.tensor([self.n], dtype=torch.float64),
+            f"{prefix}/shift_a": self.shift_a,
+            f"{prefix}/shift_b": self.shift_b,
+            f"{prefix}/sum_a": self.sum_a,
+            f"{prefix}/sum_b": self.sum_b,
+            f"{prefix}/sq_a": self.sq_a,
+            f"{prefix}/sq_b": self.sq_b,
+            f"{prefix}/cross": self.cross,
+        }
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, torch.Tensor], prefix: str) -> SiteStats:
+        g = lambda k: tensors[f"{prefix}/{k}"]  # noqa: E731
+        return cls(
+            float(g("n")[0]),
+            g("shift_a"),
+            g("shift_b"),
+            g("sum_a"),
+            g("sum_b"),
+            g("sq_a"),
+            g("sq_b"),
+            g("cross"),
+        )

@@ -1,0 +1,56 @@
+"""Run an exported graph with any weights and return the activations at chosen sites.
+
+The exported program's graph takes parameters as inputs, so one graph serves model A and model B:
+:class:`SiteRunner` copies it, makes the site values its outputs (everything after the last site
+is dropped as dead code), and calls it with a state dict and model inputs.
+
+Example:
+    >>> from graphperm.trace import load_model, trace
+    >>> traced = trace(load_model("builtin:hubert-tiny"))
+    >>> runner = SiteRunner(traced.program, ["gelu"])
+    >>> [tuple(t.shape) for t in runner(traced.loaded.state_dict(), traced.inputs)]
+    [(1, 32, 3199)]
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import fx
+from torch.export import ExportedProgram
+from torch.export.graph_signature import InputKind
+
+__all__ = ["SiteRunner"]
+
+
+class SiteRunner:
+    """Calls ``program``'s graph on a state dict and inputs; returns the values named ``keys``."""
+
+    def __init__(self, program: ExportedProgram, keys: list[str]) -> None:
+        graph = copy.deepcopy(program.graph)
+        nodes = {n.name: n for n in graph.nodes}
+        missing = [k for k in keys if k not in nodes]
+        if missing:
+            raise KeyError(f"no graph values named {missing}")
+        output = next(n for n in graph.nodes if n.op == "output")
+        output.args = (tuple(nodes[k] for k in keys),)
+        graph.eliminate_dead_code()
+        self.module = fx.GraphModule(torch.nn.Module(), graph)
+        self.keys = list(keys)
+        self._specs = list(program.graph_signature.input_specs)
+        self._constants = dict(program.constants)
+
+    def __call__(
+        self, state: dict[str, torch.Tensor], inputs: dict[str, torch.Tensor]
+    ) -> list[torch.Tensor]:
+        args = []
+        for spec in self._specs:
+            if spec.kind == InputKind.USER_INPUT:
+                args.append(inputs[spec.arg.name])
+            elif spec.target in state:
+                args.append(state[spec.target])
+            else:
+                args.append(self._constants[spec.target])
+        with torch.no_grad():
+            return list(self.module(*args))

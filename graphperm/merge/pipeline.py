@@ -167,6 +167,8 @@ def calibrate(
         batches,
         total_seconds=data.seconds,
         progress=progress,
+        precision=cal.precision,
+        max_frames_per_row=adapter.max_frames(cal.max_frame_rate),
     )
     info = {
         "clips": len(data),

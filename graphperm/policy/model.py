@@ -82,6 +82,18 @@ class Calibration(_Strict):
         None, ge=1000, description="resample to this rate (null: the model's sampling_rate)"
     )
     seed: int = Field(0, description="seed of the clip shuffle")
+    max_frame_rate: float | None = Field(
+        100.0,
+        gt=0.0,
+        description="frames per second of audio kept at each site; sites faster than this (the "
+        "first conv layers, at up to 3200 Hz) are subsampled evenly (null: keep every frame)",
+    )
+    precision: Literal["auto", "bf16", "fp32", "fp64"] = Field(
+        "auto",
+        description="cross-product arithmetic: 'fp64' exact reference, 'fp32', 'bf16' products "
+        "(fp32 sums), or 'auto': bf16 products for sites of 1024+ channels where the CPU or GPU "
+        "has bf16 units, fp32 elsewhere",
+    )
 
 
 class Policy(_Strict):

@@ -21,7 +21,11 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["SiteStats"]
+__all__ = ["NonFinite", "SiteStats"]
+
+
+class NonFinite(ValueError):
+    """Activations held NaN or inf (the message is the model: "A" or "B")."""
 
 
 @dataclass
@@ -55,21 +59,35 @@ class SiteStats:
     def channels(self) -> int:
         return self.sum_a.numel()
 
-    def update(self, a: torch.Tensor, b: torch.Tensor) -> None:
-        """Add frames: ``a`` and ``b`` are (frames, C) activations of A and B on the same input."""
+    def update(
+        self, a: torch.Tensor, b: torch.Tensor, *, product: torch.dtype | None = None
+    ) -> None:
+        """Add frames: ``a`` and ``b`` are (frames, C) activations of A and B on the same input.
+
+        ``product`` is the dtype of the cross-product matmul (default: the accumulator's);
+        ``torch.bfloat16`` doubles its speed on CPUs with bf16 units, at a small cost in precision.
+        Raises :class:`NonFinite` (and adds nothing) if either input holds NaN or inf.
+        """
         if a.shape[0] == 0:
             return
         if self.n == 0:
             self.shift_a = a.double().mean(0)
             self.shift_b = b.double().mean(0)
-        a = a.to(self.cross.dtype) - self.shift_a.to(self.cross.dtype)
-        b = b.to(self.cross.dtype) - self.shift_b.to(self.cross.dtype)
+        dtype = self.cross.dtype
+        a = a.to(dtype) - self.shift_a.to(dtype)
+        b = b.to(dtype) - self.shift_b.to(dtype)
+        sum_a, sum_b = a.sum(0), b.sum(0)  # per batch in the working dtype, then float64
+        if not (torch.isfinite(sum_a).all() and torch.isfinite(sum_b).all()):
+            raise NonFinite("A" if not torch.isfinite(sum_a).all() else "B")
         self.n += a.shape[0]
-        self.sum_a += a.sum(0, dtype=torch.float64)
-        self.sum_b += b.sum(0, dtype=torch.float64)
-        self.sq_a += a.square().sum(0, dtype=torch.float64)
-        self.sq_b += b.square().sum(0, dtype=torch.float64)
-        self.cross.addmm_(a.T, b)
+        self.sum_a += sum_a.double()
+        self.sum_b += sum_b.double()
+        self.sq_a += a.square().sum(0).double()
+        self.sq_b += b.square().sum(0).double()
+        if product is None or product == dtype:
+            self.cross.addmm_(a.T, b)
+        else:
+            self.cross += (a.T.to(product) @ b.to(product)).to(dtype)
 
     def merge(self, other: SiteStats) -> SiteStats:
         """Statistics of the union of both sets of frames (shifts reconciled exactly)."""

@@ -85,6 +85,13 @@ class AudioAdapter:
             "files works for waveform encoders (HuBERT, wav2vec2, MERT) and Whisper encoders"
         )
 
+    def max_frames(self, rate: float | None) -> int | None:
+        """Frames per batch row that ``rate`` frames per second of audio allow (None: all)."""
+        if rate is None:
+            return None
+        span = (self.window_samples or self.clip_samples) / self.sample_rate
+        return max(1, round(rate * span))
+
     def example(self, batch_size: int) -> dict[str, torch.Tensor]:
         """Inputs of the fixed shape every batch is padded to (used for export)."""
         wave = torch.randn(batch_size, self.clip_samples) * 0.1

@@ -299,3 +299,36 @@ def test_unreadable_files_are_skipped_and_counted(audio, tmp_path) -> None:
     report = json.loads((out / "merge_report.json").read_text())
     assert len(report["calibration"]["skipped_files"]) == 1
     assert "1 unreadable" in proc.stdout
+
+
+def test_split_half_agreement_is_reported_and_perfect_for_an_oracle(audio: Path) -> None:
+    a = load_model("builtin:hubert-tiny")
+    policy = load_policy({"align": [{"kind": "ffn"}], **ONE_SECOND})
+    _, analysis, _ = prepare(a, policy)
+    indexer = Indexer(analysis)
+    b = load_model("builtin:hubert-tiny")
+    b.module.load_state_dict(
+        permute_state(indexer, a.state_dict(), random_permutation(indexer.shapes(), seed=2))
+    )
+    alignment = align(a, b, policy, [audio])
+    assert [r.split_half_agreement for r in alignment.reports] == [1.0, 1.0]
+
+
+def test_enough_data_stops_calibration_early(audio: Path) -> None:
+    a = load_model("builtin:hubert-tiny")
+    b = load_model("builtin:hubert-tiny")  # identical models: every half agrees at once
+    policy = load_policy(
+        {
+            "align": [{"kind": "ffn"}],
+            "calibration": {
+                "clip_seconds": 1.0,
+                "num_clips": 16,
+                "batch_size": 2,
+                "stop_agreement": 0.9,
+                "check_every": 2,
+            },
+        }
+    )
+    alignment = align(a, b, policy, [audio])
+    assert alignment.calibration["clips_planned"] == 16
+    assert alignment.calibration["clips"] == 4  # two checks in a row, after 2 and 4 clips

@@ -72,7 +72,7 @@ def test_padded_frames_never_enter_the_statistics(tmp_path) -> None:
 
     alone = run([tmp_path / "a.wav"], 1)
     with_pad = run([tmp_path / "a.wav", tmp_path / "short.wav"], 1)
-    s1, s2 = alone.sites[(site.key, site.dim)], with_pad.sites[(site.key, site.dim)]
+    s1, s2 = alone.site((site.key, site.dim)), with_pad.site((site.key, site.dim))
     steps = analysis.coupling.tensors[site.key].shape[1]  # (batch, time, channels)
     assert s1.n == steps
     assert s2.n == steps + int(9000 / 16000 * steps)  # the short clip's padding was dropped
@@ -87,3 +87,25 @@ def test_nan_activations_name_the_site(tmp_path) -> None:
     policy = {"align": [{"kind": "ffn"}], "calibration": {"clip_seconds": 1.0}}
     with pytest.raises(CalibrationError, match=r"model B produced NaN.*encoder\.layers\.1"):
         align(a, b, policy, [tmp_path])
+
+
+def test_frames_keep_every_strided_unpadded_step() -> None:
+    from graphperm.stats.collect import _frames, _Layout
+
+    t = torch.arange(2 * 3 * 12, dtype=torch.float32).reshape(2, 3, 12)  # (batch, channels, time)
+    strided = t[:, :, ::4]  # what the runner returns for stride 4
+    frames = _frames(strided, _Layout(channel=1, batch=0, time=2), torch.tensor([1.0, 0.5]), 4, 12)
+    # row 0: steps 0, 4, 8; row 1 has 6 real steps: 0, 4
+    want = torch.stack([t[0, :, 0], t[0, :, 4], t[0, :, 8], t[1, :, 0], t[1, :, 4]])
+    assert torch.equal(frames, want)
+
+
+def test_halves_sum_to_the_whole() -> None:
+    from graphperm.stats import Statistics
+
+    g = torch.Generator().manual_seed(2)
+    a, b = torch.randn(200, 4, generator=g), torch.randn(200, 4, generator=g)
+    halves = Statistics([{("x", 0): _stats(a[:90], b[:90])}, {("x", 0): _stats(a[90:], b[90:])}])
+    whole = _stats(a, b, dtype=torch.float64)
+    assert torch.allclose(halves.correlation(("x", 0)), whole.correlation(), atol=1e-5)
+    assert halves.half(1).site(("x", 0)).n == 110

@@ -74,7 +74,8 @@ def _setup(args: argparse.Namespace):
 
 def run_merge(args: argparse.Namespace) -> int:
     a, b, alignment = _setup(args)
-    result = merge_models(alignment, a, b, weight_a=args.weight_a)
+    alignment.stats = None  # free the statistics before the merge needs memory
+    result = merge_models(alignment, a, b, weight_a=args.weight_a, inplace=True)
     save_merge(result, args.out, force=args.force)
     _print_report(alignment)
     if result.check is not None:

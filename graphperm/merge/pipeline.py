@@ -31,7 +31,7 @@ from graphperm.merge.checks import check_same_architecture
 from graphperm.merge.interpolate import interpolate
 from graphperm.merge.output import output_folder
 from graphperm.policy import Plan, Policy, load_policy, resolve
-from graphperm.solve import GroupReport, solve
+from graphperm.solve import GroupReport, agreement, solve
 from graphperm.stats import AudioAdapter, Statistics, collect
 from graphperm.trace import LoadedModel, trace
 
@@ -126,6 +126,12 @@ def align(
     t = time.perf_counter()
     perm, reports = solve(plan, analysis, stats)
     timings["solve_s"] = time.perf_counter() - t
+    if len(stats.parts) == 2:
+        t = time.perf_counter()
+        halves = split_half_agreement(plan, analysis, stats)
+        for r in reports:
+            r.split_half_agreement = halves.get(r.name)
+        timings["split_half_s"] = time.perf_counter() - t
     return Alignment(
         analysis, plan, perm, reports, stats, calibration, timings, (a.source, b.source)
     )
@@ -159,6 +165,10 @@ def calibrate(
     )
     log.info("calibration: %s", data.describe())
     batches = (adapter(batch, cal.batch_size) for batch in data.batches(cal.batch_size))
+    stop, check_every = None, 0
+    if cal.stop_agreement is not None:
+        stop = _enough_data(plan, analysis, cal.stop_agreement)
+        check_every = max(1, -(-cal.check_every // cal.batch_size))
     stats = collect(
         analysis,
         plan.sites(),
@@ -169,9 +179,13 @@ def calibrate(
         progress=progress,
         precision=cal.precision,
         max_frames_per_row=adapter.max_frames(cal.max_frame_rate),
+        split_half=cal.split_half or cal.stop_agreement is not None,
+        stop=stop,
+        check_every=check_every,
     )
     info = {
-        "clips": len(data),
+        "clips": stats.clips,
+        "clips_planned": len(data),
         "seconds": round(stats.seconds, 3),
         "files": len(data.files),
         "skipped_files": [f"{p}: {why}" for p, why in data.skipped],
@@ -181,28 +195,107 @@ def calibrate(
     return stats, info
 
 
+def split_half_agreement(plan: Plan, analysis: Analysis, stats: Statistics) -> dict[str, float]:
+    """Per group, how far the permutations solved from each half of the data agree."""
+    first, _ = solve(plan, analysis, stats.half(0), reports=False)
+    second, _ = solve(plan, analysis, stats.half(1), reports=False)
+    return agreement(plan, analysis, first, second)
+
+
+def _enough_data(plan: Plan, analysis: Analysis, threshold: float):
+    """A ``stop`` callback: true once every group's split-half agreement has been at least
+    ``threshold`` at two checks in a row."""
+    streak = [0]
+
+    def stop(stats: Statistics) -> bool:
+        worst = min(split_half_agreement(plan, analysis, stats).values(), default=1.0)
+        log.info("after %.0f s of audio: lowest split-half agreement %.4f", stats.seconds, worst)
+        streak[0] = streak[0] + 1 if worst >= threshold else 0
+        return streak[0] >= 2
+
+    return stop
+
+
 def merge_models(
-    alignment: Alignment, a: LoadedModel, b: LoadedModel, *, weight_a: float | None = None
+    alignment: Alignment,
+    a: LoadedModel,
+    b: LoadedModel,
+    *,
+    weight_a: float | None = None,
+    inplace: bool = False,
 ) -> MergeResult:
-    """Permute B, check it still computes what it computed, and interpolate with A."""
+    """Permute B, check it still computes what it computed, and interpolate with A.
+
+    ``inplace`` permutes B's weights and overwrites A's with the merge instead of making copies
+    (what the command line does, to keep memory at two models).
+    """
     timings: dict[str, float] = {}
     policy = alignment.policy
     if weight_a is not None:
         policy = policy.model_copy(update={"weight_a": weight_a})
         alignment.plan.policy = policy
-    t = time.perf_counter()
     indexer = Indexer(alignment.analysis)
-    state_b = permute_state(indexer, b.state_dict(), alignment.perm)
+    inputs = {k: v[:1] for k, v in alignment.analysis.traced.inputs.items()}
+    checking = policy.verify and bool(alignment.perm.perms)
+    t = time.perf_counter()
+    reference = _outputs(b.module, inputs) if checking else None
+    if inplace:
+        permute_module_(indexer, b.module, alignment.perm)
+        state_b = b.state_dict()
+        permuted = b.module
+    else:
+        state_b = permute_state(indexer, b.state_dict(), alignment.perm)
+        permuted = copy.deepcopy(b.module) if checking else None
+        if permuted is not None:
+            permuted.load_state_dict(state_b)
     timings["permute_s"] = time.perf_counter() - t
     check = None
-    if policy.verify and alignment.perm.perms:
+    if checking:
         t = time.perf_counter()
-        check = check_permuted(alignment, b, state_b)
+        check = _check(alignment, indexer, reference, _outputs(permuted, inputs))
         timings["verify_s"] = time.perf_counter() - t
+    del permuted
     t = time.perf_counter()
-    merged = interpolate(a.state_dict(), state_b, policy.weight_for)
+    if inplace:
+        with torch.no_grad():
+            for key, tensor in a.state_dict().items():
+                if tensor.is_floating_point():
+                    w = float(policy.weight_for(key))
+                    tensor.mul_(w).add_(state_b[key].to(tensor.dtype), alpha=1.0 - w)
+        merged = a.state_dict()
+    else:
+        merged = interpolate(a.state_dict(), state_b, policy.weight_for)
     timings["interpolate_s"] = time.perf_counter() - t
     return MergeResult(alignment, merged, a, check, timings)
+
+
+def permute_module_(indexer: Indexer, module: torch.nn.Module, perm: Permutation) -> None:
+    """Permute a module's weights in place, one tensor at a time (no second copy of the model)."""
+    coupling = indexer.analysis.coupling
+    by_target = {target: key for key, target in coupling.state.items()}
+    with torch.no_grad():
+        for name, tensor in module.state_dict().items():
+            key = by_target.get(name)
+            if key is not None:
+                tensor.copy_(indexer.permute(tensor, coupling.classes(key), perm))
+
+
+def _outputs(module: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+    with torch.no_grad():
+        return _flat_outputs(module(**inputs))
+
+
+def _check(
+    alignment: Alignment, indexer: Indexer, ref: list[torch.Tensor], got: list[torch.Tensor]
+) -> VerifyReport:
+    report = compare_outputs(alignment.analysis, indexer, alignment.perm, ref, got)
+    if not report.ok:
+        raise VerificationError(
+            f"the permuted model B no longer computes what B computed (max relative error "
+            f"{report.max_rel:.3g}); no output was written. This is a graphperm bug: please "
+            "report it with the output of `graphperm trace MODEL --json`"
+        )
+    return report
 
 
 def check_permuted(
@@ -212,20 +305,12 @@ def check_permuted(
     inputs = {k: v[:1] for k, v in alignment.analysis.traced.inputs.items()}
     permuted = copy.deepcopy(b.module)
     permuted.load_state_dict(state_b)
-    with torch.no_grad():
-        ref = _flat_outputs(b.module(**inputs))
-        got = _flat_outputs(permuted(**inputs))
-    del permuted
-    report = compare_outputs(
-        alignment.analysis, Indexer(alignment.analysis), alignment.perm, ref, got
+    return _check(
+        alignment,
+        Indexer(alignment.analysis),
+        _outputs(b.module, inputs),
+        _outputs(permuted, inputs),
     )
-    if not report.ok:
-        raise VerificationError(
-            f"the permuted model B no longer computes what B computed (max relative error "
-            f"{report.max_rel:.3g}); no output was written. This is a graphperm bug: please "
-            "report it with the output of `graphperm trace MODEL --json`"
-        )
-    return report
 
 
 # ------------------------------------------------------------------------------ saving

@@ -88,6 +88,19 @@ class Calibration(_Strict):
         description="frames per second of audio kept at each site; sites faster than this (the "
         "first conv layers, at up to 3200 Hz) are subsampled evenly (null: keep every frame)",
     )
+    split_half: bool = Field(
+        True,
+        description="keep the statistics in two halves (alternate batches), solve each, and "
+        "report how far the two permutations agree per group (enough data?)",
+    )
+    stop_agreement: float | None = Field(
+        None,
+        gt=0.0,
+        le=1.0,
+        description="stop reading calibration audio once every aligned group's split-half "
+        "agreement is at least this at two checks in a row (null: use every clip)",
+    )
+    check_every: int = Field(32, ge=1, description="clips between two stop_agreement checks")
     precision: Literal["auto", "bf16", "fp32", "fp64"] = Field(
         "auto",
         description="cross-product arithmetic: 'fp64' exact reference, 'fp32', 'bf16' products "

@@ -41,6 +41,7 @@ class GroupReport:
     moved_fraction: float = 0.0
     corr_before: float | None = None
     corr_after: float | None = None
+    split_half_agreement: float | None = None
     sites: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
@@ -48,15 +49,16 @@ class GroupReport:
 
 
 def solve(
-    plan: Plan, analysis: Analysis, stats: Statistics
+    plan: Plan, analysis: Analysis, stats: Statistics, *, reports: bool = True
 ) -> tuple[Permutation, list[GroupReport]]:
-    """Permutations for every target of ``plan``, and a per-group report."""
+    """Permutations for every target of ``plan``, and (unless ``reports=False``) a per-group
+    report."""
     solver = _Solver(analysis, stats)
     perm = Permutation()
     groups = {g.name: g for g in analysis.groups}
     for gname, targets in plan.by_group().items():
         solver.group(groups[gname], targets, perm)
-    return perm, solver.reports(plan, perm)
+    return perm, solver.reports(plan, perm) if reports else []
 
 
 class _Solver:
@@ -69,7 +71,7 @@ class _Solver:
     def corr(self, site: Site) -> torch.Tensor:
         key = (site.key, site.dim)
         if key not in self._corr:
-            self._corr[key] = self.stats.sites[key].correlation()
+            self._corr[key] = self.stats.correlation(key)
         return self._corr[key]
 
     def factors(self, site: Site) -> list[int]:

@@ -37,6 +37,7 @@ class ModelBatch:
     inputs: dict[str, torch.Tensor]
     valid: torch.Tensor  # (batch,) float in [0, 1]
     seconds: float
+    clips: int = 0  # real (not padding) rows
 
 
 @dataclass
@@ -105,7 +106,7 @@ class AudioAdapter:
         lengths = torch.zeros(batch_size, dtype=torch.long)
         lengths[:rows] = batch.lengths.clamp(max=self.clip_samples)
         span = self.window_samples or self.clip_samples
-        return ModelBatch(self._inputs(wave, lengths), lengths.double() / span, batch.seconds)
+        return ModelBatch(self._inputs(wave, lengths), lengths.double() / span, batch.seconds, rows)
 
     def _inputs(self, wave: torch.Tensor, lengths: torch.Tensor) -> dict[str, torch.Tensor]:
         if self.mel_bins:

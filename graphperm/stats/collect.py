@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import torch
@@ -26,31 +26,67 @@ from graphperm.stats.accumulate import NonFinite, SiteStats
 from graphperm.stats.adapter import ModelBatch
 from graphperm.stats.runner import SiteRunner
 
-__all__ = ["Statistics", "collect", "frame_layout"]
+__all__ = ["SiteKey", "Statistics", "collect", "frame_layout"]
 
 log = logging.getLogger(__name__)
 
 
+SiteKey = tuple[str, int]
+
+
 @dataclass
 class Statistics:
-    """Statistics per site (``(value key, dim)``), and how much data they saw."""
+    """Statistics per site (``(value key, dim)``), and how much data they saw.
 
-    sites: dict[tuple[str, int], SiteStats] = field(default_factory=dict)
+    With ``split_half`` the batches alternate between two independent halves (``parts``), so the
+    permutations solved from each half can be compared (does more data change the answer?);
+    everything else sees their sum.
+    """
+
+    parts: list[dict[SiteKey, SiteStats]] = field(default_factory=lambda: [{}])
     seconds: float = 0.0
     batches: int = 0
     elapsed: float = 0.0
+    clips: int = 0
+
+    def keys(self) -> list[SiteKey]:
+        return list(self.parts[0])
+
+    def site(self, key: SiteKey) -> SiteStats:
+        """All data's statistics at ``key`` (halves are summed on the fly, not stored)."""
+        out = self.parts[0][key]
+        for part in self.parts[1:]:
+            out = out.merge(part[key])
+        return out
+
+    def correlation(self, key: SiteKey) -> torch.Tensor:
+        return self.site(key).correlation()
+
+    def half(self, i: int) -> Statistics:
+        """One of the two halves, as statistics of their own."""
+        if len(self.parts) != 2:
+            raise ValueError("these statistics were not collected in two halves")
+        return Statistics(
+            [self.parts[i]], self.seconds / 2, self.batches // 2, self.elapsed, self.clips // 2
+        )
 
     def merge(self, other: Statistics) -> Statistics:
-        keys = set(self.sites) | set(other.sites)
-        merged = {}
-        for k in keys:
-            a, b = self.sites.get(k), other.sites.get(k)
-            merged[k] = a.merge(b) if a is not None and b is not None else (a or b)
+        """The statistics of both data sets (part by part)."""
+        if len(self.parts) != len(other.parts):
+            raise ValueError("cannot merge statistics collected with and without halves")
+        parts = []
+        for mine, theirs in zip(self.parts, other.parts):
+            merged = {}
+            for k in set(mine) | set(theirs):
+                x, y = mine.get(k), theirs.get(k)
+                merged[k] = x.merge(y) if x is not None and y is not None else (x or y)
+            parts.append(merged)
         return Statistics(
-            merged,
+            parts,
             self.seconds + other.seconds,
             self.batches + other.batches,
             self.elapsed + other.elapsed,
+            self.clips + other.clips,
         )
 
 
@@ -84,26 +120,38 @@ def collect(
     progress: bool = False,
     precision: str = "fp32",
     max_frames_per_row: int | None = None,
+    split_half: bool = False,
+    stop: Callable[[Statistics], bool] | None = None,
+    check_every: int = 0,
 ) -> Statistics:
     """Run A and B on every batch and accumulate statistics at ``sites``.
 
     ``precision`` is ``fp64`` (exact reference), ``fp32``, ``bf16`` (bf16 cross products) or
     ``auto`` (bf16 for sites of 1024+ channels when the hardware has fast bf16, else fp32).
     ``max_frames_per_row`` subsamples a site's time axis evenly to at most that many frames per
-    batch row (the high-rate conv sites); ``None`` keeps every frame.
+    batch row (the high-rate conv sites); ``None`` keeps every frame. ``split_half`` alternates
+    batches between two halves. Every ``check_every`` batches, ``stop(stats)`` may end the pass
+    early (enough data).
     """
     keys = sorted({s.key for s in sites}, key=list(analysis.coupling.tensors).index)
-    runner = SiteRunner(analysis.traced.program, keys)
     layouts = {(s.key, s.dim): frame_layout(analysis, s) for s in sites}
     where = {(s.key, s.dim): s.module or s.key for s in sites}
     shapes = {k: analysis.coupling.tensors[k[0]].shape for k in layouts}
     accum = torch.float64 if precision == "fp64" else torch.float32
-    stats = Statistics({k: SiteStats.empty(shapes[k][k[1]], accum) for k in layouts})
+    halves = 2 if split_half else 1
+    stats = Statistics(
+        [{k: SiteStats.empty(shapes[k][k[1]], accum) for k in layouts} for _ in range(halves)]
+    )
     products = {k: _product_dtype(precision, shapes[k][k[1]]) for k in layouts}
     strides = {
         k: _stride(shapes[k][lay.time], max_frames_per_row) if lay.time is not None else 1
         for k, lay in layouts.items()
     }
+    in_graph: dict[str, tuple[int, int]] = {}
+    for (key, _), lay in layouts.items():  # a value's sites share one time axis and stride
+        if strides[(key, _)] > 1:
+            in_graph.setdefault(key, (lay.time, strides[(key, _)]))
+    runner = SiteRunner(analysis.traced.program, keys, in_graph)
     start = time.perf_counter()
     bar = tqdm(
         total=total_seconds,
@@ -117,10 +165,13 @@ def collect(
             acts_a = dict(zip(keys, runner(state_a, batch.inputs)))
             acts_b = dict(zip(keys, runner(state_b, batch.inputs)))
             for k, layout in layouts.items():
-                a = _frames(acts_a[k[0]], layout, batch.valid, strides[k])
-                b = _frames(acts_b[k[0]], layout, batch.valid, strides[k])
+                step = in_graph.get(k[0], (0, 1))[1]
+                full = shapes[k][layout.time] if layout.time is not None else 1
+                a = _frames(acts_a[k[0]], layout, batch.valid, step, full)
+                b = _frames(acts_b[k[0]], layout, batch.valid, step, full)
                 try:
-                    stats.sites[k].update(a, b, product=products[k])
+                    part = stats.parts[stats.batches % halves]
+                    part[k].update(a, b, product=products[k])
                 except NonFinite as err:
                     raise CalibrationError(
                         f"model {err} produced NaN or inf activations at {where[k]} ({k[0]}); "
@@ -129,7 +180,16 @@ def collect(
             del acts_a, acts_b
             stats.seconds += batch.seconds
             stats.batches += 1
+            stats.clips += batch.clips
             bar.update(batch.seconds)
+            checkpoint = stop is not None and check_every and stats.batches % check_every == 0
+            if checkpoint and stop(stats):
+                log.info(
+                    "enough data after %d batches (%.0f s of audio)",
+                    stats.batches,
+                    stats.seconds,
+                )
+                break
     stats.elapsed = time.perf_counter() - start
     return stats
 
@@ -153,12 +213,13 @@ def _stride(steps: int, max_frames: int | None) -> int:
     return 1 if not max_frames or steps <= max_frames else -(-steps // max_frames)
 
 
-def _frames(t: torch.Tensor, layout: _Layout, valid: torch.Tensor, stride: int = 1) -> torch.Tensor:
-    """(frames, channels) of the real (unpadded) frames of site value ``t``, every ``stride``-th
-    along time."""
-    full = t.shape[layout.time] if layout.time is not None else 1
-    if stride > 1 and layout.time is not None:
-        t = t.index_select(layout.time, torch.arange(0, t.shape[layout.time], stride))
+def _frames(
+    t: torch.Tensor, layout: _Layout, valid: torch.Tensor, stride: int = 1, full: int | None = None
+) -> torch.Tensor:
+    """(frames, channels) of the real (unpadded) frames of site value ``t``, which holds every
+    ``stride``-th step of a time axis of ``full`` steps."""
+    if full is None:
+        full = t.shape[layout.time] if layout.time is not None else 1
     x = t.movedim(layout.channel, -1)
     channels = x.shape[-1]
     b = layout.batch if layout.batch is None or layout.batch < layout.channel else layout.batch - 1

@@ -27,14 +27,33 @@ __all__ = ["SiteRunner"]
 class SiteRunner:
     """Calls ``program``'s graph on a state dict and inputs; returns the values named ``keys``."""
 
-    def __init__(self, program: ExportedProgram, keys: list[str]) -> None:
+    def __init__(
+        self,
+        program: ExportedProgram,
+        keys: list[str],
+        strides: dict[str, tuple[int, int]] | None = None,
+    ) -> None:
+        """``strides[key] = (dim, step)`` keeps every ``step``-th element of that value along
+        ``dim`` inside the graph, so the full activation is freed as soon as it is consumed."""
         graph = copy.deepcopy(program.graph)
         nodes = {n.name: n for n in graph.nodes}
         missing = [k for k in keys if k not in nodes]
         if missing:
             raise KeyError(f"no graph values named {missing}")
         output = next(n for n in graph.nodes if n.op == "output")
-        output.args = (tuple(nodes[k] for k in keys),)
+        outs = []
+        for k in keys:
+            dim, step = (strides or {}).get(k, (0, 1))
+            if step > 1:
+                with graph.inserting_before(output):
+                    outs.append(
+                        graph.call_function(
+                            torch.ops.aten.slice.Tensor, (nodes[k], dim, 0, 2**62, step)
+                        )
+                    )
+            else:
+                outs.append(nodes[k])
+        output.args = (tuple(outs),)
         graph.eliminate_dead_code()
         self.module = fx.GraphModule(torch.nn.Module(), graph)
         self.keys = list(keys)

@@ -13,7 +13,15 @@ import argparse
 import sys
 
 from graphperm import __version__
-from graphperm.cli import apply_cmd, demo_cmd, merge_cmd, schema_cmd, trace_cmd, verify_cmd
+from graphperm.cli import (
+    apply_cmd,
+    demo_cmd,
+    merge_cmd,
+    schema_cmd,
+    shards_cmd,
+    trace_cmd,
+    verify_cmd,
+)
 from graphperm.cli.common import add_common_args, setup_logging
 from graphperm.errors import GraphpermError
 
@@ -32,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     for command in COMMANDS:
         add_common_args(command.add_parser(sub))
     add_common_args(merge_cmd.add_align_parser(sub))
+    add_common_args(shards_cmd.add_parser(sub))
+    add_common_args(shards_cmd.add_solve_parser(sub))
     return parser
 
 

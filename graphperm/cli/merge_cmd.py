@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from graphperm.cli.common import add_model_args, load_cli_model, say
+from graphperm.distributed import is_main
 from graphperm.merge import align, check_output, merge_models, output_folder, save_alignment
 from graphperm.merge.pipeline import save_merge
 from graphperm.policy import load_policy
@@ -35,7 +36,7 @@ def add_align_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
     return p
 
 
-def _common(p: argparse.ArgumentParser) -> None:
+def _common(p: argparse.ArgumentParser, out_help: str = "output folder") -> None:
     add_model_args(p, names=("model_a", "model_b"))
     p.add_argument(
         "--policy",
@@ -49,8 +50,8 @@ def _common(p: argparse.ArgumentParser) -> None:
         metavar="PATH",
         help="calibration audio: a file or folder; repeat to mix sources",
     )
-    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
-    p.add_argument("--force", action="store_true", help="replace a non-empty output folder")
+    p.add_argument("--out", type=Path, required=True, metavar="OUT", help=out_help)
+    p.add_argument("--force", action="store_true", help="replace an existing output")
     p.add_argument("--num-clips", type=int, metavar="N", help="override calibration.num_clips")
     p.add_argument(
         "--seed-b",
@@ -60,12 +61,17 @@ def _common(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _setup(args: argparse.Namespace):
-    check_output(args.out, args.force)  # before any heavy work
+def _setup_policy(args: argparse.Namespace):
     policy = load_policy(args.policy)
     if args.num_clips is not None:
         cal = policy.calibration.model_copy(update={"num_clips": args.num_clips})
         policy = policy.model_copy(update={"calibration": cal})
+    return policy
+
+
+def _setup(args: argparse.Namespace):
+    check_output(args.out, args.force)  # before any heavy work
+    policy = _setup_policy(args)
     a = load_cli_model(args, args.model_a, seed=0)
     b = load_cli_model(args, args.model_b, seed=args.seed_b)
     alignment = align(a, b, policy, args.calib, progress=not args.quiet, where=args.policy)
@@ -74,6 +80,8 @@ def _setup(args: argparse.Namespace):
 
 def run_merge(args: argparse.Namespace) -> int:
     a, b, alignment = _setup(args)
+    if not is_main():
+        return 0
     alignment.stats = None  # free the statistics before the merge needs memory
     result = merge_models(alignment, a, b, weight_a=args.weight_a, inplace=True)
     save_merge(result, args.out, force=args.force)
@@ -89,6 +97,8 @@ def run_merge(args: argparse.Namespace) -> int:
 
 def run_align(args: argparse.Namespace) -> int:
     _, _, alignment = _setup(args)
+    if not is_main():
+        return 0
     with output_folder(args.out, force=args.force) as tmp:
         save_alignment(alignment, tmp)
     _print_report(alignment)

@@ -26,13 +26,15 @@ from graphperm.analysis import Analysis, analyse
 from graphperm.apply import Indexer, Permutation, compare_outputs, permute_state
 from graphperm.apply.verify import VerifyReport, _flat_outputs
 from graphperm.data import CalibrationSet
-from graphperm.errors import CalibrationError, VerificationError
+from graphperm.distributed import world
+from graphperm.errors import CalibrationError, PolicyError, VerificationError
 from graphperm.merge.checks import check_same_architecture
 from graphperm.merge.interpolate import interpolate
 from graphperm.merge.output import output_folder
 from graphperm.policy import Plan, Policy, load_policy, resolve
 from graphperm.solve import GroupReport, agreement, solve
 from graphperm.stats import AudioAdapter, Statistics, collect
+from graphperm.stats.io import all_reduce
 from graphperm.trace import LoadedModel, trace
 
 __all__ = [
@@ -119,10 +121,57 @@ def align(
     timings["trace_analysis_s"] = time.perf_counter() - start
     if not plan.targets:
         return Alignment(analysis, plan, Permutation(), [], None, {}, timings, (a.source, b.source))
+    rank, size = world()
+    if size > 1 and shard is None:
+        if policy.calibration.stop_agreement is not None:
+            raise PolicyError(
+                "calibration.stop_agreement is not supported under torchrun; "
+                "remove it or run one process"
+            )
+        shard = (rank, size)
     stats, calibration = calibrate(
-        analysis, plan, a, b, adapter, calib, progress=progress, shard=shard
+        analysis, plan, a, b, adapter, calib, progress=progress and rank == 0, shard=shard
     )
+    if size > 1:
+        t = time.perf_counter()
+        stats = all_reduce(stats)
+        calibration = _gather_calibration(calibration, stats, size)
+        timings["all_reduce_s"] = time.perf_counter() - t
+        if rank != 0:  # rank 0 solves and writes
+            return Alignment(
+                analysis, plan, Permutation(), [], stats, calibration, timings, (a.source, b.source)
+            )
     timings["statistics_s"] = stats.elapsed
+    return finish_alignment(analysis, plan, stats, calibration, timings, (a.source, b.source))
+
+
+def _gather_calibration(mine: dict, stats: Statistics, size: int) -> dict:
+    """Every process's calibration summary, added up."""
+    import torch.distributed as dist
+
+    every: list[dict] = [{} for _ in range(size)]
+    dist.all_gather_object(every, mine)
+    return {
+        "clips": stats.clips,
+        "clips_planned": sum(c["clips_planned"] for c in every),
+        "seconds": round(stats.seconds, 3),
+        "files": sum(c["files"] for c in every),
+        "skipped_files": [f for c in every for f in c["skipped_files"]],
+        "description": f"{stats.clips} clips ({stats.seconds:.1f} s) read by {size} processes",
+        "sample_rate": mine["sample_rate"],
+        "processes": size,
+    }
+
+
+def finish_alignment(
+    analysis: Analysis,
+    plan: Plan,
+    stats: Statistics,
+    calibration: dict,
+    timings: dict[str, float],
+    sources: tuple[str, str],
+) -> Alignment:
+    """Solve from complete statistics (and measure split-half agreement)."""
     t = time.perf_counter()
     perm, reports = solve(plan, analysis, stats)
     timings["solve_s"] = time.perf_counter() - t
@@ -132,9 +181,7 @@ def align(
         for r in reports:
             r.split_half_agreement = halves.get(r.name)
         timings["split_half_s"] = time.perf_counter() - t
-    return Alignment(
-        analysis, plan, perm, reports, stats, calibration, timings, (a.source, b.source)
-    )
+    return Alignment(analysis, plan, perm, reports, stats, calibration, timings, sources)
 
 
 def calibrate(

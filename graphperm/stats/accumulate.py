@@ -89,32 +89,41 @@ class SiteStats:
         else:
             self.cross += (a.T.to(product) @ b.to(product)).to(dtype)
 
+    def rebased(self, shift_a: torch.Tensor, shift_b: torch.Tensor) -> SiteStats:
+        """The same statistics, as sums around other shifts (exact algebra, in float64)."""
+        da = (self.shift_a - shift_a).double()  # (a - new) = (a - old) + (old - new)
+        db = (self.shift_b - shift_b).double()
+        m = self.n
+        return SiteStats(
+            m,
+            shift_a.double().clone(),
+            shift_b.double().clone(),
+            self.sum_a + m * da,
+            self.sum_b + m * db,
+            self.sq_a + 2 * da * self.sum_a + m * da.square(),
+            self.sq_b + 2 * db * self.sum_b + m * db.square(),
+            self.cross.double()
+            + torch.outer(self.sum_a, db)
+            + torch.outer(da, self.sum_b)
+            + m * torch.outer(da, db),
+        )
+
     def merge(self, other: SiteStats) -> SiteStats:
         """Statistics of the union of both sets of frames (shifts reconciled exactly)."""
         if other.n == 0:
             return self
         if self.n == 0:
             return other
-        da = other.shift_a - self.shift_a  # other's sums are around other's shift
-        db = other.shift_b - self.shift_b
-        m = other.n
-        sa = other.sum_a + m * da
-        sb = other.sum_b + m * db
-        cross = (
-            other.cross.double()
-            + torch.outer(other.sum_a, db)
-            + torch.outer(da, other.sum_b)
-            + m * torch.outer(da, db)
-        )
+        o = other.rebased(self.shift_a, self.shift_b)
         return SiteStats(
-            self.n + m,
+            self.n + o.n,
             self.shift_a,
             self.shift_b,
-            self.sum_a + sa,
-            self.sum_b + sb,
-            self.sq_a + other.sq_a + 2 * da * other.sum_a + m * da.square(),
-            self.sq_b + other.sq_b + 2 * db * other.sum_b + m * db.square(),
-            (self.cross.double() + cross).to(self.cross.dtype),
+            self.sum_a + o.sum_a,
+            self.sum_b + o.sum_b,
+            self.sq_a + o.sq_a,
+            self.sq_b + o.sq_b,
+            (self.cross.double() + o.cross).to(self.cross.dtype),
         )
 
     def std(self) -> tuple[torch.Tensor, torch.Tensor]:

@@ -49,7 +49,7 @@ class Statistics:
     elapsed: float = 0.0
     clips: int = 0
 
-    def keys(self) -> list[SiteKey]:
+    def site_keys(self) -> list[SiteKey]:
         return list(self.parts[0])
 
     def site(self, key: SiteKey) -> SiteStats:

@@ -1,0 +1,134 @@
+"""``graphperm stats`` and ``graphperm solve``: calibrate in shards anywhere, solve once.
+
+Any scheduler (a Slurm array, Ray, a shell loop) can run ``graphperm stats ... --shard i/n`` for
+each ``i``; ``graphperm solve stats_*.safetensors --out DIR`` adds the shards and writes the same
+permutations, policy and report as ``graphperm align``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from graphperm import __version__
+from graphperm.cli.common import load_cli_model, say
+from graphperm.cli.merge_cmd import _common, _print_report, _setup_policy
+from graphperm.errors import MismatchError
+from graphperm.merge import check_output, check_same_architecture, output_folder, save_alignment
+from graphperm.merge.pipeline import calibrate, finish_alignment, prepare
+from graphperm.policy import load_policy
+from graphperm.stats.io import load_statistics, save_statistics
+from graphperm.trace import load_model
+
+STATS_HELP = "collect the statistics of one shard of the calibration audio into a file"
+SOLVE_HELP = "add statistics files of any number of shards and solve (like `graphperm align`)"
+
+
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = sub.add_parser("stats", help=STATS_HELP, description=STATS_HELP)
+    _common(p, out_help="statistics file to write (.safetensors)")
+    p.add_argument(
+        "--shard",
+        default="0/1",
+        metavar="I/N",
+        help="this shard of N (clips I, I+N, I+2N, ...); default 0/1",
+    )
+    p.set_defaults(func=run_stats)
+    return p
+
+
+def add_solve_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = sub.add_parser("solve", help=SOLVE_HELP, description=SOLVE_HELP)
+    p.add_argument(
+        "stats",
+        nargs="+",
+        type=Path,
+        metavar="STATS",
+        help="statistics files written by `graphperm stats`",
+    )
+    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
+    p.add_argument("--force", action="store_true", help="replace a non-empty output folder")
+    p.set_defaults(func=run_solve)
+    return p
+
+
+def _shard(text: str) -> tuple[int, int]:
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise MismatchError(f"--shard '{text}' is not I/N (e.g. 0/4)") from None
+    if not 0 <= i < n:
+        raise MismatchError(f"--shard '{text}': I must be in 0..N-1")
+    return i, n
+
+
+def run_stats(args: argparse.Namespace) -> int:
+    shard = _shard(args.shard)
+    if args.out.exists() and not args.force:
+        check_output(args.out, args.force)
+    policy = _setup_policy(args)
+    a = load_cli_model(args, args.model_a, seed=0)
+    b = load_cli_model(args, args.model_b, seed=args.seed_b)
+    check_same_architecture(a, b)
+    adapter, analysis, plan = prepare(a, policy, where=args.policy)
+    stats, calibration = calibrate(
+        analysis, plan, a, b, adapter, args.calib, progress=not args.quiet, shard=shard
+    )
+    meta = {
+        "graphperm": __version__,
+        "model_a": args.model_a,
+        "model_b": args.model_b,
+        "random_init": args.random_init,
+        "seed_b": args.seed_b,
+        "policy": policy.model_dump(mode="json"),
+        "sites": sorted(f"{k}:{d}" for k, d in stats.site_keys()),
+        "shard": list(shard),
+        "calibration": calibration,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    save_statistics(stats, args.out, meta)
+    say(
+        f"shard {shard[0]}/{shard[1]}: {calibration['description']}",
+        f"statistics of {len(meta['sites'])} sites written to {args.out}",
+    )
+    return 0
+
+
+def run_solve(args: argparse.Namespace) -> int:
+    check_output(args.out, args.force)
+    loaded = [load_statistics(p) for p in args.stats]
+    stats, meta = loaded[0]
+    for path, (other, m) in zip(args.stats[1:], loaded[1:]):
+        for field in ("model_a", "model_b", "policy", "sites", "random_init", "seed_b"):
+            if m.get(field) != meta.get(field):
+                raise MismatchError(
+                    f"'{path}' was collected with another {field.replace('_', ' ')}"
+                    f" than '{args.stats[0]}'; solve shards of one job together"
+                )
+        stats = stats.merge(other)
+    shards = sorted(tuple(m["shard"]) for _, m in loaded)
+    if len(set(shards)) != len(shards):
+        raise MismatchError(f"the same shard was given twice ({shards}); pass each shard once")
+    policy = load_policy(meta["policy"])
+    a = load_model(meta["model_a"], random_init=meta["random_init"], seed=0)
+    _, analysis, plan = prepare(a, policy)
+    wanted = sorted(f"{s.key}:{s.dim}" for s in plan.sites())
+    if wanted != meta["sites"]:
+        raise MismatchError(
+            "the statistics do not match model A's sites under this graphperm "
+            "version; collect them again"
+        )
+    calibration = {
+        "clips": stats.clips,
+        "seconds": round(stats.seconds, 3),
+        "shards": len(loaded),
+        "description": f"{stats.clips} clips ({stats.seconds:.1f} s) in {len(loaded)} shard(s)",
+    }
+    alignment = finish_alignment(
+        analysis, plan, stats, calibration, {}, (meta["model_a"], meta["model_b"])
+    )
+    with output_folder(args.out, force=args.force) as tmp:
+        save_alignment(alignment, tmp)
+    _print_report(alignment)
+    say(f"permutations written to {args.out / 'permutations.safetensors'}")
+    return 0

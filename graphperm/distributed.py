@@ -13,30 +13,22 @@ from __future__ import annotations
 import logging
 import os
 
-import torch
-
 __all__ = ["is_main", "world"]
 
 log = logging.getLogger(__name__)
 
 
 def world() -> tuple[int, int]:
-    """``(rank, world_size)``; joins the process group (gloo on CPU, nccl on GPU) when launched
-    by ``torchrun`` with more than one process."""
+    """``(rank, world_size)``; joins a gloo process group when launched by ``torchrun`` with more
+    than one process (statistics are all-reduced on the CPU, whatever device computed them)."""
     size = int(os.environ.get("WORLD_SIZE", "1"))
     if size <= 1:
         return 0, 1
     import torch.distributed as dist
 
     if not dist.is_initialized():
-        backend = (
-            "nccl"
-            if torch.cuda.is_available()
-            and os.environ.get("GRAPHPERM_DEVICE", "cpu").startswith("cuda")
-            else "gloo"
-        )
-        dist.init_process_group(backend)
-        log.info("joined %s process group as rank %d of %d", backend, dist.get_rank(), size)
+        dist.init_process_group("gloo")
+        log.info("joined the process group as rank %d of %d", dist.get_rank(), size)
     return dist.get_rank(), dist.get_world_size()
 
 

@@ -52,6 +52,12 @@ def _common(p: argparse.ArgumentParser, out_help: str = "output folder") -> None
     )
     p.add_argument("--out", type=Path, required=True, metavar="OUT", help=out_help)
     p.add_argument("--force", action="store_true", help="replace an existing output")
+    p.add_argument(
+        "--device",
+        default="auto",
+        choices=["auto", "cpu", "cuda"],
+        help="where the forwards and statistics run (auto: a GPU if there is one)",
+    )
     p.add_argument("--num-clips", type=int, metavar="N", help="override calibration.num_clips")
     p.add_argument(
         "--seed-b",
@@ -74,7 +80,9 @@ def _setup(args: argparse.Namespace):
     policy = _setup_policy(args)
     a = load_cli_model(args, args.model_a, seed=0)
     b = load_cli_model(args, args.model_b, seed=args.seed_b)
-    alignment = align(a, b, policy, args.calib, progress=not args.quiet, where=args.policy)
+    alignment = align(
+        a, b, policy, args.calib, progress=not args.quiet, where=args.policy, device=args.device
+    )
     return a, b, alignment
 
 

@@ -72,7 +72,15 @@ def run_stats(args: argparse.Namespace) -> int:
     check_same_architecture(a, b)
     adapter, analysis, plan = prepare(a, policy, where=args.policy)
     stats, calibration = calibrate(
-        analysis, plan, a, b, adapter, args.calib, progress=not args.quiet, shard=shard
+        analysis,
+        plan,
+        a,
+        b,
+        adapter,
+        args.calib,
+        progress=not args.quiet,
+        shard=shard,
+        device=args.device,
     )
     meta = {
         "graphperm": __version__,

@@ -107,6 +107,7 @@ def align(
     progress: bool = False,
     shard: tuple[int, int] | None = None,
     where: str | None = None,
+    device: str = "auto",
 ) -> Alignment:
     """Find the permutations of ``b`` that line its units up with ``a``'s.
 
@@ -130,7 +131,15 @@ def align(
             )
         shard = (rank, size)
     stats, calibration = calibrate(
-        analysis, plan, a, b, adapter, calib, progress=progress and rank == 0, shard=shard
+        analysis,
+        plan,
+        a,
+        b,
+        adapter,
+        calib,
+        progress=progress and rank == 0,
+        shard=shard,
+        device=device,
     )
     if size > 1:
         t = time.perf_counter()
@@ -194,8 +203,11 @@ def calibrate(
     *,
     progress: bool = False,
     shard: tuple[int, int] | None = None,
+    device: str = "auto",
 ) -> tuple[Statistics, dict]:
-    """Statistics of A and B at the plan's sites over the calibration audio."""
+    """Statistics of A and B at the plan's sites over the calibration audio (on ``device``:
+    ``cpu``, ``cuda``, or ``auto`` = a GPU when there is one)."""
+    device = resolve_device(device)
     if not calib:
         raise CalibrationError(
             "this policy aligns groups, which needs calibration audio; pass --calib PATH "
@@ -229,6 +241,7 @@ def calibrate(
         split_half=cal.split_half or cal.stop_agreement is not None,
         stop=stop,
         check_every=check_every,
+        device=device,
     )
     info = {
         "clips": stats.clips,
@@ -238,8 +251,20 @@ def calibrate(
         "skipped_files": [f"{p}: {why}" for p, why in data.skipped],
         "description": data.describe(),
         "sample_rate": adapter.sample_rate,
+        "device": device,
     }
     return stats, info
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` is ``cuda`` when a GPU is usable, else ``cpu``; others are checked."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise CalibrationError(
+            f"--device {device}: no CUDA GPU is available here; use --device cpu"
+        )
+    return device
 
 
 def split_half_agreement(plan: Plan, analysis: Analysis, stats: Statistics) -> dict[str, float]:

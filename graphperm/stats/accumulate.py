@@ -42,8 +42,10 @@ class SiteStats:
     cross: torch.Tensor  # (C, C), of (a - shift_a)(b - shift_b)ᵀ, float32 or float64
 
     @classmethod
-    def empty(cls, channels: int, dtype: torch.dtype = torch.float32) -> SiteStats:
-        z = torch.zeros(channels, dtype=torch.float64)
+    def empty(
+        cls, channels: int, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"
+    ) -> SiteStats:
+        z = torch.zeros(channels, dtype=torch.float64, device=device)
         return cls(
             0.0,
             z.clone(),
@@ -52,7 +54,7 @@ class SiteStats:
             z.clone(),
             z.clone(),
             z.clone(),
-            torch.zeros(channels, channels, dtype=dtype),
+            torch.zeros(channels, channels, dtype=dtype, device=device),
         )
 
     @property
@@ -88,6 +90,16 @@ class SiteStats:
             self.cross.addmm_(a.T, b)
         else:
             self.cross += (a.T.to(product) @ b.to(product)).to(dtype)
+
+    def to(self, device: torch.device | str) -> SiteStats:
+        """The same statistics on another device."""
+        return SiteStats(
+            self.n,
+            *(
+                getattr(self, f).to(device)
+                for f in ("shift_a", "shift_b", "sum_a", "sum_b", "sq_a", "sq_b", "cross")
+            ),
+        )
 
     def rebased(self, shift_a: torch.Tensor, shift_b: torch.Tensor) -> SiteStats:
         """The same statistics, as sums around other shifts (exact algebra, in float64)."""

@@ -123,6 +123,7 @@ def collect(
     split_half: bool = False,
     stop: Callable[[Statistics], bool] | None = None,
     check_every: int = 0,
+    device: torch.device | str = "cpu",
 ) -> Statistics:
     """Run A and B on every batch and accumulate statistics at ``sites``.
 
@@ -131,8 +132,16 @@ def collect(
     ``max_frames_per_row`` subsamples a site's time axis evenly to at most that many frames per
     batch row (the high-rate conv sites); ``None`` keeps every frame. ``split_half`` alternates
     batches between two halves. Every ``check_every`` batches, ``stop(stats)`` may end the pass
-    early (enough data).
+    early (enough data). On ``device="cuda"`` the forwards and the sums run on the GPU (with
+    TF32 matmuls when ``precision`` is ``auto``); the statistics come back on the CPU.
     """
+    device = torch.device(device)
+    if device.type != "cpu":
+        state_a = {k: v.to(device) for k, v in state_a.items()}
+        state_b = {k: v.to(device) for k, v in state_b.items()}
+        if device.type == "cuda" and precision == "auto":
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
     keys = sorted({s.key for s in sites}, key=list(analysis.coupling.tensors).index)
     layouts = {(s.key, s.dim): frame_layout(analysis, s) for s in sites}
     where = {(s.key, s.dim): s.module or s.key for s in sites}
@@ -140,9 +149,12 @@ def collect(
     accum = torch.float64 if precision == "fp64" else torch.float32
     halves = 2 if split_half else 1
     stats = Statistics(
-        [{k: SiteStats.empty(shapes[k][k[1]], accum) for k in layouts} for _ in range(halves)]
+        [
+            {k: SiteStats.empty(shapes[k][k[1]], accum, device) for k in layouts}
+            for _ in range(halves)
+        ]
     )
-    products = {k: _product_dtype(precision, shapes[k][k[1]]) for k in layouts}
+    products = {k: _product_dtype(precision, shapes[k][k[1]], device) for k in layouts}
     strides = {
         k: _stride(shapes[k][lay.time], max_frames_per_row) if lay.time is not None else 1
         for k, lay in layouts.items()
@@ -151,7 +163,7 @@ def collect(
     for (key, _), lay in layouts.items():  # a value's sites share one time axis and stride
         if strides[(key, _)] > 1:
             in_graph.setdefault(key, (lay.time, strides[(key, _)]))
-    runner = SiteRunner(analysis.traced.program, keys, in_graph)
+    runner = SiteRunner(analysis.traced.program, keys, in_graph, device=device)
     start = time.perf_counter()
     bar = tqdm(
         total=total_seconds,
@@ -162,13 +174,15 @@ def collect(
     )
     with bar:
         for batch in batches:
-            acts_a = dict(zip(keys, runner(state_a, batch.inputs)))
-            acts_b = dict(zip(keys, runner(state_b, batch.inputs)))
+            inputs = {k: v.to(device) for k, v in batch.inputs.items()}
+            valid = batch.valid.to(device)
+            acts_a = dict(zip(keys, runner(state_a, inputs)))
+            acts_b = dict(zip(keys, runner(state_b, inputs)))
             for k, layout in layouts.items():
                 step = in_graph.get(k[0], (0, 1))[1]
                 full = shapes[k][layout.time] if layout.time is not None else 1
-                a = _frames(acts_a[k[0]], layout, batch.valid, step, full)
-                b = _frames(acts_b[k[0]], layout, batch.valid, step, full)
+                a = _frames(acts_a[k[0]], layout, valid, step, full)
+                b = _frames(acts_b[k[0]], layout, valid, step, full)
                 try:
                     part = stats.parts[stats.batches % halves]
                     part[k].update(a, b, product=products[k])
@@ -191,19 +205,24 @@ def collect(
                 )
                 break
     stats.elapsed = time.perf_counter() - start
+    if device.type != "cpu":
+        stats.parts = [{k: s.to("cpu") for k, s in part.items()} for part in stats.parts]
     return stats
 
 
-def _product_dtype(precision: str, channels: int) -> torch.dtype | None:
-    if precision == "bf16" or (precision == "auto" and channels >= 1024 and fast_bf16()):
+def _product_dtype(precision: str, channels: int, device: torch.device) -> torch.dtype | None:
+    if precision == "bf16" or (precision == "auto" and channels >= 1024 and fast_bf16(device)):
         return torch.bfloat16
     return None
 
 
 @functools.cache
-def fast_bf16() -> bool:
-    """Whether this machine multiplies bf16 matrices faster than fp32 (AVX512-BF16, AMX)."""
+def fast_bf16(device: torch.device | None = None) -> bool:
+    """Whether ``device`` multiplies bf16 matrices faster than fp32 (AVX512-BF16, AMX, or a GPU
+    with bf16 tensor cores)."""
     try:
+        if device is not None and device.type == "cuda":
+            return bool(torch.cuda.is_bf16_supported())
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
         return False
@@ -227,17 +246,19 @@ def _frames(
     if b is None:  # a batch of one (its batch dim has size 1 and no class of its own)
         if tm is None or valid.numel() != 1:
             return x.reshape(-1, channels)
-        keep = torch.arange(x.shape[tm]) * stride < _valid_steps(valid[:1], full)
+        steps = torch.arange(x.shape[tm], device=x.device)
+        keep = steps * stride < _valid_steps(valid[:1], full)
         return x.index_select(tm, keep.nonzero().squeeze(1)).reshape(-1, channels)
     rows = x.shape[b]
-    frac = valid[:rows] if valid.numel() >= rows else torch.ones(rows)
+    frac = valid[:rows] if valid.numel() >= rows else torch.ones(rows, device=x.device)
     shape = [1] * (x.ndim - 1)
     shape[b] = rows
     if tm is None:
         keep = (frac > 0).reshape(shape).expand(x.shape[:-1])
     else:
         steps = x.shape[tm]
-        ok = torch.arange(steps)[None, :] * stride < _valid_steps(frac, full)[:, None]
+        grid = torch.arange(steps, device=x.device)
+        ok = grid[None, :] * stride < _valid_steps(frac, full)[:, None]
         shape[tm] = steps
         keep = (ok.T if b > tm else ok).reshape(shape).expand(x.shape[:-1])
     return x[keep]

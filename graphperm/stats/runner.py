@@ -32,6 +32,7 @@ class SiteRunner:
         program: ExportedProgram,
         keys: list[str],
         strides: dict[str, tuple[int, int]] | None = None,
+        device: torch.device | str = "cpu",
     ) -> None:
         """``strides[key] = (dim, step)`` keeps every ``step``-th element of that value along
         ``dim`` inside the graph, so the full activation is freed as soon as it is consumed."""
@@ -55,10 +56,19 @@ class SiteRunner:
                 outs.append(nodes[k])
         output.args = (tuple(outs),)
         graph.eliminate_dead_code()
+        device = torch.device(device)
+        if device.type != "cpu":  # the graph was exported on the CPU: retarget its factories
+            for node in graph.nodes:
+                node.args = tuple(device if isinstance(a, torch.device) else a for a in node.args)
+                if isinstance(node.kwargs.get("device"), torch.device):
+                    node.kwargs = {**node.kwargs, "device": device}
         self.module = fx.GraphModule(torch.nn.Module(), graph)
         self.keys = list(keys)
         self._specs = list(program.graph_signature.input_specs)
-        self._constants = dict(program.constants)
+        self._constants = {
+            k: v.to(device) if isinstance(v, torch.Tensor) else v
+            for k, v in program.constants.items()
+        }
 
     def __call__(
         self, state: dict[str, torch.Tensor], inputs: dict[str, torch.Tensor]

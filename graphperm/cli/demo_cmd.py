@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
             "calibration": {"clip_seconds": 2.0, "num_clips": 24},
         }
         alignment = align(a, b, policy, [audio], progress=not args.quiet, where="demo policy")
-        result = merge_models(alignment, a, b)
+        result = merge_models(alignment, a, b, inplace=True)
         out = args.out or Path(tmp) / "merged"
         save_merge(result, out, force=args.out is None)
         _print_report(alignment)

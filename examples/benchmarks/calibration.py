@@ -1,0 +1,273 @@
+"""graphperm's performance on HuBERT base (random weights), against the issue's targets.
+
+    python examples/benchmarks/calibration.py [--quick] [--json] [--out results.json]
+
+Measures, on this machine:
+
+- ``trace_analysis_s``: trace + analysis of HuBERT base;
+- ``forward_audio_s_per_s`` / ``statistics_audio_s_per_s`` and ``stats_overhead_ratio``: the
+  statistics pass against A's and B's plain forward passes over the same (pre-read) batches;
+- ``statistics_memory_mb``: the accumulators' size (split halves included);
+- ``solve_s_by_kind``: solve time per group kind; ``apply_merge_s``: permute + check + merge;
+- ``permutation_agreement``: fraction of channels the default (fast) path places exactly as the
+  float64, every-frame reference does, overall and per kind;
+- ``split_half_agreement_by_clips``: how far two halves of the data agree, as data grows;
+- ``peak_rss_mb_by_scale``: peak memory of a whole ``graphperm merge`` at 1×, 4× and 16× the
+  calibration data (fresh processes); the 16× run is also the end-to-end job
+  (``end_to_end_s``: 128 clips of 4 s in the full run).
+
+``--quick`` (a few minutes) uses fewer clips. Uses ``../shared/data/audio`` (speech and music).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from datetime import date
+from pathlib import Path
+
+import torch
+
+from graphperm.data import CalibrationSet
+from graphperm.merge import merge_models
+from graphperm.merge.pipeline import Alignment, finish_alignment, prepare
+from graphperm.policy import load_policy
+from graphperm.solve import agreement, solve
+from graphperm.stats import collect
+from graphperm.trace import load_model
+
+SHARED = Path(os.environ.get("GRAPHPERM_SHARED", Path(__file__).resolve().parents[3] / "shared"))
+AUDIO = [SHARED / "data/audio/speech", SHARED / "data/audio/music"]
+MODEL = "builtin:hubert-base"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a few minutes instead of ~half hour")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    parser.add_argument("--out", type=Path, help="also write the JSON results here")
+    parser.add_argument("--model", default=MODEL, help="(smoke tests: builtin:hubert-tiny)")
+    args = parser.parse_args()
+    model = args.model
+    if not all(p.is_dir() for p in AUDIO):
+        sys.exit(f"needs the shared audio in {AUDIO[0].parent} (set GRAPHPERM_SHARED)")
+
+    quick = args.quick
+    clips = 8 if quick else 32  # in-process measurements
+    scales = (1, 4, 16)
+    base = 1 if quick else 8  # clips at 1x in the fresh-process runs
+    result: dict = {
+        "date": date.today().isoformat(),
+        "machine": _machine(),
+        "model": model,
+        "policy": "paper",
+        "quick": quick,
+    }
+    policy = load_policy("paper")
+    a, b = load_model(model, seed=0), load_model(model, seed=1)
+
+    runs = []
+    for _ in range(2 if quick else 4):
+        t = time.perf_counter()
+        adapter, analysis, plan = prepare(a, policy)
+        runs.append(time.perf_counter() - t)
+    result["trace_analysis_s"] = round(statistics.median(runs), 3)
+    _say(f"trace + analysis: {result['trace_analysis_s']} s")
+
+    cal = policy.calibration
+    data = CalibrationSet(
+        AUDIO,
+        sample_rate=adapter.sample_rate,
+        clip_seconds=cal.clip_seconds,
+        num_clips=clips,
+        seed=cal.seed,
+    )
+    batches = [adapter(x, cal.batch_size) for x in data.batches(cal.batch_size)]
+    seconds = sum(x.seconds for x in batches)
+    state_a, state_b = a.state_dict(), b.state_dict()
+    sites = plan.sites()
+    fast = dict(
+        precision=cal.precision,
+        max_frames_per_row=adapter.max_frames(cal.max_frame_rate),
+        split_half=cal.split_half,
+    )
+
+    def forwards() -> float:
+        t = time.perf_counter()
+        with torch.no_grad():
+            for x in batches:
+                a.module(**x.inputs)
+                b.module(**x.inputs)
+        return time.perf_counter() - t
+
+    forwards()  # warm-up
+    plain, stats_runs, stats = [], [], None
+    for _ in range(1 if quick else 2):
+        plain.append(forwards())
+        t = time.perf_counter()
+        stats = collect(analysis, sites, state_a, state_b, batches, **fast)
+        stats_runs.append(time.perf_counter() - t)
+    result["calibration_audio_s"] = round(seconds, 1)
+    result["forward_audio_s_per_s"] = round(seconds / min(plain), 3)
+    result["statistics_audio_s_per_s"] = round(seconds / min(stats_runs), 3)
+    result["stats_overhead_ratio"] = round(min(stats_runs) / min(plain), 3)
+    result["statistics_memory_mb"] = round(
+        sum(
+            sum(
+                t.numel() * t.element_size()
+                for t in vars(s).values()
+                if isinstance(t, torch.Tensor)
+            )
+            for part in stats.parts
+            for s in part.values()
+        )
+        / 2**20,
+        1,
+    )
+    _say(f"statistics / plain forwards: {result['stats_overhead_ratio']}")
+
+    by_kind: dict[str, float] = defaultdict(float)
+    t0 = time.perf_counter()
+    for gname, targets in plan.by_group().items():
+        sub = type(plan)(plan.policy, [t for t in plan.targets if t.group == gname])
+        t = time.perf_counter()
+        solve(sub, analysis, stats, reports=False)
+        by_kind[next(iter(targets.values())).kind] += time.perf_counter() - t
+    result["solve_s_by_kind"] = {k: round(v, 3) for k, v in sorted(by_kind.items())}
+    result["solve_s"] = round(time.perf_counter() - t0, 3)
+    _say(f"solve: {result['solve_s']} s {result['solve_s_by_kind']}")
+
+    alignment = finish_alignment(analysis, plan, stats, {}, {}, (model, model))
+    exact = collect(analysis, sites, state_a, state_b, batches, precision="fp64")
+    exact_perm, _ = solve(plan, analysis, exact, reports=False)
+    agree = agreement(plan, analysis, alignment.perm, exact_perm)
+    sizes = {g.name: g.size for g in analysis.groups}
+    per_kind: dict[str, list[float]] = defaultdict(list)
+    for g, v in agree.items():
+        per_kind[next(iter(plan.by_group()[g].values())).kind].append(v)
+    total = sum(agree[g] * sizes[g] for g in agree) / sum(sizes[g] for g in agree)
+    result["permutation_agreement"] = round(total, 5)
+    result["permutation_agreement_by_kind"] = {
+        k: round(min(v), 5) for k, v in sorted(per_kind.items())
+    }
+    _say(f"fast vs exact agreement: {result['permutation_agreement']}")
+
+    t = time.perf_counter()
+    merge_models(Alignment(analysis, plan, alignment.perm, [], None), a, b, inplace=True)
+    result["apply_merge_s"] = round(time.perf_counter() - t, 3)
+    a = b = state_a = state_b = stats = exact = None  # free memory before the subprocesses
+
+    rss, curve, wall, timings = {}, {}, {}, {}
+    for scale in scales:
+        n = base * scale
+        report, peak, elapsed = _merge_process(model, n, 1 if quick else cal.batch_size)
+        rss[f"{scale}x"] = peak
+        wall[f"{scale}x"] = elapsed
+        timings[f"{scale}x"] = report["timings_s"]
+        halves = [g["split_half_agreement"] for g in report["groups"]]
+        curve[n] = round(min(halves), 4)
+        _say(f"{n} clips: peak RSS {peak} MB, {elapsed} s, lowest split-half agreement {curve[n]}")
+    result["peak_rss_mb_by_scale"] = rss
+    result["rss_growth_16x"] = round(rss["16x"] / rss["1x"] - 1, 3)
+    result["split_half_agreement_by_clips"] = curve
+    result["end_to_end"] = {
+        "clips": base * 16,
+        "clip_seconds": cal.clip_seconds,
+        "wall_s": wall["16x"],
+        "peak_rss_mb": rss["16x"],
+        "timings_s": timings["16x"],
+    }
+
+    text = json.dumps(result, indent=2)
+    if args.out:
+        args.out.write_text(text + "\n")
+    if args.json:
+        print(text)
+    else:
+        for k, v in result.items():
+            print(f"{k:32s} {v}")
+
+
+def _merge_process(model: str, clips: int, batch_size: int) -> tuple[dict, float, float]:
+    """A whole `graphperm merge` of two HuBERT-base models in a fresh process:
+    (merge report, peak RSS in MB, wall seconds)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        policy = Path(tmp) / "policy.yaml"
+        base = load_policy("paper").model_dump(mode="json")
+        base["calibration"].update(num_clips=clips, batch_size=batch_size)
+        policy.write_text(json.dumps(base))
+        out = Path(tmp) / "merged"
+        rss_file = Path(tmp) / "rss"
+        cmd = [
+            sys.executable,
+            "-c",
+            _RSS_WRAPPER,
+            str(rss_file),
+            "merge",
+            model,
+            model,
+            "--random-init",
+            "--policy",
+            str(policy),
+            "--out",
+            str(out),
+            "-q",
+            "--device",
+            "cpu",
+        ]
+        for p in AUDIO:
+            cmd += ["--calib", str(p)]
+        start = time.perf_counter()
+        proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        elapsed = time.perf_counter() - start
+        if proc.returncode != 0:
+            raise SystemExit(f"graphperm merge failed: {proc.stderr[-2000:]}")
+        report = json.loads((out / "merge_report.json").read_text())
+        peak_kb = int(rss_file.read_text())
+    return report, round(peak_kb / 1024, 1), round(elapsed, 1)
+
+
+# Runs the CLI and records the process's own peak RSS (a child's RUSAGE_CHILDREN figure would
+# include the parent's memory copied at fork).
+_RSS_WRAPPER = """
+import resource, sys
+from graphperm.cli import main
+out = sys.argv[1]
+try:
+    code = main(sys.argv[2:])
+finally:
+    open(out, "w").write(str(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))
+sys.exit(code)
+"""
+
+
+def _machine() -> str:
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return (
+        f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} threads, "
+        f"{platform.python_implementation()} {platform.python_version()}, "
+        f"torch {torch.__version__}, bf16 matmul: {torch.backends.cpu.get_cpu_capability()}"
+    )
+
+
+def _say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -11,7 +11,6 @@ Example:
 
 from __future__ import annotations
 
-import functools
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -127,21 +126,18 @@ def collect(
 ) -> Statistics:
     """Run A and B on every batch and accumulate statistics at ``sites``.
 
-    ``precision`` is ``fp64`` (exact reference), ``fp32``, ``bf16`` (bf16 cross products) or
-    ``auto`` (bf16 for sites of 1024+ channels when the hardware has fast bf16, else fp32).
+    ``precision`` is ``fp32``, ``bf16`` (bf16 cross products, fp32 sums) or ``fp64`` (the exact
+    reference).
     ``max_frames_per_row`` subsamples a site's time axis evenly to at most that many frames per
     batch row (the high-rate conv sites); ``None`` keeps every frame. ``split_half`` alternates
     batches between two halves. Every ``check_every`` batches, ``stop(stats)`` may end the pass
-    early (enough data). On ``device="cuda"`` the forwards and the sums run on the GPU (with
-    TF32 matmuls when ``precision`` is ``auto``); the statistics come back on the CPU.
+    early (enough data). On ``device="cuda"`` the forwards and the sums run on the GPU; the
+    statistics come back on the CPU.
     """
     device = torch.device(device)
     if device.type != "cpu":
         state_a = {k: v.to(device) for k, v in state_a.items()}
         state_b = {k: v.to(device) for k, v in state_b.items()}
-        if device.type == "cuda" and precision == "auto":
-            torch.backends.cuda.matmul.allow_tf32 = True
-            torch.backends.cudnn.allow_tf32 = True
     keys = sorted({s.key for s in sites}, key=list(analysis.coupling.tensors).index)
     layouts = {(s.key, s.dim): frame_layout(analysis, s) for s in sites}
     where = {(s.key, s.dim): s.module or s.key for s in sites}
@@ -154,7 +150,7 @@ def collect(
             for _ in range(halves)
         ]
     )
-    products = {k: _product_dtype(precision, shapes[k][k[1]], device) for k in layouts}
+    product = torch.bfloat16 if precision == "bf16" else None
     strides = {
         k: _stride(shapes[k][lay.time], max_frames_per_row) if lay.time is not None else 1
         for k, lay in layouts.items()
@@ -185,7 +181,7 @@ def collect(
                 b = _frames(acts_b[k[0]], layout, valid, step, full)
                 try:
                     part = stats.parts[stats.batches % halves]
-                    part[k].update(a, b, product=products[k])
+                    part[k].update(a, b, product=product)
                 except NonFinite as err:
                     raise CalibrationError(
                         f"model {err} produced NaN or inf activations at {where[k]} ({k[0]}); "
@@ -208,24 +204,6 @@ def collect(
     if device.type != "cpu":
         stats.parts = [{k: s.to("cpu") for k, s in part.items()} for part in stats.parts]
     return stats
-
-
-def _product_dtype(precision: str, channels: int, device: torch.device) -> torch.dtype | None:
-    if precision == "bf16" or (precision == "auto" and channels >= 1024 and fast_bf16(device)):
-        return torch.bfloat16
-    return None
-
-
-@functools.cache
-def fast_bf16(device: torch.device | None = None) -> bool:
-    """Whether ``device`` multiplies bf16 matrices faster than fp32 (AVX512-BF16, AMX, or a GPU
-    with bf16 tensor cores)."""
-    try:
-        if device is not None and device.type == "cuda":
-            return bool(torch.cuda.is_bf16_supported())
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
 
 
 def _stride(steps: int, max_frames: int | None) -> int:

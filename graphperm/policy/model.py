@@ -103,9 +103,10 @@ class Calibration(_Strict):
     check_every: int = Field(32, ge=1, description="clips between two stop_agreement checks")
     precision: Literal["fp32", "bf16", "fp64"] = Field(
         "fp32",
-        description="cross-product arithmetic: 'fp32' (sums kept around a shift, so it places "
-        "units as the float64 reference does), 'bf16' products (about 1.8x faster on CPUs with "
-        "bf16 units, but places a few percent of FFN units differently), 'fp64' (reference)",
+        description="arithmetic of the calibration pass: 'fp32' (sums kept around a shift, so it "
+        "places units as the float64 reference does), 'bf16' (forwards under bf16 autocast and "
+        "bf16 products: about twice as fast on CPUs and GPUs with bf16 units, but it places a "
+        "few percent of units differently), 'fp64' (the reference)",
     )
 
 

@@ -126,8 +126,9 @@ def collect(
 ) -> Statistics:
     """Run A and B on every batch and accumulate statistics at ``sites``.
 
-    ``precision`` is ``fp32``, ``bf16`` (bf16 cross products, fp32 sums) or ``fp64`` (the exact
-    reference).
+    ``precision`` is ``fp32``, ``bf16`` (forwards under bf16 autocast and bf16 cross products,
+    fp32 sums: about twice as fast on CPUs with bf16 units, less exact) or ``fp64`` (the
+    exact reference).
     ``max_frames_per_row`` subsamples a site's time axis evenly to at most that many frames per
     batch row (the high-rate conv sites); ``None`` keeps every frame. ``split_half`` alternates
     batches between two halves. Every ``check_every`` batches, ``stop(stats)`` may end the pass
@@ -172,8 +173,9 @@ def collect(
         for batch in batches:
             inputs = {k: v.to(device) for k, v in batch.inputs.items()}
             valid = batch.valid.to(device)
-            acts_a = dict(zip(keys, runner(state_a, inputs)))
-            acts_b = dict(zip(keys, runner(state_b, inputs)))
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+                acts_a = dict(zip(keys, runner(state_a, inputs)))
+                acts_b = dict(zip(keys, runner(state_b, inputs)))
             for k, layout in layouts.items():
                 step = in_graph.get(k[0], (0, 1))[1]
                 full = shapes[k][layout.time] if layout.time is not None else 1

@@ -1,19 +1,24 @@
-"""``graphperm demo``: a whole merge on built-in defaults, in about a minute on a CPU."""
+"""``graphperm demo``: merge a music encoder into a speech encoder, linear vs aligned, scored."""
 
 from __future__ import annotations
 
 import argparse
-import tempfile
+import copy
 import time
+from dataclasses import replace
 from pathlib import Path
 
+from graphperm.apply import Permutation
 from graphperm.cli.common import say
 from graphperm.cli.merge_cmd import _print_report
-from graphperm.data.synth import write_clips
+from graphperm.demo import CALIBRATION, ENCODERS, load_probe_tasks
+from graphperm.demo.probe import layer_features, probe_accuracy
 from graphperm.merge import align, merge_models, save_merge
+from graphperm.report.table import format_table
 from graphperm.trace import load_model
 
-HELP = "run a whole merge of two small HuBERT-architecture encoders on built-in audio"
+HELP = "merge two small trained encoders (speech + music), linear vs aligned, and probe them"
+WEIGHTS_A = (0.5, 0.9)  # uniform averaging, where plain interpolation collapses; the paper's
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -22,42 +27,57 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "--out",
         type=Path,
         metavar="DIR",
-        help="keep the merged model here (default: a temporary folder)",
+        help=f"also save the aligned merge at weight {WEIGHTS_A[-1]} here (save_pretrained folder)",
     )
+    p.add_argument("--force", action="store_true", help="overwrite a non-empty --out folder")
     p.set_defaults(func=run)
     return p
 
 
 def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
-        audio = Path(tmp) / "audio"
-        write_clips(audio, count=24, seconds=2.0)
-        say(
-            "graphperm demo: merge two HuBERT-architecture encoders trained from different seeds",
-            "  A = builtin:hubert-tiny (seed 0), B = builtin:hubert-tiny (seed 1)",
-            "  calibration: 24 synthetic clips of 2 s (music and speech-like), policy: paper",
-            "",
-        )
-        a = load_model("builtin:hubert-tiny", seed=0)
-        b = load_model("builtin:hubert-tiny", seed=1)
-        policy = {
-            "align": [
-                {"kind": "conv"},
-                {"kind": "attn", "parts": ["heads", "vo"]},
-                {"kind": "ffn"},
-            ],
-            "weight_a": 0.9,
-            "calibration": {"clip_seconds": 2.0, "num_clips": 24},
-        }
-        alignment = align(a, b, policy, [audio], progress=not args.quiet, where="demo policy")
-        result = merge_models(alignment, a, b, inplace=True)
-        out = args.out or Path(tmp) / "merged"
-        save_merge(result, out, force=args.out is None)
-        _print_report(alignment)
-        say(
-            f"check: permuted B computes what B computed (max rel err {result.check.max_rel:.2g})",
-            f"merged model written to {out}" + ("" if args.out else " (temporary)"),
-            f"done in {time.perf_counter() - start:.1f} s",
-        )
+    a, b = load_model(str(ENCODERS["speech"])), load_model(str(ENCODERS["music"]))
+    tasks = load_probe_tasks()
+    params = sum(p.numel() for p in a.module.parameters()) / 1e6
+    say(
+        "graphperm demo: merge a music encoder into a speech encoder (examples/table1)",
+        f"  A = speech encoder (HuBERT-style targets on speech), {params:.1f}M parameters",
+        "  B = music encoder (MERT-style targets on music), same architecture, other seed",
+        "  merged = w·A + (1 − w)·B at w = "
+        + " and ".join(map(str, WEIGHTS_A))
+        + ": as is (linear), then with B's units aligned to A's (paper policy)",
+        "",
+    )
+    alignment = align(a, b, "paper", CALIBRATION, progress=not args.quiet, where="paper policy")
+    _print_report(alignment)
+    plain = replace(alignment, perm=Permutation(), reports=[])
+    models = {"A (speech)": a.module, "B (music)": b.module}
+    for w in WEIGHTS_A:
+        aligned = merge_models(alignment, a, b, weight_a=w)
+        models[f"linear {w}/{1 - w:.1f}"] = _module(a, merge_models(plain, a, b, weight_a=w).state)
+        models[f"aligned {w}/{1 - w:.1f}"] = _module(a, aligned.state)
+    say(f"check: permuted B computes what B computed (max rel err {aligned.check.max_rel:.2g})", "")
+
+    rows = [[name] for name in models]
+    for task in tasks:
+        say(f"probing {task.name}: {task.description} ({len(task.clips)} clips)")
+        for row, model in zip(rows, models.values()):
+            feats = layer_features(model, task.clips)
+            row.append(f"{probe_accuracy(feats, task.labels, task.train, len(task.classes)):.1f}")
+    say(
+        "",
+        "probe accuracy (%): frozen encoder, learned weighted sum of layers, linear classifier",
+        format_table(rows, ["encoder", *(f"{t.name} ({t.domain})" for t in tasks)]),
+        "",
+    )
+    if args.out:
+        save_merge(aligned, args.out, force=args.force)
+        say(f"aligned merge written to {args.out}")
+    say(f"done in {time.perf_counter() - start:.1f} s")
     return 0
+
+
+def _module(a, state):
+    model = copy.deepcopy(a.module)
+    model.load_state_dict(state)
+    return model.eval()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from graphperm.solve import block_scores, match
+from graphperm.solve.assignment import Matcher
 
 
 def test_match_recovers_a_permutation() -> None:
@@ -34,3 +35,16 @@ def test_block_scores_find_permuted_heads() -> None:
     for i in range(heads):
         sub = corr[i * d : (i + 1) * d, rho[i] * d : (rho[i] + 1) * d]
         assert torch.equal(match(sub), inner[i])
+
+
+def test_matcher_in_worker_processes_gives_what_match_gives() -> None:
+    gen = torch.Generator().manual_seed(0)
+    mats = [torch.rand(1100, 1100, generator=gen, dtype=torch.float64) for _ in range(3)]
+    mats.append(torch.rand(5, 5, generator=gen, dtype=torch.float64))  # small: solved in place
+    got: dict[int, torch.Tensor] = {}
+    with Matcher(workers=2) as matcher:
+        for i, m in enumerate(mats):
+            matcher.submit(m, lambda p, i=i: got.__setitem__(i, p))
+    assert sorted(got) == [0, 1, 2, 3]
+    for i, m in enumerate(mats):
+        assert torch.equal(got[i], match(m))

@@ -21,7 +21,7 @@ import torch
 from graphperm.analysis import Analysis, Part, PermutationGroup, Site
 from graphperm.apply import Indexer, Permutation
 from graphperm.policy import Plan, Target
-from graphperm.solve.assignment import block_scores, match
+from graphperm.solve.assignment import Matcher, block_scores, match
 from graphperm.stats import Statistics
 
 __all__ = ["GroupReport", "solve"]
@@ -56,8 +56,10 @@ def solve(
     solver = _Solver(analysis, stats)
     perm = Permutation()
     groups = {g.name: g for g in analysis.groups}
-    for gname, targets in plan.by_group().items():
-        solver.group(groups[gname], targets, perm)
+    with Matcher() as matcher:
+        for gname, targets in plan.by_group().items():
+            solver.group(groups[gname], targets, perm, matcher)
+            solver.forget()  # one group's correlations at a time (75 MB per 3072-unit site)
     return perm, solver.reports(plan, perm) if reports else []
 
 
@@ -86,7 +88,17 @@ class _Solver:
             return None
         return self.corr(site)
 
-    def group(self, group: PermutationGroup, targets: dict[str, Target], perm: Permutation) -> None:
+    def forget(self) -> None:
+        """Drop the cached correlations."""
+        self._corr.clear()
+
+    def group(
+        self,
+        group: PermutationGroup,
+        targets: dict[str, Target],
+        perm: Permutation,
+        matcher: Matcher,
+    ) -> None:
         parts = {p.name: p for p in group.parts}
         inners: dict[str, list[Part]] = {}
         for p in group.parts:
@@ -106,7 +118,7 @@ class _Solver:
                     "%s/%s: no site measures it on its own; left in place", group.name, name
                 )
                 continue
-            perm.set(group.name, name, match(sum(flat)))
+            matcher.submit(sum(flat), lambda p, g=group.name, n=name: perm.set(g, n, p))
 
     def _blocks(
         self,
@@ -165,6 +177,7 @@ class _Solver:
                 p = indexer.permute(idx, [cls], perm)
                 before.append(float(c[idx, idx].mean()))
                 after.append(float(c[idx, p].mean()))
+            self.forget()
             out.append(
                 GroupReport(
                     name=g.name,

@@ -235,16 +235,19 @@ def _merge_process(model: str, clips: int, batch_size: int) -> tuple[dict, float
     return report, round(peak_kb / 1024, 1), round(elapsed, 1)
 
 
-# Runs the CLI and records the process's own peak RSS (a child's RUSAGE_CHILDREN figure would
-# include the parent's memory copied at fork).
+# Runs the CLI and records the process's own peak RSS: VmHWM, the high-water mark of this
+# process's memory map. (getrusage's ru_maxrss would not do: Linux carries the parent's peak
+# across fork + exec, so every child would report at least the benchmark's own peak.)
 _RSS_WRAPPER = """
-import resource, sys
+import sys
 from graphperm.cli import main
 out = sys.argv[1]
 try:
     code = main(sys.argv[2:])
 finally:
-    open(out, "w").write(str(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))
+    with open("/proc/self/status") as f:
+        hwm = next(line.split()[1] for line in f if line.startswith("VmHWM"))
+    open(out, "w").write(hwm)
 sys.exit(code)
 """
 

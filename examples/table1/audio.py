@@ -81,8 +81,12 @@ def peak_normalize(wav: np.ndarray, peak: float = 0.9) -> np.ndarray:
     return wav if m == 0 else (wav * (peak / m)).astype(np.float32)
 
 
-def degrade(wav: np.ndarray, rng: np.random.Generator, snr_db: tuple[float, float] = (5.0, 25.0),
-            reverb_prob: float = 0.5) -> np.ndarray:
+def degrade(
+    wav: np.ndarray,
+    rng: np.random.Generator,
+    snr_db: tuple[float, float] = (5.0, 25.0),
+    reverb_prob: float = 0.5,
+) -> np.ndarray:
     """Random "recording conditions": EQ (tilt, low/high-pass), maybe reverb, coloured noise.
 
     Applied to every probe clip (and, on the fly, to half of the pretraining crops) so that
@@ -100,11 +104,14 @@ def degrade(wav: np.ndarray, rng: np.random.Generator, snr_db: tuple[float, floa
     freqs = np.fft.rfftfreq(size, 1 / SR)
     octaves = np.log2(np.maximum(freqs, 50.0) / 1000.0)
     lowpass, highpass = rng.uniform(2500.0, 8000.0), rng.uniform(40.0, 300.0)
-    gain = (10 ** (rng.uniform(-4.0, 4.0) * octaves / 20) / np.sqrt(1 + (freqs / lowpass) ** 8)
-            / np.sqrt(1 + (highpass / np.maximum(freqs, 1.0)) ** 4))
+    gain = (
+        10 ** (rng.uniform(-4.0, 4.0) * octaves / 20)
+        / np.sqrt(1 + (freqs / lowpass) ** 8)
+        / np.sqrt(1 + (highpass / np.maximum(freqs, 1.0)) ** 4)
+    )
     out = np.fft.irfft(np.fft.rfft(wav, size) * np.fft.rfft(ir, size) * gain, size)[:n]
     colour = rng.uniform(0.0, 1.0)  # 0 = white, 1 = pink
-    spec = (rng.standard_normal(len(freqs)) + 1j * rng.standard_normal(len(freqs)))
+    spec = rng.standard_normal(len(freqs)) + 1j * rng.standard_normal(len(freqs))
     noise = np.fft.irfft(spec / np.maximum(freqs, 20.0) ** (colour / 2), size)[:n]
     rms = np.sqrt(np.mean(out**2)) + 1e-8
     noise *= rms / (np.sqrt(np.mean(noise**2)) + 1e-12) * 10 ** (-rng.uniform(*snr_db) / 20)

@@ -36,8 +36,9 @@ def power_spectrogram(wav: torch.Tensor, n_fft: int) -> torch.Tensor:
     left = n_fft // 2 - RECEPTIVE_FIELD // 2
     x = torch.nn.functional.pad(wav, (max(left, 0), n_fft))[..., max(-left, 0) :]
     window = torch.hann_window(n_fft, dtype=wav.dtype, device=wav.device)
-    spec = torch.stft(x.reshape(-1, x.shape[-1]), n_fft, HOP, window=window, center=False,
-                      return_complex=True)
+    spec = torch.stft(
+        x.reshape(-1, x.shape[-1]), n_fft, HOP, window=window, center=False, return_complex=True
+    )
     power = spec.abs().pow(2).transpose(1, 2)[:, :frames]
     return power.reshape(*wav.shape[:-1], frames, n_fft // 2 + 1)
 
@@ -104,8 +105,10 @@ def deltas(x: torch.Tensor, width: int = 2) -> torch.Tensor:
     """Regression deltas along the frame axis (-2) with edge replication."""
     t = x.shape[-2]
     idx = torch.arange(t)
-    num = sum(k * (x[..., (idx + k).clamp(0, t - 1), :] - x[..., (idx - k).clamp(0, t - 1), :])
-              for k in range(1, width + 1))
+    num = sum(
+        k * (x[..., (idx + k).clamp(0, t - 1), :] - x[..., (idx - k).clamp(0, t - 1), :])
+        for k in range(1, width + 1)
+    )
     return num / (2 * sum(k * k for k in range(1, width + 1)))
 
 

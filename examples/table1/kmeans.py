@@ -11,13 +11,14 @@ def _sq_dists(x: np.ndarray, c: np.ndarray) -> np.ndarray:
 
 def assign(x: np.ndarray, centroids: np.ndarray, chunk: int = 65536) -> np.ndarray:
     """Index of the nearest centroid for each row of x."""
-    return np.concatenate([
-        _sq_dists(x[i : i + chunk], centroids).argmin(1) for i in range(0, len(x), chunk)
-    ]).astype(np.int64)
+    return np.concatenate(
+        [_sq_dists(x[i : i + chunk], centroids).argmin(1) for i in range(0, len(x), chunk)]
+    ).astype(np.int64)
 
 
-def fit(x: np.ndarray, k: int, seed: int, iters: int = 30, max_points: int = 60000
-        ) -> tuple[np.ndarray, float]:
+def fit(
+    x: np.ndarray, k: int, seed: int, iters: int = 30, max_points: int = 60000
+) -> tuple[np.ndarray, float]:
     """Cluster rows of x (float32) into k centroids; returns (centroids, mean squared distance)."""
     rng = np.random.default_rng(seed)
     if len(x) > max_points:

@@ -148,8 +148,10 @@ def _note_set(paths: list[Path], program: int, seed: int, seconds: float = 0.5) 
     Velocity (60-120) and note length (0.2-0.45 s) are drawn per note.
     """
     rng = _rng(seed)
-    notes = [midi.Note(1.5 * i, float(rng.uniform(0.2, 0.45)), pitch, int(rng.integers(60, 121)), 0)
-             for i, pitch in enumerate(NOTE_PITCHES)]
+    notes = [
+        midi.Note(1.5 * i, float(rng.uniform(0.2, 0.45)), pitch, int(rng.integers(60, 121)), 0)
+        for i, pitch in enumerate(NOTE_PITCHES)
+    ]
     wav = midi.render(notes, {0: program}, 60.0)
     n = int(seconds * audio.SR)
     for i, path in enumerate(paths):
@@ -240,8 +242,12 @@ def plan_ks() -> tuple[list[Callable[[], float]], dict]:
             rel = f"probe/ks/v{v:02d}_{word}.flac"
             jobs.append(partial(_word_clip, DATA / rel, word, voice, seed))
             clips.append({"path": rel, "label": w, "split": split, "voice": voice.name})
-    return jobs, {"domain": "speech", "labels": list(KEYWORDS), "clips": clips,
-                  "split_by": "voice (held-out espeak variants)"}
+    return jobs, {
+        "domain": "speech",
+        "labels": list(KEYWORDS),
+        "clips": clips,
+        "split_by": "voice (held-out espeak variants)",
+    }
 
 
 def plan_sid(exclude: set[str]) -> tuple[list[Callable[[], float]], dict]:
@@ -264,10 +270,15 @@ def plan_sid(exclude: set[str]) -> tuple[list[Callable[[], float]], dict]:
             voice = base.jitter(_rng(seed), 4, 10)
             rel = f"probe/sid/spk{s:02d}_{t:02d}.flac"
             jobs.append(partial(_sentence_clip, DATA / rel, text, voice, seed))
-            clips.append({"path": rel, "label": s, "split": "train" if t < n_train else "test",
-                          "text": text})
-    return jobs, {"domain": "speech", "labels": labels, "clips": clips,
-                  "split_by": "sentence (every speaker reads the same 20 sentences)"}
+            clips.append(
+                {"path": rel, "label": s, "split": "train" if t < n_train else "test", "text": text}
+            )
+    return jobs, {
+        "domain": "speech",
+        "labels": labels,
+        "clips": clips,
+        "split_by": "sentence (every speaker reads the same 20 sentences)",
+    }
 
 
 def plan_notes() -> tuple[list[Callable[[], float]], dict, dict]:
@@ -278,16 +289,28 @@ def plan_notes() -> tuple[list[Callable[[], float]], dict, dict]:
         jobs.append(partial(_note_set, [DATA / r for r in rels], program, seed))
         for rel, pitch in zip(rels, NOTE_PITCHES, strict=True):
             meta = {"path": rel, "program": program, "pitch": pitch}
-            pitch_clips.append(meta | {"label": NOTE_PITCHES.index(pitch),
-                                       "split": "test" if program in PITCH_TEST_PROGRAMS
-                                       else "train"})
-            inst_clips.append(meta | {"label": p,
-                                      "split": "test" if pitch in INST_TEST_PITCHES
-                                      else "train"})
-    pitch = {"domain": "music", "labels": [str(p) for p in NOTE_PITCHES], "clips": pitch_clips,
-             "split_by": f"instrument (test programs {list(PITCH_TEST_PROGRAMS)})"}
-    inst = {"domain": "music", "labels": [str(p) for p in NOTE_PROGRAMS], "clips": inst_clips,
-            "split_by": f"pitch (test pitches {list(INST_TEST_PITCHES)})"}
+            pitch_clips.append(
+                meta
+                | {
+                    "label": NOTE_PITCHES.index(pitch),
+                    "split": "test" if program in PITCH_TEST_PROGRAMS else "train",
+                }
+            )
+            inst_clips.append(
+                meta | {"label": p, "split": "test" if pitch in INST_TEST_PITCHES else "train"}
+            )
+    pitch = {
+        "domain": "music",
+        "labels": [str(p) for p in NOTE_PITCHES],
+        "clips": pitch_clips,
+        "split_by": f"instrument (test programs {list(PITCH_TEST_PROGRAMS)})",
+    }
+    inst = {
+        "domain": "music",
+        "labels": [str(p) for p in NOTE_PROGRAMS],
+        "clips": inst_clips,
+        "split_by": f"pitch (test pitches {list(INST_TEST_PITCHES)})",
+    }
     return jobs, pitch, inst
 
 
@@ -300,18 +323,29 @@ def plan_genre() -> tuple[list[Callable[[], float]], dict]:
             seed = SEEDS["genre"] + 100 * s + i
             jobs.append(partial(_genre_piece, [DATA / r for r in rels], style.name, seed))
             for rel in rels:
-                clips.append({"path": rel, "label": s, "piece": i,
-                              "split": "train" if i < n_train else "test"})
-    return jobs, {"domain": "music", "labels": [s.name for s in music_data.STYLES],
-                  "clips": clips, "split_by": "piece (held-out pieces of each style)"}
+                clips.append(
+                    {
+                        "path": rel,
+                        "label": s,
+                        "piece": i,
+                        "split": "train" if i < n_train else "test",
+                    }
+                )
+    return jobs, {
+        "domain": "music",
+        "labels": [s.name for s in music_data.STYLES],
+        "clips": clips,
+        "split_by": "piece (held-out pieces of each style)",
+    }
 
 
 def run_jobs(name: str, jobs: list[Callable[[], float]], workers: int) -> float:
     """Run jobs (in a process pool when workers > 1) and return the audio seconds written."""
     with ProcessPoolExecutor(workers) if workers > 1 else _Serial() as pool:
         total = 0.0
-        for secs in tqdm(pool.map(_call, jobs, chunksize=4), total=len(jobs), desc=name,
-                         file=sys.stderr):
+        for secs in tqdm(
+            pool.map(_call, jobs, chunksize=4), total=len(jobs), desc=name, file=sys.stderr
+        ):
             total += secs
     return total
 
@@ -366,8 +400,10 @@ def main() -> None:
         print(f"{key:14s} {secs / 60:6.1f} min")
     for name, task in manifest["tasks"].items():
         n_test = sum(c["split"] == "test" for c in task["clips"])
-        print(f"{name:6s} {len(task['labels']):3d} classes, {len(task['clips']) - n_test} train,"
-              f" {n_test} test clips; split by {task['split_by']}")
+        print(
+            f"{name:6s} {len(task['labels']):3d} classes, {len(task['clips']) - n_test} train,"
+            f" {n_test} test clips; split by {task['split_by']}"
+        )
     print(f"wrote {DATA} in {time.time() - start:.0f} s")
 
 

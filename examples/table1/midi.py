@@ -73,8 +73,19 @@ def render_file(midi_path: str | Path, gain: float = 0.6) -> np.ndarray:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "out.wav"
         subprocess.run(
-            ["fluidsynth", "-ni", "-q", "-g", str(gain), "-r", "16000", "-F", str(out),
-             str(SOUNDFONT), str(midi_path)],
+            [
+                "fluidsynth",
+                "-ni",
+                "-q",
+                "-g",
+                str(gain),
+                "-r",
+                "16000",
+                "-F",
+                str(out),
+                str(SOUNDFONT),
+                str(midi_path),
+            ],
             check=True,
             capture_output=True,
         )

@@ -21,7 +21,18 @@ BLUES = (0, 3, 5, 6, 7, 10)
 PENTATONIC = (0, 2, 4, 7, 9)
 
 KICK, SNARE, CLAP, HAT, OPEN_HAT, RIDE, CRASH, RIM, SHAKER, CLAVE, TOM = (
-    36, 38, 39, 42, 46, 51, 49, 37, 70, 75, 45)
+    36,
+    38,
+    39,
+    42,
+    46,
+    51,
+    49,
+    37,
+    70,
+    75,
+    45,
+)
 
 # Lead instruments shared by all styles, so that the lead's timbre does not give the style away.
 LEAD_POOL = (0, 11, 16, 24, 40, 56, 65, 68, 71, 73, 80, 81)
@@ -62,26 +73,119 @@ class Style:
 
 
 STYLES: tuple[Style, ...] = (
-    Style("rock", (110, 145), 4, (MAJOR, MIXOLYDIAN, MINOR),
-          ((0, 4, 5, 3), (0, 3, 4, 3), (0, 5, 3, 4)),
-          (29, 30, 27), (33, 34), (29, 30, 81), "power", "rock", "octave", lead_density=0.35),
-    Style("jazz", (120, 180), 4, (MAJOR, DORIAN), ((1, 4, 0, 0), (0, 5, 1, 4), (2, 5, 1, 4)),
-          (0, 26, 4), (32,), (65, 66, 56, 11), "offbeat", "swing", "walking", swing=0.6,
-          lead_density=0.6),
-    Style("electronic", (122, 135), 4, (MINOR, DORIAN), ((0, 5, 3, 4), (0, 0, 5, 6), (0, 3, 5, 4)),
-          (81, 80, 88, 90), (38, 39), (80, 81, 84), "arpeggio", "four", "sixteenth",
-          lead_density=0.3),
-    Style("waltz", (90, 150), 3, (MAJOR,), ((0, 3, 4, 0), (0, 4, 0, 4), (0, 5, 3, 4)),
-          (0, 48, 6), (42, 43), (40, 73, 68), "oompah", "none", "root", lead_density=0.7),
-    Style("latin", (125, 150), 4, (MAJOR, DORIAN), ((1, 4, 0, 0), (0, 5, 1, 4), (0, 3, 1, 4)),
-          (24, 25, 0), (32, 33), (73, 65, 11), "strum", "clave", "rootfifth", lead_density=0.5),
-    Style("ballad", (58, 78), 4, (MAJOR, MINOR), ((0, 5, 3, 4), (0, 4, 5, 3), (0, 3, 0, 4)),
-          (0, 1, 46), (32, 42), (73, 68, 52, 40), "arpeggio", "soft", "root", lead_density=0.35),
-    Style("march", (108, 126), 2, (MAJOR,), ((0, 4, 0, 4), (0, 3, 4, 0), (0, 0, 4, 4)),
-          (61, 60, 57), (58,), (56, 72, 71), "block", "march", "rootfifth", lead_density=0.7),
-    Style("reggae", (70, 92), 4, (MAJOR, MINOR), ((0, 3, 4, 3), (0, 5, 3, 4), (0, 3, 0, 4)),
-          (16, 27, 17), (33, 34), (16, 65, 11), "offbeat", "oneDrop", "syncopated",
-          lead_density=0.3),
+    Style(
+        "rock",
+        (110, 145),
+        4,
+        (MAJOR, MIXOLYDIAN, MINOR),
+        ((0, 4, 5, 3), (0, 3, 4, 3), (0, 5, 3, 4)),
+        (29, 30, 27),
+        (33, 34),
+        (29, 30, 81),
+        "power",
+        "rock",
+        "octave",
+        lead_density=0.35,
+    ),
+    Style(
+        "jazz",
+        (120, 180),
+        4,
+        (MAJOR, DORIAN),
+        ((1, 4, 0, 0), (0, 5, 1, 4), (2, 5, 1, 4)),
+        (0, 26, 4),
+        (32,),
+        (65, 66, 56, 11),
+        "offbeat",
+        "swing",
+        "walking",
+        swing=0.6,
+        lead_density=0.6,
+    ),
+    Style(
+        "electronic",
+        (122, 135),
+        4,
+        (MINOR, DORIAN),
+        ((0, 5, 3, 4), (0, 0, 5, 6), (0, 3, 5, 4)),
+        (81, 80, 88, 90),
+        (38, 39),
+        (80, 81, 84),
+        "arpeggio",
+        "four",
+        "sixteenth",
+        lead_density=0.3,
+    ),
+    Style(
+        "waltz",
+        (90, 150),
+        3,
+        (MAJOR,),
+        ((0, 3, 4, 0), (0, 4, 0, 4), (0, 5, 3, 4)),
+        (0, 48, 6),
+        (42, 43),
+        (40, 73, 68),
+        "oompah",
+        "none",
+        "root",
+        lead_density=0.7,
+    ),
+    Style(
+        "latin",
+        (125, 150),
+        4,
+        (MAJOR, DORIAN),
+        ((1, 4, 0, 0), (0, 5, 1, 4), (0, 3, 1, 4)),
+        (24, 25, 0),
+        (32, 33),
+        (73, 65, 11),
+        "strum",
+        "clave",
+        "rootfifth",
+        lead_density=0.5,
+    ),
+    Style(
+        "ballad",
+        (58, 78),
+        4,
+        (MAJOR, MINOR),
+        ((0, 5, 3, 4), (0, 4, 5, 3), (0, 3, 0, 4)),
+        (0, 1, 46),
+        (32, 42),
+        (73, 68, 52, 40),
+        "arpeggio",
+        "soft",
+        "root",
+        lead_density=0.35,
+    ),
+    Style(
+        "march",
+        (108, 126),
+        2,
+        (MAJOR,),
+        ((0, 4, 0, 4), (0, 3, 4, 0), (0, 0, 4, 4)),
+        (61, 60, 57),
+        (58,),
+        (56, 72, 71),
+        "block",
+        "march",
+        "rootfifth",
+        lead_density=0.7,
+    ),
+    Style(
+        "reggae",
+        (70, 92),
+        4,
+        (MAJOR, MINOR),
+        ((0, 3, 4, 3), (0, 5, 3, 4), (0, 3, 0, 4)),
+        (16, 27, 17),
+        (33, 34),
+        (16, 65, 11),
+        "offbeat",
+        "oneDrop",
+        "syncopated",
+        lead_density=0.3,
+    ),
 )
 
 
@@ -95,11 +199,25 @@ def _drums(kind: str, bars: int, bpb: int, rng: np.random.Generator) -> list[Not
     """A drum part on the GM percussion channel."""
     hits: list[tuple[float, int, int]] = []  # (beat within bar, drum, velocity)
     if kind == "rock":
-        hits = [(b / 2, HAT, 70) for b in range(2 * bpb)] + [(0, KICK, 110), (2, KICK, 100),
-                (1, SNARE, 110), (3, SNARE, 110), (2.5, KICK, 80)]
+        hits = [(b / 2, HAT, 70) for b in range(2 * bpb)] + [
+            (0, KICK, 110),
+            (2, KICK, 100),
+            (1, SNARE, 110),
+            (3, SNARE, 110),
+            (2.5, KICK, 80),
+        ]
     elif kind == "swing":
-        hits = [(0, RIDE, 80), (1, RIDE, 80), (1 + 2 / 3, RIDE, 60), (2, RIDE, 80), (3, RIDE, 80),
-                (3 + 2 / 3, RIDE, 60), (1, HAT, 60), (3, HAT, 60), (0, KICK, 50)]
+        hits = [
+            (0, RIDE, 80),
+            (1, RIDE, 80),
+            (1 + 2 / 3, RIDE, 60),
+            (2, RIDE, 80),
+            (3, RIDE, 80),
+            (3 + 2 / 3, RIDE, 60),
+            (1, HAT, 60),
+            (3, HAT, 60),
+            (0, KICK, 50),
+        ]
     elif kind == "four":
         hits = [(b, KICK, 120) for b in range(bpb)] + [(b + 0.5, OPEN_HAT, 70) for b in range(bpb)]
         hits += [(1, CLAP, 100), (3, CLAP, 100)] + [(b / 4, HAT, 40) for b in range(4 * bpb)]
@@ -120,13 +238,16 @@ def _drums(kind: str, bars: int, bpb: int, rng: np.random.Generator) -> list[Not
                 v = vel + int(rng.integers(-8, 9))
                 notes.append(Note(bar * bpb + beat, 0.2, drum, v, DRUMS))
         if kind != "none" and bar % 4 == 3 and rng.random() < 0.6:  # a fill
-            notes += [Note(bar * bpb + bpb - 1 + i / 4, 0.2, TOM + 2 * (i % 3), 90, DRUMS)
-                      for i in range(4)]
+            notes += [
+                Note(bar * bpb + bpb - 1 + i / 4, 0.2, TOM + 2 * (i % 3), 90, DRUMS)
+                for i in range(4)
+            ]
     return notes
 
 
-def _comp(kind: str, chords: list[list[int]], bpb: int, swing: float,
-          rng: np.random.Generator) -> list[Note]:
+def _comp(
+    kind: str, chords: list[list[int]], bpb: int, swing: float, rng: np.random.Generator
+) -> list[Note]:
     """Accompaniment (channel 1) from one chord per bar."""
     notes = []
     for bar, chord in enumerate(chords):
@@ -136,16 +257,24 @@ def _comp(kind: str, chords: list[list[int]], bpb: int, swing: float,
         elif kind == "pad":
             notes += [Note(t0, bpb, p, 65, 1) for p in chord]
         elif kind == "power":
-            notes += [Note(t0 + b / 2, 0.45, p, 85, 1) for b in range(2 * bpb)
-                      for p in (chord[0] - 12, chord[0] - 5)]
+            notes += [
+                Note(t0 + b / 2, 0.45, p, 85, 1)
+                for b in range(2 * bpb)
+                for p in (chord[0] - 12, chord[0] - 5)
+            ]
         elif kind == "arpeggio":
             seq = [*chord, chord[0] + 12, chord[1] + 12]
             step = 0.25 if rng.random() < 0.5 else 0.5
-            notes += [Note(t0 + i * step, step * 1.5, seq[i % len(seq)], 70, 1)
-                      for i in range(int(bpb / step))]
+            notes += [
+                Note(t0 + i * step, step * 1.5, seq[i % len(seq)], 70, 1)
+                for i in range(int(bpb / step))
+            ]
         elif kind == "offbeat":
-            notes += [Note(t0 + _swing_time(b + 0.5, swing), 0.3, p, 72, 1)
-                      for b in range(bpb) for p in chord]
+            notes += [
+                Note(t0 + _swing_time(b + 0.5, swing), 0.3, p, 72, 1)
+                for b in range(bpb)
+                for p in chord
+            ]
         elif kind == "oompah":
             notes += [Note(t0, 0.9, chord[0] - 12, 80, 1)]
             notes += [Note(t0 + b, 0.6, p, 60, 1) for b in range(1, bpb) for p in chord]
@@ -174,21 +303,37 @@ def _bass(kind: str, chords: list[list[int]], bpb: int, rng: np.random.Generator
         elif kind == "syncopated":
             notes += [Note(t0 + b, 0.4, root + d, 95, 2) for b, d in ((0, 0), (1.5, 7), (2.5, 12))]
         elif kind == "sixteenth":
-            notes += [Note(t0 + b / 4, 0.2, root + (12 if b % 4 == 2 else 0), 100, 2)
-                      for b in range(4 * bpb)]
+            notes += [
+                Note(t0 + b / 4, 0.2, root + (12 if b % 4 == 2 else 0), 100, 2)
+                for b in range(4 * bpb)
+            ]
     return notes
 
 
-def _melody(scale: tuple[int, ...], root: int, beats: int, density: float, swing: float,
-            rng: np.random.Generator, channel: int = 3) -> list[Note]:
+def _melody(
+    scale: tuple[int, ...],
+    root: int,
+    beats: int,
+    density: float,
+    swing: float,
+    rng: np.random.Generator,
+    channel: int = 3,
+) -> list[Note]:
     """A random-walk melody on the scale, eighth-note grid."""
     notes, degree, t = [], int(rng.integers(len(scale), 2 * len(scale))), 0.0
     while t < beats:
         if rng.random() < density:
             dur = float(rng.choice([0.5, 0.5, 1.0, 1.5, 2.0]))
             degree = int(np.clip(degree + rng.integers(-2, 3), 3, 3 * len(scale)))
-            notes.append(Note(_swing_time(t, swing), dur * 0.9, degree_pitch(scale, root, degree),
-                              int(rng.integers(70, 105)), channel))
+            notes.append(
+                Note(
+                    _swing_time(t, swing),
+                    dur * 0.9,
+                    degree_pitch(scale, root, degree),
+                    int(rng.integers(70, 105)),
+                    channel,
+                )
+            )
             t += dur
         else:
             t += 0.5
@@ -235,14 +380,25 @@ def generic_piece(seed: int, seconds: float = 12.0) -> Piece:
         texture = textures[rng.integers(len(textures))]
         programs[ch] = int(rng.choice(GENERIC_PROGRAMS))
         if texture.startswith("melody"):
-            part = _melody(scale, root + (12 if texture == "melody_hi" else 0), bars * bpb,
-                           float(rng.uniform(0.3, 0.9)), float(rng.choice([0.0, 0.6])), rng, ch)
+            part = _melody(
+                scale,
+                root + (12 if texture == "melody_hi" else 0),
+                bars * bpb,
+                float(rng.uniform(0.3, 0.9)),
+                float(rng.choice([0.0, 0.6])),
+                rng,
+                ch,
+            )
         elif texture == "bass":
-            part = [Note(n.start, n.duration, n.pitch, n.velocity, ch)
-                    for n in _bass("rootfifth", chords, bpb, rng)]
+            part = [
+                Note(n.start, n.duration, n.pitch, n.velocity, ch)
+                for n in _bass("rootfifth", chords, bpb, rng)
+            ]
         else:
-            part = [Note(n.start, n.duration, n.pitch, n.velocity, ch)
-                    for n in _comp(texture, chords, bpb, 0.0, rng)]
+            part = [
+                Note(n.start, n.duration, n.pitch, n.velocity, ch)
+                for n in _comp(texture, chords, bpb, 0.0, rng)
+            ]
         notes += part
     if rng.random() < 0.5:
         kind = ("rock", "swing", "four", "clave", "oneDrop", "soft")[rng.integers(6)]

@@ -101,18 +101,23 @@ def fingerprint(model: torch.nn.Module) -> str:
 
 
 @torch.inference_mode()
-def pooled_features(encoder: torch.nn.Module | str, paths: Sequence[Path],
-                    progress: bool = True) -> dict[Path, torch.Tensor]:
+def pooled_features(
+    encoder: torch.nn.Module | str, paths: Sequence[Path], progress: bool = True
+) -> dict[Path, torch.Tensor]:
     """Mean-pooled per-layer features, {path: (layers, dim)}; `encoder` may be "fbank"."""
     by_len: dict[int, list[Path]] = {}
     for p in paths:
         by_len.setdefault(len(_load_clip(p)), []).append(p)
-    batches = [(ps[i : i + BATCH_SIZE]) for _, ps in sorted(by_len.items())
-               for i in range(0, len(ps), BATCH_SIZE)]
+    batches = [
+        (ps[i : i + BATCH_SIZE])
+        for _, ps in sorted(by_len.items())
+        for i in range(0, len(ps), BATCH_SIZE)
+    ]
     out: dict[Path, torch.Tensor] = {}
     name = encoder if isinstance(encoder, str) else type(encoder).__name__
-    for batch in tqdm(batches, desc=f"features ({name})", file=sys.stderr, disable=not progress,
-                      leave=False):
+    for batch in tqdm(
+        batches, desc=f"features ({name})", file=sys.stderr, disable=not progress, leave=False
+    ):
         wav = features.normalize_wave(torch.from_numpy(np.stack([_load_clip(p) for p in batch])))
         if isinstance(encoder, str):
             layers = features.log_mel(wav).mean(dim=1, keepdim=True)  # (B, 1, 80)
@@ -126,14 +131,17 @@ def pooled_features(encoder: torch.nn.Module | str, paths: Sequence[Path],
 class LayerProbe(torch.nn.Module):
     """Softmax-weighted sum of standardized layers, then Linear-ReLU-Dropout-Linear."""
 
-    def __init__(self, n_layers: int, dim: int, n_classes: int, mean: torch.Tensor,
-                 std: torch.Tensor) -> None:
+    def __init__(
+        self, n_layers: int, dim: int, n_classes: int, mean: torch.Tensor, std: torch.Tensor
+    ) -> None:
         super().__init__()
         self.register_buffer("mean", mean)
         self.register_buffer("std", std)
         self.layer_logits = torch.nn.Parameter(torch.zeros(n_layers))
         self.mlp = torch.nn.Sequential(
-            torch.nn.Linear(dim, HIDDEN), torch.nn.ReLU(), torch.nn.Dropout(DROPOUT),
+            torch.nn.Linear(dim, HIDDEN),
+            torch.nn.ReLU(),
+            torch.nn.Dropout(DROPOUT),
             torch.nn.Linear(HIDDEN, n_classes),
         )
 
@@ -167,9 +175,15 @@ def _resolve(model: Encoder) -> tuple[torch.nn.Module | str, str]:
     return model.eval(), type(model).__name__
 
 
-def evaluate(model: Encoder, tasks: Iterable[str] | None = None, seed: int = 0,
-             data_dir: Path = DATA, cache_dir: Path | None = None, progress: bool = True,
-             name: str | None = None) -> dict:
+def evaluate(
+    model: Encoder,
+    tasks: Iterable[str] | None = None,
+    seed: int = 0,
+    data_dir: Path = DATA,
+    cache_dir: Path | None = None,
+    progress: bool = True,
+    name: str | None = None,
+) -> dict:
     """Probe accuracies of a frozen encoder (a module, a saved model dir, or "fbank").
 
     Returns ``{"name", "seconds", "tasks": {task: {"accuracy", "correct", "layer_weights",
@@ -182,10 +196,12 @@ def evaluate(model: Encoder, tasks: Iterable[str] | None = None, seed: int = 0,
     manifest = load_manifest(Path(data_dir))
     encoder, default_name = _resolve(model)
     key = FBANK if isinstance(encoder, str) else fingerprint(encoder)
-    paths = sorted({Path(data_dir) / c["path"]
-                    for t in tasks for c in manifest["tasks"][t]["clips"]})
-    cache_file = (Path(cache_dir) / f"{key}-{data_fingerprint(Path(data_dir))}.pt"
-                  if cache_dir else None)
+    paths = sorted(
+        {Path(data_dir) / c["path"] for t in tasks for c in manifest["tasks"][t]["clips"]}
+    )
+    cache_file = (
+        Path(cache_dir) / f"{key}-{data_fingerprint(Path(data_dir))}.pt" if cache_dir else None
+    )
     cached: dict[str, torch.Tensor] = {}
     if cache_file and cache_file.exists():
         cached = torch.load(cache_file)
@@ -214,8 +230,11 @@ def evaluate(model: Encoder, tasks: Iterable[str] | None = None, seed: int = 0,
             "n_test": len(correct),
             "layer_weights": torch.softmax(probe.layer_logits, 0).round(decimals=3).tolist(),
         }
-    return {"name": name or default_name, "seconds": round(time.time() - start, 2),
-            "tasks": results}
+    return {
+        "name": name or default_name,
+        "seconds": round(time.time() - start, 2),
+        "tasks": results,
+    }
 
 
 # ------------------------------------------------------------------------------------------
@@ -252,8 +271,12 @@ def chance_accuracies(tasks: Iterable[str] = TASKS, data_dir: Path = DATA) -> di
     return out
 
 
-def score(task_metrics: Mapping, fbank_metrics: Mapping, best_metrics: Mapping,
-          tasks: Iterable[str] | None = None) -> float:
+def score(
+    task_metrics: Mapping,
+    fbank_metrics: Mapping,
+    best_metrics: Mapping,
+    tasks: Iterable[str] | None = None,
+) -> float:
     """Paper Eq. 6: 1000 * mean over tasks of (s_u - s_fbank) / (s_best - s_fbank).
 
     Each argument is an `evaluate` result or a {task: accuracy} dict; `tasks` defaults to the
@@ -268,14 +291,20 @@ def score(task_metrics: Mapping, fbank_metrics: Mapping, best_metrics: Mapping,
         if best[t] == fb[t]:
             raise ValueError(f"task {t!r}: best and anchor accuracies are equal ({fb[t]})")
         if best[t] < fb[t]:
-            logger.warning("task %r: the anchor (%.1f) beats the best model (%.1f); its Eq. 6 "
-                           "term runs backwards", t, fb[t], best[t])
+            logger.warning(
+                "task %r: the anchor (%.1f) beats the best model (%.1f); its Eq. 6 "
+                "term runs backwards",
+                t,
+                fb[t],
+                best[t],
+            )
         terms.append((u[t] - fb[t]) / (best[t] - fb[t]))
     return 1000.0 * float(np.mean(terms))
 
 
-def domain_scores(task_metrics: Mapping, fbank_metrics: Mapping,
-                  best_metrics: Mapping) -> dict[str, float]:
+def domain_scores(
+    task_metrics: Mapping, fbank_metrics: Mapping, best_metrics: Mapping
+) -> dict[str, float]:
     """Speech score, music score, and their mean ("avg"), as in Table I."""
     sp = score(task_metrics, fbank_metrics, best_metrics, SPEECH_TASKS)
     mu = score(task_metrics, fbank_metrics, best_metrics, MUSIC_TASKS)
@@ -298,8 +327,12 @@ def mcnemar(correct_a: Sequence[int], correct_b: Sequence[int]) -> float:
 # ------------------------------------------------------------------------------------------
 
 
-def format_table(results: Sequence[Mapping], anchor: Mapping | None = None,
-                 best: Mapping | None = None, reference: Mapping | None = None) -> str:
+def format_table(
+    results: Sequence[Mapping],
+    anchor: Mapping | None = None,
+    best: Mapping | None = None,
+    reference: Mapping | None = None,
+) -> str:
     """A text table of accuracies, with Eq. 6 scores when `anchor` and `best` are given.
 
     With `reference`, an accuracy is starred where McNemar's test puts it significantly apart
@@ -331,12 +364,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("models", nargs="+", help="saved HubertModel dirs, or 'fbank'")
     parser.add_argument("--tasks", nargs="+", choices=TASKS, default=list(TASKS))
     parser.add_argument("--seed", type=int, default=0, help="probe training seed (default 0)")
-    parser.add_argument("--best", nargs="+", metavar="MODEL",
-                        help="models whose per-task best is Eq. 6's s_best (default: all encoders)")
-    parser.add_argument("--anchor", choices=("fbank", "chance"), default="fbank",
-                        help="Eq. 6's lower anchor (default fbank, which must then be listed)")
-    parser.add_argument("--reference", metavar="MODEL",
-                        help="star accuracies that differ from this model's (McNemar, p<0.05)")
+    parser.add_argument(
+        "--best",
+        nargs="+",
+        metavar="MODEL",
+        help="models whose per-task best is Eq. 6's s_best (default: all encoders)",
+    )
+    parser.add_argument(
+        "--anchor",
+        choices=("fbank", "chance"),
+        default="fbank",
+        help="Eq. 6's lower anchor (default fbank, which must then be listed)",
+    )
+    parser.add_argument(
+        "--reference",
+        metavar="MODEL",
+        help="star accuracies that differ from this model's (McNemar, p<0.05)",
+    )
     parser.add_argument("--json", type=Path, help="write all results (with per-clip correctness)")
     parser.add_argument("--cache-dir", type=Path, help="cache pooled features per model here")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
@@ -345,8 +389,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     for m in args.models:
         if m != FBANK and not (Path(m) / "config.json").exists():
-            print(f"error: {m} is neither 'fbank' nor a saved model dir (no config.json)",
-                  file=sys.stderr)
+            print(
+                f"error: {m} is neither 'fbank' nor a saved model dir (no config.json)",
+                file=sys.stderr,
+            )
             return 2
     for m in [*(args.best or []), *([args.reference] if args.reference else [])]:
         if m not in args.models:
@@ -354,20 +400,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
     results = {}
     for m in args.models:
-        results[m] = evaluate(m, args.tasks, args.seed, cache_dir=args.cache_dir,
-                              progress=not args.quiet)
+        results[m] = evaluate(
+            m, args.tasks, args.seed, cache_dir=args.cache_dir, progress=not args.quiet
+        )
         print(f"{m}: {results[m]['seconds']:.1f} s", file=sys.stderr)
     best_names = args.best or [m for m in args.models if m != FBANK]
     best = best_accuracies(*(results[m] for m in best_names)) if best_names else None
-    anchor = (chance_accuracies(args.tasks) if args.anchor == "chance"
-              else results.get(FBANK))
+    anchor = chance_accuracies(args.tasks) if args.anchor == "chance" else results.get(FBANK)
     reference = results[args.reference] if args.reference else None
     print(format_table(list(results.values()), anchor, best, reference))
     if args.anchor == "chance":
         print(f"{'(chance anchor)':28s}" + "".join(f"{anchor[t]:8.1f} " for t in args.tasks))
     if args.json:
-        args.json.write_text(json.dumps({"seed": args.seed, "results": list(results.values())},
-                                        indent=1))
+        args.json.write_text(
+            json.dumps({"seed": args.seed, "results": list(results.values())}, indent=1)
+        )
     return 0
 
 

@@ -96,8 +96,17 @@ def variants() -> list[str]:
 def synthesize(text: str, voice: Voice) -> np.ndarray:
     """Render `text` with espeak-ng and return float32 audio at 16 kHz."""
     raw = run_bytes(
-        ["espeak-ng", "-v", voice.name, "-p", str(voice.pitch), "-s", str(voice.speed),
-         "--stdout", text]
+        [
+            "espeak-ng",
+            "-v",
+            voice.name,
+            "-p",
+            str(voice.pitch),
+            "-s",
+            str(voice.speed),
+            "--stdout",
+            text,
+        ]
     )
     # espeak-ng streams a WAV whose size fields are bogus: read the 44-byte header by hand.
     sr = int.from_bytes(raw[24:28], "little")

@@ -102,8 +102,12 @@ RECIPES = {
     "music": Recipe(
         corpus="music",
         seed=2,
-        targets=(Target("logmel", units=100), Target("chroma", units=50), Target("cqt"),
-                 Target("logmel", site="cnn")),
+        targets=(
+            Target("logmel", units=100),
+            Target("chroma", units=50),
+            Target("cqt"),
+            Target("logmel", site="cnn"),
+        ),
     ),
 }
 
@@ -135,10 +139,14 @@ def make_targets(waves: list[torch.Tensor], recipe: Recipe) -> tuple[list[dict],
             centroids, inertia = kmeans.fit(np.concatenate(feats), t.units, seed=recipe.seed + i)
             for d, f in zip(per_file, feats, strict=True):
                 d[t.data] = torch.from_numpy(kmeans.assign(f, centroids))
-            counts = np.bincount(torch.cat([d[t.data] for d in per_file]).numpy(),
-                                 minlength=t.units)
-            info[t.data] = {"units": t.units, "kmeans_mse": round(inertia, 4),
-                            "unit_entropy_bits": round(_entropy(counts), 3)}
+            counts = np.bincount(
+                torch.cat([d[t.data] for d in per_file]).numpy(), minlength=t.units
+            )
+            info[t.data] = {
+                "units": t.units,
+                "kmeans_mse": round(inertia, 4),
+                "unit_entropy_bits": round(_entropy(counts), 3),
+            }
         else:
             for d, f in zip(per_file, feats, strict=True):
                 d[t.data] = torch.from_numpy(f.astype(np.float32))
@@ -158,8 +166,14 @@ class Batcher:
     (audio.degrade), so the encoders learn to see through EQ, reverb and noise (as WavLM does).
     """
 
-    def __init__(self, waves: list[torch.Tensor], targets: list[dict], crop: int, seed: int,
-                 degrade_prob: float = 0.0):
+    def __init__(
+        self,
+        waves: list[torch.Tensor],
+        targets: list[dict],
+        crop: int,
+        seed: int,
+        degrade_prob: float = 0.0,
+    ):
         self.waves, self.targets, self.crop = waves, targets, crop
         self.degrade_prob = degrade_prob
         self.frames = features.n_frames(crop)
@@ -185,10 +199,9 @@ class Batcher:
 def build_heads(recipe: Recipe, config: HubertConfig, dims: dict) -> nn.ModuleDict:
     """One linear head per target, on the last layer (site "top") or the conv output ("cnn")."""
     width = {"top": config.hidden_size, "cnn": config.conv_dim[-1]}
-    return nn.ModuleDict({
-        t.key: nn.Linear(width[t.site], t.units or dims[t.data]["dim"])
-        for t in recipe.targets
-    })
+    return nn.ModuleDict(
+        {t.key: nn.Linear(width[t.site], t.units or dims[t.data]["dim"]) for t in recipe.targets}
+    )
 
 
 def lr_at(step: int, recipe: Recipe) -> float:
@@ -221,10 +234,12 @@ def train(name: str, recipe: Recipe, out: Path, threads: int, log_every: int = 2
     heads = build_heads(recipe, config, target_info)
     cnn_out: dict[str, torch.Tensor] = {}
     model.feature_extractor.register_forward_hook(
-        lambda _m, _i, out: cnn_out.__setitem__("x", out.transpose(1, 2)))
+        lambda _m, _i, out: cnn_out.__setitem__("x", out.transpose(1, 2))
+    )
     params = list(model.parameters()) + list(heads.parameters())
-    opt = torch.optim.AdamW(params, lr=recipe.lr, betas=(0.9, 0.98), eps=1e-6,
-                            weight_decay=recipe.weight_decay)
+    opt = torch.optim.AdamW(
+        params, lr=recipe.lr, betas=(0.9, 0.98), eps=1e-6, weight_decay=recipe.weight_decay
+    )
     batcher = Batcher(waves, targets, crop, recipe.seed, recipe.degrade_prob)
     log: list[dict] = []
     acc_sums: dict[str, float] = {}
@@ -235,9 +250,14 @@ def train(name: str, recipe: Recipe, out: Path, threads: int, log_every: int = 2
         for g in opt.param_groups:
             g["lr"] = lr_at(step, recipe)
         wav, tgt = batcher(recipe.batch_size)
-        mask = torch.from_numpy(_compute_mask_indices(
-            (wav.shape[0], batcher.frames), config.mask_time_prob, config.mask_time_length,
-            min_masks=2))
+        mask = torch.from_numpy(
+            _compute_mask_indices(
+                (wav.shape[0], batcher.frames),
+                config.mask_time_prob,
+                config.mask_time_length,
+                min_masks=2,
+            )
+        )
         top = model(wav, mask_time_indices=mask).last_hidden_state
         loss = torch.zeros(())
         for t in recipe.targets:
@@ -263,9 +283,12 @@ def train(name: str, recipe: Recipe, out: Path, threads: int, log_every: int = 2
         opt.step()
         loss_sum, n_sum = loss_sum + loss.item(), n_sum + 1
         if (step + 1) % log_every == 0 or step + 1 == recipe.steps:
-            entry = {"step": step + 1, "loss": round(loss_sum / n_sum, 4),
-                     "lr": round(lr_at(step, recipe), 7),
-                     "seconds": round(time.time() - t0, 1)}
+            entry = {
+                "step": step + 1,
+                "loss": round(loss_sum / n_sum, 4),
+                "lr": round(lr_at(step, recipe), 7),
+                "seconds": round(time.time() - t0, 1),
+            }
             entry |= {f"loss_{k}": round(v / n_sum, 4) for k, v in loss_sums.items()}
             entry |= {f"acc_{k}": round(v / n_sum, 4) for k, v in acc_sums.items()}
             log.append(entry)
@@ -289,8 +312,11 @@ def train(name: str, recipe: Recipe, out: Path, threads: int, log_every: int = 2
         "threads": threads,
         "prep_seconds": round(t_prep, 1),
         "total_seconds": round(time.time() - t0, 1),
-        "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
-                     "python": platform.python_version()},
+        "versions": {
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "python": platform.python_version(),
+        },
         "log": log,
     }
     (out / "train_log.json").write_text(json.dumps(summary, indent=1))
@@ -312,11 +338,17 @@ def override(recipe: Recipe, assignments: list[str]) -> Recipe:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("model", choices=sorted(RECIPES))
-    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                        help="override a numeric recipe field, e.g. --set steps=500")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="override a numeric recipe field, e.g. --set steps=500",
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
-    parser.add_argument("--out", type=Path,
-                        help="default: graphperm/assets/encoders/<model> (what the demo ships)")
+    parser.add_argument(
+        "--out", type=Path, help="default: graphperm/assets/encoders/<model> (what the demo ships)"
+    )
     args = parser.parse_args()
     if not (DATA / "manifest.json").exists():
         sys.exit("data/manifest.json not found: run `python examples/table1/make_data.py` first")

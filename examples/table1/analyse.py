@@ -16,7 +16,6 @@ Two studies next to Table I (results/analysis.md and results/analysis.json):
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import logging
 import sys
@@ -69,9 +68,7 @@ def main() -> None:
     chance = probe.chance_accuracies()
 
     def scores(alignment, weight: float) -> dict:
-        merged = merge_models(alignment, a, b, weight_a=weight)
-        model = copy.deepcopy(a.module)
-        model.load_state_dict(merged.state)
+        model = merge_models(alignment, a, b, weight_a=weight).module()
         res = probe.evaluate(model, cache_dir=cache, progress=False)
         return {
             "accuracy": {t: round(m["accuracy"], 2) for t, m in res["tasks"].items()},

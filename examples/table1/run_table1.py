@@ -14,7 +14,6 @@ merged encoder is probed. Writes ``results/table1.json``, ``results/table1.md`` 
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import logging
 import sys
@@ -98,9 +97,7 @@ def main() -> None:
             )
         else:
             alignment = Alignment(analysis, plan, Permutation(), [], None)
-        result = merge_models(alignment, a, b)
-        model = copy.deepcopy(a.module)
-        model.load_state_dict(result.state)
+        model = merge_models(alignment, a, b).module()
         name = f"{policy_name}@{policy.weight_a:g}"
         return probe.evaluate(model, cache_dir=cache, name=name), alignment
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import copy
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -54,8 +53,8 @@ def run(args: argparse.Namespace) -> int:
     models = {"A (speech)": a.module, "B (music)": b.module}
     for w in WEIGHTS_A:
         aligned = merge_models(alignment, a, b, weight_a=w)
-        models[f"linear {w}/{1 - w:.1f}"] = _module(a, merge_models(plain, a, b, weight_a=w).state)
-        models[f"aligned {w}/{1 - w:.1f}"] = _module(a, aligned.state)
+        models[f"linear {w}/{1 - w:.1f}"] = merge_models(plain, a, b, weight_a=w).module()
+        models[f"aligned {w}/{1 - w:.1f}"] = aligned.module()
     say(f"check: permuted B computes what B computed (max rel err {aligned.check.max_rel:.2g})", "")
 
     rows = [[name] for name in models]
@@ -75,9 +74,3 @@ def run(args: argparse.Namespace) -> int:
         say(f"aligned merge written to {args.out}")
     say(f"done in {time.perf_counter() - start:.1f} s")
     return 0
-
-
-def _module(a, state):
-    model = copy.deepcopy(a.module)
-    model.load_state_dict(state)
-    return model.eval()

@@ -81,6 +81,13 @@ class MergeResult:
     check: VerifyReport | None = None
     timings: dict[str, float] = field(default_factory=dict)
 
+    def module(self) -> torch.nn.Module:
+        """A copy of A's traced module holding the merged weights, in eval mode (for probing
+        a merge in memory; :func:`save_merge` writes it to disk)."""
+        model = copy.deepcopy(self.model_a.module)
+        model.load_state_dict(self.state)
+        return model.eval()
+
 
 def prepare(
     a: LoadedModel, policy: Policy, *, where: str = "policy"

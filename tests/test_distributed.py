@@ -44,21 +44,15 @@ def same_permutations(a: Path, b: Path) -> bool:
     return sorted(x) == sorted(y) and all(torch.equal(x[k], y[k]) for k in x)
 
 
+def stats(job: Path, policy: str, shard: str, out: str) -> None:
+    """`graphperm stats` of one shard of the job's audio."""
+    cmd = ["stats", *MODELS, "--policy", policy, "--calib", "audio", "--shard", shard]
+    run(job, *cmd, "--out", out)
+
+
 def test_shards_solved_together_match_one_process(job: Path) -> None:
     for i in range(3):
-        run(
-            job,
-            "stats",
-            *MODELS,
-            "--policy",
-            "p.yaml",
-            "--calib",
-            "audio",
-            "--shard",
-            f"{i}/3",
-            "--out",
-            f"s{i}.safetensors",
-        )
+        stats(job, "p.yaml", f"{i}/3", f"s{i}.safetensors")
     out = run(job, "solve", "s0.safetensors", "s1.safetensors", "s2.safetensors", "--out", "solved")
     assert "12 clips" in out.stdout
     assert same_permutations(job / "single", job / "solved")
@@ -67,32 +61,8 @@ def test_shards_solved_together_match_one_process(job: Path) -> None:
 def test_solve_refuses_mismatched_shards(job: Path) -> None:
     other = job / "other.yaml"
     other.write_text(POLICY.replace("batch_size: 2", "batch_size: 3"))
-    run(
-        job,
-        "stats",
-        *MODELS,
-        "--policy",
-        "other.yaml",
-        "--calib",
-        "audio",
-        "--shard",
-        "0/2",
-        "--out",
-        "x0.safetensors",
-    )
-    run(
-        job,
-        "stats",
-        *MODELS,
-        "--policy",
-        "p.yaml",
-        "--calib",
-        "audio",
-        "--shard",
-        "1/2",
-        "--out",
-        "x1.safetensors",
-    )
+    stats(job, "other.yaml", "0/2", "x0.safetensors")
+    stats(job, "p.yaml", "1/2", "x1.safetensors")
     proc = subprocess.run(
         [
             sys.executable,

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import os
 
-__all__ = ["is_main", "world"]
+__all__ = ["gather_calibration", "is_main", "world"]
 
 log = logging.getLogger(__name__)
 
@@ -34,3 +34,28 @@ def world() -> tuple[int, int]:
 
 def is_main() -> bool:
     return world()[0] == 0
+
+
+def gather_calibration(mine: dict, size: int) -> dict:
+    """Every process's calibration summary, added up: numbers are summed, lists joined, other
+    values (sample rate, device) taken from this process."""
+    import torch.distributed as dist
+
+    every: list[dict] = [{} for _ in range(size)]
+    dist.all_gather_object(every, mine)
+    out: dict = {}
+    for key, value in mine.items():
+        if isinstance(value, bool) or key in ("sample_rate", "description"):
+            out[key] = value
+        elif isinstance(value, (int, float)):
+            out[key] = sum(c.get(key, 0) for c in every)
+            out[key] = round(out[key], 3) if isinstance(value, float) else out[key]
+        elif isinstance(value, list):
+            out[key] = [x for c in every for x in c.get(key, [])]
+        else:
+            out[key] = value
+    counts = ", ".join(f"{v} {k}" for k, v in out.items() if k in ("clips", "texts", "images"))
+    amount = f" ({out['seconds']:.1f} s)" if "seconds" in out else ""
+    out["description"] = f"{counts or 'data'}{amount} read by {size} processes"
+    out["processes"] = size
+    return out

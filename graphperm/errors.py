@@ -24,6 +24,7 @@ __all__ = [
     "OutputExistsError",
     "PolicyError",
     "TraceError",
+    "UsageError",
     "VerificationError",
 ]
 
@@ -49,7 +50,11 @@ class CalibrationError(GraphpermError):
 
 
 class MismatchError(GraphpermError):
-    """Two models (or a model and a permutation file) do not have the same architecture."""
+    """Models (or a model and a permutation file) do not have the same architecture."""
+
+
+class UsageError(GraphpermError):
+    """A command-line argument or a file named on it is wrong (missing, malformed)."""
 
 
 class OutputExistsError(GraphpermError):

@@ -20,10 +20,15 @@ def test_cuda_statistics_agree_with_cpu(tmp_path: Path) -> None:
     a, b = load_model("builtin:hubert-tiny"), load_model("builtin:hubert-tiny", seed=1)
     policy = {
         "align": [{"kind": "conv"}, {"kind": "attn"}, {"kind": "ffn"}],
-        "calibration": {"clip_seconds": 1.0, "batch_size": 4},
+        "calibration": {"clip_seconds": 1.0, "batch_size": 4, "split_half": False},
     }
     cpu = align(a, b, policy, [tmp_path], device="cpu")
     gpu = align(a, b, policy, [tmp_path], device="cuda")
     assert gpu.calibration["device"] == "cuda"
+    assert cpu.stats.site_keys() == gpu.stats.site_keys()
+    for key in cpu.stats.site_keys():
+        c, g = cpu.stats.site(key), gpu.stats.site(key)
+        assert c.n == g.n, key
+        assert torch.allclose(c.correlation(), g.correlation(), atol=1e-3), key
     agree = agreement(cpu.plan, cpu.analysis, cpu.perm, gpu.perm)
     assert min(agree.values()) >= 0.99, agree

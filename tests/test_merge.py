@@ -14,8 +14,7 @@ from safetensors.torch import load_file
 from graphperm.apply import Indexer, Permutation, permute_state, random_permutation
 from graphperm.data.synth import write_clips
 from graphperm.errors import VerificationError
-from graphperm.merge import align, merge_models, save_merge
-from graphperm.merge.pipeline import prepare
+from graphperm.merge import align, merge_models, prepare
 from graphperm.policy import load_policy
 from graphperm.trace import load_model
 
@@ -71,14 +70,29 @@ def test_oracle_recovery_of_the_residual_stream(audio: Path) -> None:
 
 @pytest.fixture(scope="module")
 def merged(tmp_path_factory, audio: Path) -> Path:
-    out = tmp_path_factory.mktemp("m") / "merged"
+    """`graphperm merge` of two random HuBERTs (A: seed 0, B: seed 1) with the paper policy."""
+    from graphperm.cli import main
+
+    root = tmp_path_factory.mktemp("m")
+    policy = load_policy("paper").model_dump(mode="json")
+    policy.update(ONE_SECOND)
+    (root / "paper.json").write_text(json.dumps(policy))
+    out = root / "merged"
+    args = ["merge", "builtin:hubert-tiny", "builtin:hubert-tiny", "--policy"]
+    args += [str(root / "paper.json"), "--calib", str(audio), "--out", str(out), "-q"]
+    assert main(args) == 0
+    return out
+
+
+def test_library_merge_matches_the_command(merged: Path, audio: Path) -> None:
+    """merge_models (copies) and `graphperm merge` (in place) do the same arithmetic."""
     a = load_model("builtin:hubert-tiny")
     b = load_model("builtin:hubert-tiny", seed=1)
     policy = load_policy("paper").model_dump()
     policy.update(ONE_SECOND)
     result = merge_models(align(a, b, policy, [audio]), a, b)
-    save_merge(result, out)
-    return out
+    on_disk = load_file(str(merged / "model.safetensors"))
+    assert all(torch.equal(v, on_disk[k]) for k, v in result.state.items())
 
 
 def test_merged_folder_reloads_with_transformers(merged: Path) -> None:
@@ -123,7 +137,8 @@ def test_apply_reproduces_the_merge(merged: Path, tmp_path: Path) -> None:
     assert code == 0
     first = load_file(str(merged / "model.safetensors"))
     again = load_file(str(out / "model.safetensors"))
-    assert all(torch.allclose(first[k], again[k], atol=1e-6) for k in first)
+    assert first.keys() == again.keys()
+    assert all(torch.equal(first[k], again[k]) for k in first)  # one interpolation, bit for bit
 
 
 def test_a_wrong_rule_stops_the_merge_before_any_output(monkeypatch, audio, tmp_path) -> None:

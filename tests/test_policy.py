@@ -49,7 +49,7 @@ def _write(tmp_path: Path, text: str, name: str = "p.yaml") -> Path:
         ("allign: []\n", ["p.yaml", "allign", "did you mean 'align'"]),
         ("align: [{kind: atn}]\n", ["align.0.kind", "'atn'", "did you mean 'attn'"]),
         ("align: [{kind: attn, parts: [head]}]\n", ["align.0.parts", "'head' is not a part"]),
-        ("align: [{kind: ffn, sight: post}]\n", ["align.0.sight", "did you mean 'site'"]),
+        ("align: [{kind: ffn, rol: post}]\n", ["align.0.rol", "did you mean 'role'"]),
         ("weight_a: 1.5\n", ["weight_a", "less than or equal to 1"]),
         ("calibration: {clips: 3}\n", ["calibration.clips", "did you mean"]),
         ("align: [\n", ["p.yaml", "not valid"]),
@@ -142,3 +142,9 @@ def test_schema_command_prints_the_json_schema(capsys) -> None:
     schema = json.loads(capsys.readouterr().out)
     assert {"align", "weight_a", "calibration", "version"} <= set(schema["properties"])
     assert schema["additionalProperties"] is False
+
+
+def test_site_is_still_read_as_role(tmp_path) -> None:
+    """Policies written before ``site`` was renamed ``role`` keep working."""
+    policy = load_policy(_write(tmp_path, "align: [{kind: ffn, site: pre}]\n"))
+    assert policy.align[0].role == "pre"

@@ -48,34 +48,47 @@ def test_dead_channels_give_zero_not_nan() -> None:
 
 
 def test_padded_frames_never_enter_the_statistics(tmp_path) -> None:
-    """Adding padding (a short clip in a batch) must not change a lone full clip's statistics."""
+    """The sums at a site are exactly those of the real frames: a full clip and a short one
+    (padded to the clip length in the same batch) against the same frames picked by hand."""
     import soundfile as sf
 
-    from graphperm.data import CalibrationSet
-    from graphperm.stats import AudioAdapter, collect
-    from tests.helpers import analysis_of
+    from graphperm.analysis import analyse
+    from graphperm.inputs import adapter_for
+    from graphperm.policy import Calibration
+    from graphperm.stats import SiteRunner, collect
+    from graphperm.trace import trace
 
-    analysis = analysis_of("hubert-tiny")
+    loaded = load_model("builtin:hubert-tiny")
+    b = load_model("builtin:hubert-tiny", seed=1)
+    adapter = adapter_for(loaded, Calibration(clip_seconds=1.0, batch_size=2))
+    analysis = analyse(trace(loaded, adapter.example(2)))
     site = next(s for g in analysis.groups if g.kind == "ffn" for s in g.sites if s.role == "post")
     wave = np.random.default_rng(0).normal(size=16000).astype(np.float32) * 0.1
     sf.write(tmp_path / "a.wav", wave, 16000)
-    sf.write(tmp_path / "short.wav", wave[:9000], 16000)
-    loaded = analysis.traced.loaded
-    adapter = AudioAdapter.for_model(loaded, clip_seconds=1.0)
-    state = loaded.state_dict()
+    sf.write(tmp_path / "b.wav", wave[:9000], 16000)
+    data = adapter.calibration([tmp_path / "a.wav", tmp_path / "b.wav"])
+    (batch,) = list(data.batches(2))
+    assert batch.items == 2 and batch.positions == 16000 + 9000
+    stats = collect(analysis, [site], [loaded.state_dict(), b.state_dict()], [batch])
+    got = stats.site((site.key, site.dim))
 
-    def run(files, batch_size):
-        data = CalibrationSet(files, clip_seconds=1.0)
-        batches = [adapter(b, batch_size) for b in data.batches(batch_size)]
-        # the analysis was traced with batch 1 x 16000; reuse it for both runs at batch 1
-        return collect(analysis, [site], state, state, batches)
-
-    alone = run([tmp_path / "a.wav"], 1)
-    with_pad = run([tmp_path / "a.wav", tmp_path / "short.wav"], 1)
-    s1, s2 = alone.site((site.key, site.dim)), with_pad.site((site.key, site.dim))
-    steps = analysis.coupling.tensors[site.key].shape[1]  # (batch, time, channels)
-    assert s1.n == steps
-    assert s2.n == steps + int(9000 / 16000 * steps)  # the short clip's padding was dropped
+    runner = SiteRunner(analysis.traced.program, [site.key])
+    (x,) = runner(loaded.state_dict(), batch.inputs)  # (batch, time, channels)
+    (y,) = runner(b.state_dict(), batch.inputs)
+    steps = x.shape[1]
+    keep = 9000 * steps // 16000  # steps of the short clip that see no padding
+    real_x = torch.cat([x[0], x[1, :keep]]).double()
+    real_y = torch.cat([y[0], y[1, :keep]]).double()
+    assert got.n == steps + keep
+    n = got.n
+    assert torch.allclose(got.sums[0] + n * got.shift[0], real_x.sum(0), rtol=1e-5, atol=1e-4)
+    assert torch.allclose(got.sums[1] + n * got.shift[1], real_y.sum(0), rtol=1e-5, atol=1e-4)
+    cx, cy = real_x - got.shift[0], real_y - got.shift[1]
+    assert torch.allclose(got.squares[0], cx.square().sum(0), rtol=1e-5, atol=1e-4)
+    assert torch.allclose(got.cross[0].double(), cx.T @ cy, rtol=1e-4, atol=1e-3)
+    # and the padded frames would have changed them: they are not the same frames
+    padded_x = torch.cat([x[0], x[1]]).double()
+    assert not torch.allclose(got.sums[0] + n * got.shift[0], padded_x.sum(0), atol=1e-3)
 
 
 def test_nan_activations_name_the_site(tmp_path) -> None:
@@ -90,11 +103,14 @@ def test_nan_activations_name_the_site(tmp_path) -> None:
 
 
 def test_frames_keep_every_strided_unpadded_step() -> None:
-    from graphperm.stats.collect import _frames, _Layout
+    from graphperm.inputs import step_mask
+    from graphperm.stats import FrameLayout, valid_frames
 
     t = torch.arange(2 * 3 * 12, dtype=torch.float32).reshape(2, 3, 12)  # (batch, channels, time)
     strided = t[:, :, ::4]  # what the runner returns for stride 4
-    frames = _frames(strided, _Layout(channel=1, batch=0, time=2), torch.tensor([1.0, 0.5]), 4, 12)
+    mask = torch.arange(24)[None, :] < torch.tensor([24, 12])[:, None]  # input positions
+    ok = step_mask(mask, 12)
+    frames = valid_frames(strided, FrameLayout(channel=1, batch=0, time=2), ok, 4)
     # row 0: steps 0, 4, 8; row 1 has 6 real steps: 0, 4
     want = torch.stack([t[0, :, 0], t[0, :, 4], t[0, :, 8], t[1, :, 0], t[1, :, 4]])
     assert torch.equal(frames, want)

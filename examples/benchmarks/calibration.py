@@ -38,9 +38,8 @@ from pathlib import Path
 
 import torch
 
-from graphperm.data import CalibrationSet
-from graphperm.merge import merge_models
-from graphperm.merge.pipeline import Alignment, finish_alignment, prepare
+from graphperm.inputs import adapter_for
+from graphperm.merge import Alignment, finish_alignment, merge_models, prepare
 from graphperm.policy import load_policy
 from graphperm.solve import agreement, solve
 from graphperm.stats import collect
@@ -85,20 +84,15 @@ def main() -> None:
     _say(f"trace + analysis: {result['trace_analysis_s']} s")
 
     cal = policy.calibration
-    data = CalibrationSet(
-        AUDIO,
-        sample_rate=adapter.sample_rate,
-        clip_seconds=cal.clip_seconds,
-        num_clips=clips,
-        seed=cal.seed,
-    )
-    batches = [adapter(x, cal.batch_size) for x in data.batches(cal.batch_size)]
-    seconds = sum(x.seconds for x in batches)
+    few = policy.model_copy(update={"calibration": cal.model_copy(update={"num_clips": clips})})
+    adapter = adapter_for(a, few.calibration)
+    batches = list(adapter.calibration(AUDIO).batches(cal.batch_size))
+    seconds = sum(x.positions for x in batches) / adapter.sample_rate
     state_a, state_b = a.state_dict(), b.state_dict()
     sites = plan.sites()
     fast = dict(
         precision=cal.precision,
-        max_frames_per_row=adapter.max_frames(cal.max_frame_rate),
+        max_frames_per_row=adapter.max_steps(cal.max_frame_rate),
         split_half=cal.split_half,
     )
 
@@ -115,7 +109,7 @@ def main() -> None:
     for _ in range(1 if quick else 2):
         plain.append(forwards())
         t = time.perf_counter()
-        stats = collect(analysis, sites, state_a, state_b, batches, **fast)
+        stats = collect(analysis, sites, [state_a, state_b], batches, **fast)
         stats_runs.append(time.perf_counter() - t)
     result["calibration_audio_s"] = round(seconds, 1)
     result["forward_audio_s_per_s"] = round(seconds / min(plain), 3)
@@ -151,7 +145,7 @@ def main() -> None:
     _say(f"solve: {result['solve_s']} s {result['solve_s_by_kind']}")
 
     alignment = finish_alignment(analysis, plan, stats, {}, {}, (model, model))
-    exact = collect(analysis, sites, state_a, state_b, batches, precision="fp64")
+    exact = collect(analysis, sites, [state_a, state_b], batches, precision="fp64")
     exact_perm, _ = solve(plan, analysis, exact, reports=False)
     agree = agreement(plan, analysis, alignment.perm, exact_perm)
     sizes = {g.name: g.size for g in analysis.groups}
@@ -166,7 +160,8 @@ def main() -> None:
     _say(f"fast vs exact agreement: {result['permutation_agreement']}")
 
     t = time.perf_counter()
-    merge_models(Alignment(analysis, plan, alignment.perm, [], None), a, b, inplace=True)
+    known = Alignment.from_permutations(analysis, plan, [alignment.perm], (model, model))
+    merge_models(known, a, b, inplace=True)
     result["apply_merge_s"] = round(time.perf_counter() - t, 3)
     a = b = state_a = state_b = stats = exact = None  # free memory before the subprocesses
 

@@ -27,11 +27,10 @@ import probe
 import torch
 from run_table1 import CALIB, ENCODERS
 
-from graphperm.apply import Permutation
-from graphperm.merge import merge_models
-from graphperm.merge.pipeline import Alignment, calibrate, finish_alignment, prepare
+from graphperm.merge import Alignment, finish_alignment, merge_models, prepare
 from graphperm.policy import load_policy, resolve
 from graphperm.solve import agreement
+from graphperm.stats import calibrate
 from graphperm.trace import load_model
 
 HERE = Path(__file__).resolve().parent
@@ -86,7 +85,7 @@ def main() -> None:
         union = load_policy(union)
         adapter, analysis, plan = prepare(a, union)
         _say(f"calibration: {clips} clips")
-        stats, calibration = calibrate(analysis, plan, a, b, adapter, CALIB)
+        stats, calibration = calibrate(analysis, plan, [a, b], adapter, CALIB)
         plan = resolve(paper, analysis)
         alignments[clips] = finish_alignment(analysis, plan, stats, calibration, {}, ("A", "B"))
     largest = alignments[SIZES[-1]]
@@ -124,8 +123,8 @@ def main() -> None:
         kind_rows.append(row)
 
     linear = {}
-    plain = Alignment(
-        base.analysis, resolve(load_policy("linear"), base.analysis), Permutation(), []
+    plain = Alignment.unaligned(
+        base.analysis, resolve(load_policy("linear"), base.analysis), ("A", "B")
     )
     for w in WEIGHTS:
         linear[w] = scores(plain, w)

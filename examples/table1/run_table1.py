@@ -23,10 +23,9 @@ from pathlib import Path
 import probe
 import torch
 
-from graphperm.apply import Permutation
-from graphperm.merge import merge_models
-from graphperm.merge.pipeline import Alignment, calibrate, finish_alignment, prepare
+from graphperm.merge import Alignment, finish_alignment, merge_models, prepare
 from graphperm.policy import load_policy, resolve
+from graphperm.stats import calibrate
 from graphperm.trace import load_model
 
 HERE = Path(__file__).resolve().parent
@@ -75,7 +74,7 @@ def main() -> None:
     union = load_policy(union)
     adapter, analysis, plan_all = prepare(a, union)
     _say(f"calibration: up to {args.clips} clips of 4 s from {', '.join(map(str, calib))}")
-    stats, calibration = calibrate(analysis, plan_all, a, b, adapter, calib, progress=True)
+    stats, calibration = calibrate(analysis, plan_all, [a, b], adapter, calib, progress=True)
 
     cache = args.out / ".features"
     fbank = probe.evaluate("fbank", cache_dir=cache, name="FBANK")
@@ -96,7 +95,7 @@ def main() -> None:
                 analysis, plan, stats, calibration, {}, (str(args.speech), str(args.music))
             )
         else:
-            alignment = Alignment(analysis, plan, Permutation(), [], None)
+            alignment = Alignment.unaligned(analysis, plan, (str(args.speech), str(args.music)))
         model = merge_models(alignment, a, b).module()
         name = f"{policy_name}@{policy.weight_a:g}"
         return probe.evaluate(model, cache_dir=cache, name=name), alignment

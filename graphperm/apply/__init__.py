@@ -4,16 +4,28 @@ from __future__ import annotations
 
 from graphperm.apply.apply import permute_state
 from graphperm.apply.indexer import Indexer
-from graphperm.apply.permutation import Permutation, identity, random_permutation
-from graphperm.apply.verify import OutputCheck, VerifyReport, compare_outputs, verify
+from graphperm.apply.permutation import Permutation, random_permutation
+from graphperm.apply.verify import (
+    OutputCheck,
+    VerifyReport,
+    check_inputs,
+    check_permuted,
+    compare_outputs,
+    flat_outputs,
+    outputs,
+    verify,
+)
 
 __all__ = [
     "Indexer",
     "OutputCheck",
     "Permutation",
     "VerifyReport",
+    "check_inputs",
+    "check_permuted",
     "compare_outputs",
-    "identity",
+    "flat_outputs",
+    "outputs",
     "permute_state",
     "random_permutation",
     "verify",

@@ -22,19 +22,32 @@ __all__ = ["permute_state"]
 
 
 def permute_state(
-    indexer: Indexer, state: dict[str, torch.Tensor], perm: Permutation
+    indexer: Indexer,
+    state: dict[str, torch.Tensor],
+    perm: Permutation,
+    *,
+    inplace: bool = False,
 ) -> dict[str, torch.Tensor]:
-    """A new state dict (keys relative to the traced module) with ``perm`` applied.
+    """``state`` (keys relative to the traced module) with ``perm`` applied.
 
-    Tensors the traced graph does not read are copied unchanged.
+    By default a new state dict (tensors the traced graph does not read are shared, unchanged);
+    with ``inplace`` each tensor is overwritten one at a time, so permuting a module's
+    ``state_dict()`` costs no second copy of the model.
     """
     coupling = indexer.analysis.coupling
     by_target = {target: key for key, target in coupling.state.items()}
     out = {}
-    for name, tensor in state.items():
-        key = by_target.get(name)
-        if key is None:
-            out[name] = tensor
-            continue
-        out[name] = indexer.permute(tensor, coupling.classes(key), perm).contiguous()
+    with torch.no_grad():
+        for name, tensor in state.items():
+            key = by_target.get(name)
+            if key is None:
+                out[name] = tensor
+                continue
+            moved = indexer.permute(tensor, coupling.classes(key), perm)
+            if inplace:
+                if moved is not tensor:
+                    tensor.copy_(moved)
+                out[name] = tensor
+            else:
+                out[name] = moved.contiguous()
     return out

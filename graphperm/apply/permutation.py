@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 
 from graphperm.errors import MismatchError
 
-__all__ = ["Permutation", "identity", "random_permutation"]
+__all__ = ["Permutation", "random_permutation"]
 
 
 @dataclass
@@ -91,14 +91,6 @@ def random_permutation(shapes: dict[str, dict[str, tuple[int, ...]]], seed: int 
         for part, shape in parts.items():
             rows = [torch.randperm(shape[-1], generator=g) for _ in range(_rows(shape))]
             out.set(group, part, torch.stack(rows).reshape(shape))
-    return out
-
-
-def identity(shapes: dict[str, dict[str, tuple[int, ...]]]) -> Permutation:
-    out = Permutation()
-    for group, parts in shapes.items():
-        for part, shape in parts.items():
-            out.set(group, part, torch.arange(shape[-1]).expand(shape).clone())
     return out
 
 

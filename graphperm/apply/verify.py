@@ -25,7 +25,16 @@ from graphperm.apply.apply import permute_state
 from graphperm.apply.indexer import Indexer
 from graphperm.apply.permutation import Permutation, random_permutation
 
-__all__ = ["OutputCheck", "VerifyReport", "compare_outputs", "verify"]
+__all__ = [
+    "OutputCheck",
+    "VerifyReport",
+    "check_inputs",
+    "check_permuted",
+    "compare_outputs",
+    "flat_outputs",
+    "outputs",
+    "verify",
+]
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +87,8 @@ def verify(analysis: Analysis, *, seed: int = 0, perm: Permutation | None = None
     permuted.load_state_dict(permute_state(indexer, module.state_dict(), perm))
     inputs = analysis.traced.inputs
     with torch.no_grad():
-        ref = _flat_outputs(module(**inputs))
-        got = _flat_outputs(permuted(**inputs))
+        ref = flat_outputs(module(**inputs))
+        got = flat_outputs(permuted(**inputs))
     report = compare_outputs(analysis, indexer, perm, ref, got)
     report.permuted_groups = len(perm.perms)
     return report
@@ -115,6 +124,52 @@ def compare_outputs(
     return report
 
 
-def _flat_outputs(out: object) -> list[torch.Tensor]:
+def flat_outputs(out: object) -> list[torch.Tensor]:
+    """The tensors of a model's output (a ModelOutput, tuple, dict, ...), in order."""
     leaves, _ = pytree.tree_flatten(out)
     return [x for x in leaves if isinstance(x, torch.Tensor)]
+
+
+def outputs(module: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+    """``module(**inputs)`` without gradients, flattened."""
+    with torch.no_grad():
+        return flat_outputs(module(**inputs))
+
+
+def check_permuted(
+    analysis: Analysis,
+    perm: Permutation,
+    reference: list[torch.Tensor],
+    permuted: torch.nn.Module,
+    inputs: dict[str, torch.Tensor] | None = None,
+) -> VerifyReport:
+    """``permuted`` must compute ``reference`` (the original model's outputs on ``inputs``,
+    default: the traced inputs' first row), permuted by ``perm``; raise
+    :class:`~graphperm.errors.VerificationError` if it does not.
+
+    Example:
+        >>> from graphperm.trace import load_model, trace
+        >>> from graphperm.analysis import analyse
+        >>> a = analyse(trace(load_model("builtin:hubert-tiny")))
+        >>> ref = outputs(a.traced.loaded.module, check_inputs(a))
+        >>> check_permuted(a, Permutation(), ref, a.traced.loaded.module).ok
+        True
+    """
+    from graphperm.errors import VerificationError
+
+    inputs = inputs if inputs is not None else check_inputs(analysis)
+    report = compare_outputs(
+        analysis, Indexer(analysis), perm, reference, outputs(permuted, inputs)
+    )
+    if not report.ok:
+        raise VerificationError(
+            f"the permuted model no longer computes what it computed (max relative error "
+            f"{report.max_rel:.3g}); no output was written. This is a graphperm bug: please "
+            "report it with the output of `graphperm trace MODEL --json`"
+        )
+    return report
+
+
+def check_inputs(analysis: Analysis) -> dict[str, torch.Tensor]:
+    """The inputs a merge is checked on: the first row of the traced inputs."""
+    return {k: v[:1] for k, v in analysis.traced.inputs.items()}

@@ -6,11 +6,18 @@ import argparse
 import shutil
 from pathlib import Path
 
-from graphperm.apply import Indexer, Permutation, permute_state
+from graphperm.apply import (
+    Indexer,
+    Permutation,
+    check_inputs,
+    check_permuted,
+    outputs,
+    permute_state,
+)
 from graphperm.cli.common import add_model_args, analyse_model, load_cli_model, say
-from graphperm.errors import MismatchError
-from graphperm.merge import check_output, check_same_architecture, interpolate, output_folder
-from graphperm.merge.pipeline import Alignment, check_permuted, write_model
+from graphperm.errors import UsageError
+from graphperm.merge import Alignment, check_same_architecture, merge_models
+from graphperm.output import check_output, output_folder, write_model
 from graphperm.policy import Plan, load_policy
 
 HELP = "apply a permutations.safetensors file to model B (and optionally merge it into A)"
@@ -40,32 +47,39 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     check_output(args.out, args.force)
     if not args.perms.is_file():
-        raise MismatchError(f"--perms '{args.perms}' does not exist")
+        raise UsageError(f"--perms '{args.perms}' does not exist; check the path")
     b = load_cli_model(args, args.model_b, seed=1)
     analysis = analyse_model(args, b)
     indexer = Indexer(analysis)
     try:
         perm = Permutation.load(args.perms)
     except Exception as err:  # safetensors raises several kinds for a bad file
-        raise MismatchError(f"'{args.perms}' is not a permutations file: {err}") from err
+        raise UsageError(f"'{args.perms}' is not a permutations file: {err}") from err
     perm.check(indexer.shapes())
-    state_b = permute_state(indexer, b.state_dict(), perm)
     policy = load_policy(args.policy)
-    report = check_permuted(Alignment(analysis, Plan(policy), perm, []), b, state_b)
-    target, state = b, state_b
     if args.merge_into:
         a = load_cli_model(args, args.merge_into, seed=0)
         check_same_architecture(a, b)
-        if args.weight_a is not None:
-            policy = policy.model_copy(update={"weight_a": args.weight_a})
-        target, state = a, interpolate(a.state_dict(), state_b, policy.weight_for)
+        alignment = Alignment.from_permutations(
+            analysis, Plan(policy), [perm], (a.source, b.source)
+        )
+        result = merge_models(alignment, a, b, weight_a=args.weight_a)
+        target, state, report, w = a, result.state, result.check, result.weight_a
+    else:
+        inputs = check_inputs(analysis)
+        reference = outputs(b.module, inputs)
+        state = permute_state(indexer, b.state_dict(), perm, inplace=True)
+        report = check_permuted(analysis, perm, reference, b.module, inputs)
+        target, w = b, None
     with output_folder(args.out, force=args.force) as tmp:
         write_model(tmp, target, state)
         shutil.copy(args.perms, tmp / "permutations.safetensors")
-    say(
-        f"applied {sum(1 for _ in perm)} part permutations of {len(perm.perms)} groups; "
-        f"permuted B computes what B computed (max rel error {report.max_rel:.2g})"
+    checked = (
+        f"; permuted B computes what B computed (max rel error {report.max_rel:.2g})"
+        if report is not None
+        else ""
     )
-    what = f"{policy.weight_a:g}·A + {1 - policy.weight_a:g}·B'" if args.merge_into else "B'"
+    say(f"applied {sum(1 for _ in perm)} part permutations of {len(perm.perms)} groups{checked}")
+    what = f"{w:g}·A + {1 - w:g}·B'" if w is not None else "B'"
     say(f"{what} written to {args.out}")
     return 0

@@ -11,9 +11,21 @@ import torch
 
 from graphperm.analysis import Analysis, analyse
 from graphperm.errors import ModelLoadError
+from graphperm.merge import Alignment
+from graphperm.policy import Policy, load_policy
+from graphperm.report import format_table
 from graphperm.trace import LoadedModel, example_inputs, load_model, trace
 
-__all__ = ["add_model_args", "analyse_model", "load_cli_model", "say", "setup_logging"]
+__all__ = [
+    "add_merge_args",
+    "add_model_args",
+    "analyse_model",
+    "load_cli_model",
+    "policy_from_args",
+    "print_alignment",
+    "say",
+    "setup_logging",
+]
 
 
 def add_model_args(p: argparse.ArgumentParser, *, names: tuple[str, ...] = ("model",)) -> None:
@@ -103,3 +115,74 @@ def say(*lines: str) -> None:
     """Print to stdout (the CLI prints; the library logs)."""
     for line in lines:
         print(line)
+
+
+def add_merge_args(p: argparse.ArgumentParser, out_help: str = "output folder") -> None:
+    """The arguments of ``merge``, ``align`` and ``stats``: two models, policy, data, output."""
+    add_model_args(p, names=("model_a", "model_b"))
+    p.add_argument(
+        "--policy",
+        default="paper",
+        help="a policy file (YAML/JSON) or a built-in name (default: paper)",
+    )
+    p.add_argument(
+        "--calib",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="calibration audio: a file or folder; repeat to mix sources",
+    )
+    p.add_argument("--out", type=Path, required=True, metavar="OUT", help=out_help)
+    p.add_argument("--force", action="store_true", help="replace an existing output")
+    p.add_argument(
+        "--device",
+        default="auto",
+        choices=["auto", "cpu", "cuda"],
+        help="where the forwards and statistics run (auto: a GPU if there is one)",
+    )
+    p.add_argument("--num-clips", type=int, metavar="N", help="override calibration.num_clips")
+    p.add_argument(
+        "--seed-b",
+        type=int,
+        default=1,
+        help="with --random-init: seed of model B's weights (A uses 0)",
+    )
+
+
+def policy_from_args(args: argparse.Namespace) -> Policy:
+    """The ``--policy`` with command-line overrides (``--num-clips``) applied."""
+    policy = load_policy(args.policy)
+    if getattr(args, "num_clips", None) is not None:
+        cal = policy.calibration.model_copy(update={"num_clips": args.num_clips})
+        policy = policy.model_copy(update={"calibration": cal})
+    return policy
+
+
+def print_alignment(alignment: Alignment) -> None:
+    """The calibration summary and a table of what alignment did, per group (and per model)."""
+    cal = alignment.calibration
+    if cal:
+        say(f"calibration: {cal['description']}", "")
+    if not any(alignment.model_reports):
+        say("no group aligned (plain interpolation)")
+        return
+    for k, reports in enumerate(alignment.model_reports):
+        if alignment.models > 2:
+            say(f"model {k + 2}: {alignment.sources[k + 1]}")
+        rows = [
+            [
+                r.name,
+                r.kind,
+                ",".join(r.parts),
+                f"{100 * r.moved_fraction:.1f}%",
+                f"{r.corr_before:.3f}" if r.corr_before is not None else "-",
+                f"{r.corr_after:.3f}" if r.corr_after is not None else "-",
+            ]
+            for r in reports
+        ]
+        say(
+            format_table(rows, ["group", "kind", "parts", "moved", "corr before", "corr after"]),
+            "",
+        )
+    for missing in alignment.plan.unmeasured:
+        say(f"warning: {missing} has no activation site; left in place")

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import argparse
 import time
-from dataclasses import replace
 from pathlib import Path
 
-from graphperm.apply import Permutation
-from graphperm.cli.common import say
-from graphperm.cli.merge_cmd import _print_report
+from graphperm.cli.common import print_alignment, say
 from graphperm.demo import CALIBRATION, ENCODERS, load_probe_tasks
 from graphperm.demo.probe import layer_features, probe_accuracy
-from graphperm.merge import align, merge_models, save_merge
+from graphperm.merge import align, merge_models
+from graphperm.output import save_merge
 from graphperm.report.table import format_table
 from graphperm.trace import load_model
 
@@ -48,8 +46,8 @@ def run(args: argparse.Namespace) -> int:
         "",
     )
     alignment = align(a, b, "paper", CALIBRATION, progress=not args.quiet, where="paper policy")
-    _print_report(alignment)
-    plain = replace(alignment, perm=Permutation(), reports=[])
+    print_alignment(alignment)
+    plain = alignment.without_permutations()
     models = {"A (speech)": a.module, "B (music)": b.module}
     for w in WEIGHTS_A:
         aligned = merge_models(alignment, a, b, weight_a=w)

@@ -11,12 +11,18 @@ import argparse
 from pathlib import Path
 
 from graphperm import __version__
-from graphperm.cli.common import load_cli_model, say
-from graphperm.cli.merge_cmd import _common, _print_report, _setup_policy
-from graphperm.errors import MismatchError
-from graphperm.merge import check_output, check_same_architecture, output_folder, save_alignment
-from graphperm.merge.pipeline import calibrate, finish_alignment, prepare
+from graphperm.cli.common import (
+    add_merge_args,
+    load_cli_model,
+    policy_from_args,
+    print_alignment,
+    say,
+)
+from graphperm.errors import OutputExistsError, UsageError
+from graphperm.merge import check_same_architecture, finish_alignment, prepare
+from graphperm.output import check_output, output_folder, save_alignment
 from graphperm.policy import load_policy
+from graphperm.stats import calibrate
 from graphperm.stats.io import load_statistics, save_statistics
 from graphperm.trace import load_model
 
@@ -26,7 +32,7 @@ SOLVE_HELP = "add statistics files of any number of shards and solve (like `grap
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser("stats", help=STATS_HELP, description=STATS_HELP)
-    _common(p, out_help="statistics file to write (.safetensors)")
+    add_merge_args(p, out_help="statistics file to write (.safetensors)")
     p.add_argument(
         "--shard",
         default="0/1",
@@ -56,17 +62,19 @@ def _shard(text: str) -> tuple[int, int]:
     try:
         i, n = (int(x) for x in text.split("/"))
     except ValueError:
-        raise MismatchError(f"--shard '{text}' is not I/N (e.g. 0/4)") from None
+        raise UsageError(f"--shard '{text}' is not I/N (e.g. 0/4)") from None
     if not 0 <= i < n:
-        raise MismatchError(f"--shard '{text}': I must be in 0..N-1")
+        raise UsageError(f"--shard '{text}': I must be in 0..N-1")
     return i, n
 
 
 def run_stats(args: argparse.Namespace) -> int:
     shard = _shard(args.shard)
+    if args.out.is_dir():
+        raise UsageError(f"--out '{args.out}' is a folder; name the statistics file to write")
     if args.out.exists() and not args.force:
-        check_output(args.out, args.force)
-    policy = _setup_policy(args)
+        raise OutputExistsError(f"'{args.out}' exists; choose another --out or pass --force")
+    policy = policy_from_args(args)
     a = load_cli_model(args, args.model_a, seed=0)
     b = load_cli_model(args, args.model_b, seed=args.seed_b)
     check_same_architecture(a, b)
@@ -74,8 +82,7 @@ def run_stats(args: argparse.Namespace) -> int:
     stats, calibration = calibrate(
         analysis,
         plan,
-        a,
-        b,
+        [a, b],
         adapter,
         args.calib,
         progress=not args.quiet,
@@ -109,34 +116,34 @@ def run_solve(args: argparse.Namespace) -> int:
     for path, (other, m) in zip(args.stats[1:], loaded[1:]):
         for field in ("model_a", "model_b", "policy", "sites", "random_init", "seed_b"):
             if m.get(field) != meta.get(field):
-                raise MismatchError(
+                raise UsageError(
                     f"'{path}' was collected with another {field.replace('_', ' ')}"
                     f" than '{args.stats[0]}'; solve shards of one job together"
                 )
         stats = stats.merge(other)
     shards = sorted(tuple(m["shard"]) for _, m in loaded)
     if len(set(shards)) != len(shards):
-        raise MismatchError(f"the same shard was given twice ({shards}); pass each shard once")
+        raise UsageError(f"the same shard was given twice ({shards}); pass each shard once")
     policy = load_policy(meta["policy"])
     a = load_model(meta["model_a"], random_init=meta["random_init"], seed=0)
     _, analysis, plan = prepare(a, policy)
     wanted = sorted(f"{s.key}:{s.dim}" for s in plan.sites())
     if wanted != meta["sites"]:
-        raise MismatchError(
+        raise UsageError(
             "the statistics do not match model A's sites under this graphperm "
             "version; collect them again"
         )
-    calibration = {
-        "clips": stats.clips,
-        "seconds": round(stats.seconds, 3),
-        "shards": len(loaded),
-        "description": f"{stats.clips} clips ({stats.seconds:.1f} s) in {len(loaded)} shard(s)",
-    }
+    item = next(iter(meta["calibration"]), "items")  # the adapter's noun: clips, texts, ...
+    calibration = {item: stats.items, "shards": len(loaded)}
+    if "seconds" in meta["calibration"]:
+        calibration["seconds"] = round(sum(m["calibration"]["seconds"] for _, m in loaded), 3)
+    amount = f" ({calibration['seconds']:.1f} s)" if "seconds" in calibration else ""
+    calibration["description"] = f"{stats.items} {item}{amount} in {len(loaded)} shard(s)"
     alignment = finish_alignment(
         analysis, plan, stats, calibration, {}, (meta["model_a"], meta["model_b"])
     )
     with output_folder(args.out, force=args.force) as tmp:
         save_alignment(alignment, tmp)
-    _print_report(alignment)
+    print_alignment(alignment)
     say(f"permutations written to {args.out / 'permutations.safetensors'}")
     return 0

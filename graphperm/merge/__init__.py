@@ -1,28 +1,35 @@
-"""Merging: architecture checks, alignment pipeline, interpolation, all-or-nothing output."""
+"""Merging: architecture checks, the alignment pipeline, one interpolation.
+
+Example:
+    >>> from graphperm.merge import align, merge_models
+"""
 
 from __future__ import annotations
 
-from graphperm.merge.checks import check_same_architecture
+from graphperm.merge.checks import check_same_architecture, model_letter
 from graphperm.merge.interpolate import interpolate
-from graphperm.merge.output import check_output, output_folder
 from graphperm.merge.pipeline import (
-    Alignment,
-    MergeResult,
     align,
+    align_models,
+    enough_data,
+    finish_alignment,
+    merge_all,
     merge_models,
-    save_alignment,
-    save_merge,
+    prepare,
 )
+from graphperm.merge.results import Alignment, MergeResult
 
 __all__ = [
     "Alignment",
     "MergeResult",
     "align",
-    "check_output",
+    "align_models",
     "check_same_architecture",
+    "enough_data",
+    "finish_alignment",
     "interpolate",
+    "merge_all",
     "merge_models",
-    "output_folder",
-    "save_alignment",
-    "save_merge",
+    "model_letter",
+    "prepare",
 ]

@@ -1,104 +1,70 @@
-"""The whole job: trace, resolve the policy, calibrate, solve, permute, check, interpolate, save.
+"""The whole job, stage by stage: trace and resolve (:func:`prepare`), calibrate
+(:func:`graphperm.stats.calibrate`), solve (:func:`finish_alignment`, through the policy's
+alignment method), then permute, check and interpolate (:func:`merge_models`). Each stage lives in
+its own package; this module only strings them together.
 
 Example:
-    >>> from graphperm.merge import align, merge_models, save_merge
-    >>> alignment = align(model_a, model_b, "paper", ["audio/"])        # doctest: +SKIP
-    >>> result = merge_models(alignment, model_a, model_b)              # doctest: +SKIP
-    >>> save_merge(result, "merged/")                                   # doctest: +SKIP
+    >>> import torch
+    >>> from graphperm.trace import load_model
+    >>> a, b = load_model("builtin:hubert-tiny"), load_model("builtin:hubert-tiny", seed=1)
+    >>> result = merge_models(align(a, b, "linear"), a, b, weight_a=0.5)
+    >>> result.weights
+    [0.5, 0.5]
+    >>> three = align_models([a, b, b], "linear")
+    >>> merged = merge_all(three, [a, b, b], weights=[0.5, 0.25, 0.25])
+    >>> key = "encoder.layer_norm.weight"
+    >>> torch.allclose(merged.state[key], result.state[key])
+    True
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import ctypes
-import json
 import logging
-import shutil
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-import yaml
-
-from graphperm import __version__
 from graphperm.analysis import Analysis, analyse
-from graphperm.apply import Indexer, Permutation, compare_outputs, permute_state
-from graphperm.apply.verify import VerifyReport, _flat_outputs
-from graphperm.data import CalibrationSet
-from graphperm.distributed import world
-from graphperm.errors import CalibrationError, PolicyError, VerificationError
+from graphperm.apply import Indexer, check_inputs, check_permuted, outputs, permute_state
+from graphperm.distributed import gather_calibration, world
+from graphperm.errors import CalibrationError, PolicyError
+from graphperm.inputs import InputAdapter, adapter_for
 from graphperm.merge.checks import check_same_architecture
 from graphperm.merge.interpolate import interpolate
-from graphperm.merge.output import output_folder
+from graphperm.merge.results import Alignment, MergeResult
 from graphperm.policy import Plan, Policy, load_policy, resolve
-from graphperm.solve import GroupReport, agreement, solve
-from graphperm.stats import AudioAdapter, Statistics, collect
+from graphperm.runtime import release_memory
+from graphperm.solve import Problem, get_method, split_half_agreement
+from graphperm.stats import Statistics, calibrate
 from graphperm.stats.io import all_reduce
 from graphperm.trace import LoadedModel, trace
 
 __all__ = [
-    "Alignment",
-    "MergeResult",
     "align",
-    "check_permuted",
+    "align_models",
+    "enough_data",
+    "finish_alignment",
+    "merge_all",
     "merge_models",
-    "save_alignment",
-    "save_merge",
-    "write_model",
+    "prepare",
 ]
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class Alignment:
-    """Permutations of B towards A, and how they were found."""
-
-    analysis: Analysis
-    plan: Plan
-    perm: Permutation
-    reports: list[GroupReport]
-    stats: Statistics | None = None
-    calibration: dict = field(default_factory=dict)
-    timings: dict[str, float] = field(default_factory=dict)
-    sources: tuple[str, str] = ("", "")
-
-    @property
-    def policy(self) -> Policy:
-        return self.plan.policy
-
-
-@dataclass
-class MergeResult:
-    """The merged weights (keys relative to the traced module) and the checks they passed."""
-
-    alignment: Alignment
-    state: dict[str, torch.Tensor]
-    model_a: LoadedModel
-    check: VerifyReport | None = None
-    timings: dict[str, float] = field(default_factory=dict)
-
-    def module(self) -> torch.nn.Module:
-        """A copy of A's traced module holding the merged weights, in eval mode (for probing
-        a merge in memory; :func:`save_merge` writes it to disk)."""
-        model = copy.deepcopy(self.model_a.module)
-        model.load_state_dict(self.state)
-        return model.eval()
-
-
 def prepare(
     a: LoadedModel, policy: Policy, *, where: str = "policy"
-) -> tuple[AudioAdapter | None, Analysis, Plan]:
-    """Trace A on inputs of the calibration batch shape, analyse it, resolve the policy."""
-    cal = policy.calibration
+) -> tuple[InputAdapter | None, Analysis, Plan]:
+    """Trace A on inputs of the calibration batch's shape, analyse it, resolve the policy.
+
+    Returns the input adapter (None when the policy aligns nothing and the model has no
+    calibration recipe: plain interpolation needs none), the analysis and the plan.
+    """
+    get_method(policy.method, where=where)
     try:
-        adapter = AudioAdapter.for_model(
-            a, clip_seconds=cal.clip_seconds, sample_rate=cal.sample_rate
-        )
-        inputs = adapter.example(cal.batch_size)
+        adapter = adapter_for(a, policy.calibration)
+        inputs = adapter.example(policy.calibration.batch_size)
     except CalibrationError:
         if policy.align:
             raise
@@ -110,7 +76,7 @@ def prepare(
 def align(
     a: LoadedModel,
     b: LoadedModel,
-    policy: Policy | str | Path,
+    policy: Policy | str | Path | dict,
     calib: Sequence[str | Path] = (),
     *,
     progress: bool = False,
@@ -122,184 +88,124 @@ def align(
 
     ``where`` names the policy in error messages (default: its file name).
     """
+    return align_models(
+        [a, b], policy, calib, progress=progress, shard=shard, where=where, device=device
+    )
+
+
+def align_models(
+    models: Sequence[LoadedModel],
+    policy: Policy | str | Path | dict,
+    calib: Sequence[str | Path] = (),
+    *,
+    progress: bool = False,
+    shard: tuple[int, int] | None = None,
+    where: str | None = None,
+    device: str = "auto",
+) -> Alignment:
+    """Find the permutations that bring every model after the first into the first's basis,
+    from one pass over the calibration data (each model's statistics against A)."""
+    if len(models) < 2:
+        raise PolicyError("aligning needs at least two models")
     where = where or (str(policy) if isinstance(policy, (str, Path)) else "policy")
     policy = load_policy(policy)
+    method = get_method(policy.method, where=where)
     timings: dict[str, float] = {}
     start = time.perf_counter()
-    check_same_architecture(a, b)
-    adapter, analysis, plan = prepare(a, policy, where=where)
+    check_same_architecture(*models)
+    adapter, analysis, plan = prepare(models[0], policy, where=where)
     timings["trace_analysis_s"] = time.perf_counter() - start
+    sources = tuple(m.source for m in models)
     if not plan.targets:
-        return Alignment(analysis, plan, Permutation(), [], None, {}, timings, (a.source, b.source))
-    rank, size = world()
-    if size > 1 and shard is None:
-        if policy.calibration.stop_agreement is not None:
-            raise PolicyError(
-                "calibration.stop_agreement is not supported under torchrun; "
-                "remove it or run one process"
-            )
-        shard = (rank, size)
-    stats, calibration = calibrate(
-        analysis,
-        plan,
-        a,
-        b,
-        adapter,
-        calib,
-        progress=progress and rank == 0,
-        shard=shard,
-        device=device,
-    )
-    if size > 1:
-        t = time.perf_counter()
-        stats = all_reduce(stats)
-        calibration = _gather_calibration(calibration, stats, size)
-        timings["all_reduce_s"] = time.perf_counter() - t
-        if rank != 0:  # rank 0 solves and writes
-            return Alignment(
-                analysis, plan, Permutation(), [], stats, calibration, timings, (a.source, b.source)
-            )
-    timings["statistics_s"] = stats.elapsed
-    return finish_alignment(analysis, plan, stats, calibration, timings, (a.source, b.source))
-
-
-def _gather_calibration(mine: dict, stats: Statistics, size: int) -> dict:
-    """Every process's calibration summary, added up."""
-    import torch.distributed as dist
-
-    every: list[dict] = [{} for _ in range(size)]
-    dist.all_gather_object(every, mine)
-    return {
-        "clips": stats.clips,
-        "clips_planned": sum(c["clips_planned"] for c in every),
-        "seconds": round(stats.seconds, 3),
-        "files": sum(c["files"] for c in every),
-        "skipped_files": [f for c in every for f in c["skipped_files"]],
-        "description": f"{stats.clips} clips ({stats.seconds:.1f} s) read by {size} processes",
-        "sample_rate": mine["sample_rate"],
-        "processes": size,
-    }
+        return Alignment.unaligned(analysis, plan, sources, timings=timings, method=method.name)
+    stats, calibration = None, {}
+    if "correlation" in method.needs:
+        assert adapter is not None  # prepare raises when a policy that aligns has no adapter
+        rank, size = world()
+        cal = policy.calibration
+        if size > 1 and shard is None:
+            if cal.stop_agreement is not None:
+                raise PolicyError(
+                    "calibration.stop_agreement is not supported under torchrun; "
+                    "remove it or run one process"
+                )
+            shard = (rank, size)
+        stop = enough_data(analysis, plan, cal.stop_agreement) if cal.stop_agreement else None
+        stats, calibration = calibrate(
+            analysis,
+            plan,
+            models,
+            adapter,
+            calib,
+            progress=progress and rank == 0,
+            shard=shard,
+            device=device,
+            stop=stop,
+        )
+        if size > 1:
+            t = time.perf_counter()
+            stats = all_reduce(stats)
+            calibration = gather_calibration(calibration, size)
+            timings["all_reduce_s"] = time.perf_counter() - t
+            if rank != 0:  # rank 0 solves and writes
+                return Alignment.unaligned(
+                    analysis, plan, sources, stats=stats, calibration=calibration, timings=timings
+                )
+        timings["statistics_s"] = stats.elapsed
+    states = [m.state_dict() for m in models] if "weights" in method.needs else []
+    return finish_alignment(analysis, plan, stats, calibration, timings, sources, states=states)
 
 
 def finish_alignment(
     analysis: Analysis,
     plan: Plan,
-    stats: Statistics,
+    stats: Statistics | None,
     calibration: dict,
     timings: dict[str, float],
-    sources: tuple[str, str],
+    sources: tuple[str, ...],
+    *,
+    states: list | None = None,
 ) -> Alignment:
-    """Solve from complete statistics (and measure split-half agreement)."""
+    """Solve every model's permutations from complete statistics (or weights) with the plan's
+    alignment method, and measure split-half agreement when the statistics have two halves."""
+    method = get_method(plan.policy.method)
+    perms, reports = [], []
     t = time.perf_counter()
-    perm, reports = solve(plan, analysis, stats)
+    problems = [
+        Problem(analysis, plan, k, stats, list(states or [])) for k in range(1, len(sources))
+    ]
+    for problem in problems:
+        solution = method.align(problem)
+        perms.append(solution.perm)
+        reports.append(solution.reports)
     timings["solve_s"] = time.perf_counter() - t
     release_memory()
-    if len(stats.parts) == 2:
+    if stats is not None and len(stats.parts) == 2:
         t = time.perf_counter()
-        halves = split_half_agreement(plan, analysis, stats)
-        for r in reports:
-            r.split_half_agreement = halves.get(r.name)
+        for problem, rows in zip(problems, reports):
+            halves = split_half_agreement(method, problem)
+            for r in rows:
+                r.split_half_agreement = halves.get(r.name)
         timings["split_half_s"] = time.perf_counter() - t
-    return Alignment(analysis, plan, perm, reports, stats, calibration, timings, sources)
-
-
-def calibrate(
-    analysis: Analysis,
-    plan: Plan,
-    a: LoadedModel,
-    b: LoadedModel,
-    adapter: AudioAdapter,
-    calib: Sequence[str | Path],
-    *,
-    progress: bool = False,
-    shard: tuple[int, int] | None = None,
-    device: str = "auto",
-) -> tuple[Statistics, dict]:
-    """Statistics of A and B at the plan's sites over the calibration audio (on ``device``:
-    ``cpu``, ``cuda``, or ``auto`` = a GPU when there is one)."""
-    device = resolve_device(device)
-    if not calib:
-        raise CalibrationError(
-            "this policy aligns groups, which needs calibration audio; pass --calib PATH "
-            "(audio files or folders)"
-        )
-    cal = plan.policy.calibration
-    data = CalibrationSet(
-        calib,
-        sample_rate=adapter.sample_rate,
-        clip_seconds=cal.clip_seconds,
-        num_clips=cal.num_clips,
-        seed=cal.seed,
-        shard=shard,
+    return Alignment(
+        analysis, plan, perms, reports, stats, calibration, timings, sources, method.name
     )
-    log.info("calibration: %s", data.describe())
-    batches = (adapter(batch, cal.batch_size) for batch in data.batches(cal.batch_size))
-    stop, check_every = None, 0
-    if cal.stop_agreement is not None:
-        stop = _enough_data(plan, analysis, cal.stop_agreement)
-        check_every = max(1, -(-cal.check_every // cal.batch_size))
-    stats = collect(
-        analysis,
-        plan.sites(),
-        a.state_dict(),
-        b.state_dict(),
-        batches,
-        total_seconds=data.seconds,
-        progress=progress,
-        precision=cal.precision,
-        max_frames_per_row=adapter.max_frames(cal.max_frame_rate),
-        split_half=cal.split_half or cal.stop_agreement is not None,
-        stop=stop,
-        check_every=check_every,
-        device=device,
-    )
-    info = {
-        "clips": stats.clips,
-        "clips_planned": len(data),
-        "seconds": round(stats.seconds, 3),
-        "files": len(data.files),
-        "skipped_files": [f"{p}: {why}" for p, why in data.skipped],
-        "description": data.describe(),
-        "sample_rate": adapter.sample_rate,
-        "device": device,
-    }
-    release_memory()
-    return stats, info
 
 
-def release_memory() -> None:
-    """Hand freed heap memory back to the OS. glibc keeps it otherwise (about 400 MB after
-    calibrating HuBERT base), and the solve that follows would start that much higher."""
-    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to do
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-
-
-def resolve_device(device: str) -> str:
-    """``auto`` is ``cuda`` when a GPU is usable, else ``cpu``; others are checked."""
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise CalibrationError(
-            f"--device {device}: no CUDA GPU is available here; use --device cpu"
-        )
-    return device
-
-
-def split_half_agreement(plan: Plan, analysis: Analysis, stats: Statistics) -> dict[str, float]:
-    """Per group, how far the permutations solved from each half of the data agree."""
-    first, _ = solve(plan, analysis, stats.half(0), reports=False)
-    second, _ = solve(plan, analysis, stats.half(1), reports=False)
-    return agreement(plan, analysis, first, second)
-
-
-def _enough_data(plan: Plan, analysis: Analysis, threshold: float):
-    """A ``stop`` callback: true once every group's split-half agreement has been at least
-    ``threshold`` at two checks in a row."""
+def enough_data(analysis: Analysis, plan: Plan, threshold: float):
+    """A ``stop`` callback for :func:`graphperm.stats.calibrate`: true once every group's
+    split-half agreement (every model against A) has been at least ``threshold`` at two checks
+    in a row."""
+    method = get_method(plan.policy.method)
     streak = [0]
 
     def stop(stats: Statistics) -> bool:
-        worst = min(split_half_agreement(plan, analysis, stats).values(), default=1.0)
-        log.info("after %.0f s of audio: lowest split-half agreement %.4f", stats.seconds, worst)
+        models = stats.parts[0][stats.site_keys()[0]].models if stats.site_keys() else 2
+        worst = 1.0
+        for k in range(1, models):
+            halves = split_half_agreement(method, Problem(analysis, plan, k, stats))
+            worst = min(worst, *halves.values()) if halves else worst
+        log.info("after %d items: lowest split-half agreement %.4f", stats.items, worst)
         streak[0] = streak[0] + 1 if worst >= threshold else 0
         return streak[0] >= 2
 
@@ -316,161 +222,55 @@ def merge_models(
 ) -> MergeResult:
     """Permute B, check it still computes what it computed, and interpolate with A.
 
-    ``inplace`` permutes B's weights and overwrites A's with the merge instead of making copies
-    (what the command line does, to keep memory at two models).
+    ``weight_a`` overrides the policy's weight of A. ``inplace`` permutes B's weights and
+    overwrites A's with the merge instead of making copies (what the command line does, to keep
+    memory at two models); the alignment is never changed.
     """
-    timings: dict[str, float] = {}
+    weights = None if weight_a is None else [weight_a, 1.0 - weight_a]
+    return merge_all(alignment, [a, b], weights=weights, inplace=inplace)
+
+
+def merge_all(
+    alignment: Alignment,
+    models: Sequence[LoadedModel],
+    *,
+    weights: Sequence[float] | None = None,
+    inplace: bool = False,
+) -> MergeResult:
+    """Permute every model after A into A's basis, check each still computes what it computed,
+    and interpolate them all: ``Σ_m w_m · model_m`` (``weights``: A first; default the
+    policy's)."""
+    if len(models) != alignment.models:
+        raise PolicyError(
+            f"the alignment is for {alignment.models} models, {len(models)} were given"
+        )
     policy = alignment.policy
-    if weight_a is not None:
-        policy = policy.model_copy(update={"weight_a": weight_a})
-        alignment.plan.policy = policy
+    if weights is not None:
+        policy = policy.with_weights(list(weights))
+    timings = {"permute_s": 0.0, "verify_s": 0.0}
     indexer = Indexer(alignment.analysis)
-    inputs = {k: v[:1] for k, v in alignment.analysis.traced.inputs.items()}
-    checking = policy.verify and bool(alignment.perm.perms)
-    t = time.perf_counter()
-    reference = _outputs(b.module, inputs) if checking else None
-    if inplace:
-        permute_module_(indexer, b.module, alignment.perm)
-        state_b = b.state_dict()
-        permuted = b.module
-    else:
-        state_b = permute_state(indexer, b.state_dict(), alignment.perm)
-        permuted = copy.deepcopy(b.module) if checking else None
-        if permuted is not None:
-            permuted.load_state_dict(state_b)
-    timings["permute_s"] = time.perf_counter() - t
-    check = None
-    if checking:
+    inputs = check_inputs(alignment.analysis)
+    states, checks = [models[0].state_dict()], []
+    for model, perm in zip(models[1:], alignment.perms):
+        checking = policy.verify and bool(perm.perms)
         t = time.perf_counter()
-        check = _check(alignment, indexer, reference, _outputs(permuted, inputs))
-        timings["verify_s"] = time.perf_counter() - t
-    del permuted
+        reference = outputs(model.module, inputs) if checking else None
+        state = permute_state(indexer, model.state_dict(), perm, inplace=inplace)
+        permuted = model.module if inplace else None
+        if checking and not inplace:
+            permuted = copy.deepcopy(model.module)
+            permuted.load_state_dict(state)
+        timings["permute_s"] += time.perf_counter() - t
+        if checking:
+            t = time.perf_counter()
+            checks.append(check_permuted(alignment.analysis, perm, reference, permuted, inputs))
+            timings["verify_s"] += time.perf_counter() - t
+        del permuted
+        states.append(state)
+    if not checks:
+        del timings["verify_s"]
     t = time.perf_counter()
-    if inplace:
-        with torch.no_grad():
-            for key, tensor in a.state_dict().items():
-                if tensor.is_floating_point():
-                    w = float(policy.weight_for(key))
-                    tensor.mul_(w).add_(state_b[key].to(tensor.dtype), alpha=1.0 - w)
-        merged = a.state_dict()
-    else:
-        merged = interpolate(a.state_dict(), state_b, policy.weight_for)
+    n = len(models)
+    merged = interpolate(states, lambda key: policy.weights_for(key, n), inplace=inplace)
     timings["interpolate_s"] = time.perf_counter() - t
-    return MergeResult(alignment, merged, a, check, timings)
-
-
-def permute_module_(indexer: Indexer, module: torch.nn.Module, perm: Permutation) -> None:
-    """Permute a module's weights in place, one tensor at a time (no second copy of the model)."""
-    coupling = indexer.analysis.coupling
-    by_target = {target: key for key, target in coupling.state.items()}
-    with torch.no_grad():
-        for name, tensor in module.state_dict().items():
-            key = by_target.get(name)
-            if key is not None:
-                tensor.copy_(indexer.permute(tensor, coupling.classes(key), perm))
-
-
-def _outputs(module: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> list[torch.Tensor]:
-    with torch.no_grad():
-        return _flat_outputs(module(**inputs))
-
-
-def _check(
-    alignment: Alignment, indexer: Indexer, ref: list[torch.Tensor], got: list[torch.Tensor]
-) -> VerifyReport:
-    report = compare_outputs(alignment.analysis, indexer, alignment.perm, ref, got)
-    if not report.ok:
-        raise VerificationError(
-            f"the permuted model B no longer computes what B computed (max relative error "
-            f"{report.max_rel:.3g}); no output was written. This is a graphperm bug: please "
-            "report it with the output of `graphperm trace MODEL --json`"
-        )
-    return report
-
-
-def check_permuted(
-    alignment: Alignment, b: LoadedModel, state_b: dict[str, torch.Tensor]
-) -> VerifyReport:
-    """B with ``state_b`` must compute what B computes (outputs permuted); raise if not."""
-    inputs = {k: v[:1] for k, v in alignment.analysis.traced.inputs.items()}
-    permuted = copy.deepcopy(b.module)
-    permuted.load_state_dict(state_b)
-    return _check(
-        alignment,
-        Indexer(alignment.analysis),
-        _outputs(b.module, inputs),
-        _outputs(permuted, inputs),
-    )
-
-
-# ------------------------------------------------------------------------------ saving
-def save_alignment(alignment: Alignment, folder: Path) -> None:
-    """Write ``permutations.safetensors``, the resolved ``policy.yaml`` and ``merge_report.json``
-    (without merge-specific fields) into ``folder``."""
-    a = alignment.analysis.traced.loaded
-    alignment.perm.save(
-        folder / "permutations.safetensors",
-        metadata={
-            "graphperm": __version__,
-            "model_class": type(a.module).__name__,
-            "model_a": alignment.sources[0],
-            "model_b": alignment.sources[1],
-        },
-    )
-    resolved = alignment.plan.to_dict()
-    (folder / "policy.yaml").write_text(
-        "# The policy as graphperm resolved it for this merge (defaults filled in).\n"
-        + yaml.safe_dump(resolved, sort_keys=False, allow_unicode=True)
-    )
-    (folder / "merge_report.json").write_text(json.dumps(report_dict(alignment), indent=2))
-
-
-def report_dict(alignment: Alignment, result: MergeResult | None = None) -> dict:
-    policy = alignment.policy
-    out = {
-        "graphperm": __version__,
-        "model_a": alignment.sources[0],
-        "model_b": alignment.sources[1],
-        "model_class": type(alignment.analysis.traced.loaded.module).__name__,
-        "policy": policy.description or "custom",
-        "weight_a": policy.weight_a,
-        "calibration": alignment.calibration,
-        "groups": [r.to_dict() for r in alignment.reports],
-        "unmeasured": alignment.plan.unmeasured,
-        "warnings": alignment.analysis.warnings,
-        "timings_s": {k: round(v, 3) for k, v in alignment.timings.items()},
-    }
-    if result is not None:
-        out["timings_s"].update({k: round(v, 3) for k, v in result.timings.items()})
-        if result.check is not None:
-            out["verification"] = {
-                "ok": result.check.ok,
-                "max_abs_error": result.check.max_abs,
-                "max_rel_error": result.check.max_rel,
-            }
-    return out
-
-
-def write_model(folder: Path, loaded: LoadedModel, state: dict[str, torch.Tensor]) -> None:
-    """Save ``loaded``'s whole model with ``state`` (keys relative to the traced module) in place
-    of the traced module's weights, as a ``save_pretrained`` folder (config + safetensors)."""
-    full = dict(loaded.model.state_dict())
-    full.update({loaded.prefix + k: v for k, v in state.items()})
-    loaded.model.save_pretrained(folder, state_dict=full, safe_serialization=True)
-    prep = Path(loaded.source) / "preprocessor_config.json"
-    if prep.is_file():
-        shutil.copy(prep, folder / prep.name)
-
-
-def save_merge(result: MergeResult, out: str | Path, *, force: bool = False) -> Path:
-    """Write the merged model folder (loadable with ``AutoModel.from_pretrained``), the
-    permutations, the resolved policy and the report; all or nothing."""
-    out = Path(out)
-    a = result.model_a
-    with output_folder(out, force=force) as tmp:
-        write_model(tmp, a, result.state)
-        save_alignment(result.alignment, tmp)
-        (tmp / "merge_report.json").write_text(
-            json.dumps(report_dict(result.alignment, result), indent=2)
-        )
-    return out
+    return MergeResult(alignment, merged, models[0], policy.base_weights(n), checks, timings)

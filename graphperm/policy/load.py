@@ -9,16 +9,18 @@ from pathlib import Path
 import yaml
 from pydantic import ValidationError
 
+from graphperm.analysis import KINDS, PART_NAMES
 from graphperm.errors import PolicyError
-from graphperm.policy.model import Policy
+from graphperm.policy.model import ROLES, Policy
 
 __all__ = ["SPECS", "load_policy", "policy_names"]
 
 SPECS = Path(__file__).resolve().parents[1] / "specs"
 _CHOICES = {
-    "kind": ["conv", "ffn", "attn", "residual", "other"],
-    "site": ["auto", "pre", "post"],
-    "parts": ["heads", "qk", "vo", "blocks", "channels"],
+    "kind": list(KINDS),
+    "role": list(ROLES),
+    "site": list(ROLES),
+    "parts": list(PART_NAMES),
 }
 
 

@@ -11,16 +11,20 @@ Example:
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 
-__all__ = ["AlignRule", "Calibration", "Policy", "WeightOverride"]
+from graphperm.analysis import KINDS, PART_NAMES
 
-Kind = Literal["conv", "ffn", "attn", "residual", "other"]
-Site = Literal["auto", "pre", "post"]
-_PART = re.compile(r"^(heads|qk|vo|blocks|channels)\d*$")
+__all__ = ["ROLES", "AlignRule", "Calibration", "Policy", "WeightOverride"]
+
+Kind = Literal[KINDS]  # type: ignore[valid-type]
+ROLES = ("auto", "pre", "post")
+Role = Literal[ROLES]  # type: ignore[valid-type]
+_PART = re.compile(rf"^({'|'.join(PART_NAMES)})\d*$")
 
 
 class _Strict(BaseModel):
@@ -30,17 +34,18 @@ class _Strict(BaseModel):
 class AlignRule(_Strict):
     """Align the groups matching ``kind`` and the ``groups`` globs (all of them by default)."""
 
-    kind: Kind | None = Field(None, description="group kind: conv, ffn, attn, residual, other")
+    kind: Kind | None = Field(None, description="group kind: " + ", ".join(KINDS))
     groups: list[str] = Field(
         default_factory=lambda: ["*"],
         description="globs on group names (as `graphperm trace` prints them)",
     )
     parts: list[str] | None = Field(
         None,
-        description="parts to align: heads, qk, vo (attention), blocks, channels; default all",
+        description="parts to align: " + ", ".join(PART_NAMES) + "; default all",
     )
-    site: Site = Field(
+    role: Role = Field(
         "auto",
+        validation_alias=AliasChoices("role", "site"),
         description="where to measure: 'pre' = after the producing layer (and its norm), before "
         "the nonlinearity; 'post' = the input of the consuming layer; 'auto' = the paper's "
         "choice (conv: pre, ffn: post, attention heads/vo: post, qk: pre, residual: post)",
@@ -56,7 +61,7 @@ class AlignRule(_Strict):
     def _known_parts(cls, v: list[str] | None) -> list[str] | None:
         for p in v or []:
             if not _PART.match(p):
-                raise ValueError(f"'{p}' is not a part name (heads, qk, vo, blocks, channels)")
+                raise ValueError(f"'{p}' is not a part name ({', '.join(PART_NAMES)})")
         return v
 
 
@@ -121,17 +126,70 @@ class Policy(_Strict):
     version: Literal[1] = 1
     description: str = ""
     align: list[AlignRule] = Field(default_factory=list)
+    method: str = Field(
+        "activations",
+        description="alignment method (`graphperm.solve.METHODS`): 'activations' = correlation "
+        "of activations on calibration data + linear assignment (the paper)",
+    )
     weight_a: float = Field(0.9, ge=0.0, le=1.0, description="interpolation weight of model A")
+    model_weights: list[float] | None = Field(
+        None,
+        description="interpolation weights of every model, A first (they sum to 1); for two "
+        "models the same as weight_a. null: weight_a for A, the rest shared equally",
+    )
     weights: list[WeightOverride] = Field(default_factory=list)
     calibration: Calibration = Field(default_factory=Calibration)
     verify: bool = Field(True, description="check that the permuted B computes what B computed")
+
+    @field_validator("model_weights")
+    @classmethod
+    def _sum_to_one(cls, v: list[float] | None) -> list[float] | None:
+        if v is None:
+            return v
+        if len(v) < 2 or any(not 0.0 <= w <= 1.0 for w in v):
+            raise ValueError("give one weight in [0, 1] per model, at least two")
+        if not math.isclose(sum(v), 1.0, abs_tol=1e-6):
+            raise ValueError(f"the weights must sum to 1 (they sum to {sum(v):g})")
+        return v
+
+    def with_weights(self, weights: list[float]) -> Policy:
+        """This policy with ``model_weights`` (and ``weight_a``) set to ``weights``."""
+        return self.model_copy(update={"model_weights": list(weights), "weight_a": weights[0]})
 
     def weight_for(self, key: str) -> float:
         """Weight of A for state-dict ``key``: the last matching override, else ``weight_a``."""
         from fnmatch import fnmatchcase
 
-        w = self.weight_a
+        w = self.model_weights[0] if self.model_weights else self.weight_a
         for o in self.weights:
             if any(fnmatchcase(key, g) for g in o.modules):
                 w = o.weight_a
         return w
+
+    def weights_for(self, key: str, models: int = 2) -> list[float]:
+        """Weights of every model for state-dict ``key``: A's from :meth:`weight_for`, the
+        rest of 1 shared as ``model_weights`` shares it (equally when it is not given).
+
+        Example:
+            >>> Policy(model_weights=[0.5, 0.25, 0.25]).weights_for("x", 3)
+            [0.5, 0.25, 0.25]
+        """
+        return self._share(self.weight_for(key), models)
+
+    def base_weights(self, models: int = 2) -> list[float]:
+        """Weights of every model before per-module overrides."""
+        w = self.model_weights[0] if self.model_weights else self.weight_a
+        return self._share(w, models)
+
+    def _share(self, w: float, models: int) -> list[float]:
+        if self.model_weights is not None:
+            if len(self.model_weights) != models:
+                raise ValueError(
+                    f"model_weights has {len(self.model_weights)} weights for {models} models"
+                )
+            rest = self.model_weights[1:]
+            total = sum(rest)
+            shares = [r / total for r in rest] if total > 0 else [1 / (models - 1)] * (models - 1)
+        else:
+            shares = [1 / (models - 1)] * (models - 1)
+        return [w, *((1.0 - w) * s for s in shares)]

@@ -68,7 +68,7 @@ class Plan:
                     "group": t.group,
                     "kind": t.kind,
                     "part": t.part,
-                    "site": t.role,
+                    "role": t.role,
                     "measured_at": sorted({s.module for s in t.sites}),
                 }
                 for t in self.targets
@@ -95,7 +95,7 @@ def resolve(policy: Policy, analysis: Analysis, *, where: str = "policy") -> Pla
             parts = [p.name for p in g.parts]
             wanted = parts if rule.parts is None else [p for p in parts if p in rule.parts]
             for part in wanted:
-                chosen[(g.name, part)] = _role(rule.site, g.kind, part)
+                chosen[(g.name, part)] = _role(rule.role, g.kind, part)
     groups = {g.name: g for g in analysis.groups}
     for (gname, part), role in chosen.items():
         g = groups[gname]
@@ -109,9 +109,9 @@ def resolve(policy: Policy, analysis: Analysis, *, where: str = "policy") -> Pla
     return plan
 
 
-def _role(site: str, kind: str, part: str) -> str:
-    if site != "auto":
-        return site
+def _role(role: str, kind: str, part: str) -> str:
+    if role != "auto":
+        return role
     return AUTO_PART_SITE.get(part) or AUTO_SITE.get(kind, "pre")
 
 

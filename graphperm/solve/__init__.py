@@ -1,9 +1,37 @@
-"""Solving: linear assignment per part, hierarchical for blocks (heads × channels)."""
+"""Solving: alignment methods (a registry), linear assignment per part, hierarchical blocks.
+
+Example:
+    >>> from graphperm.solve import get_method
+    >>> get_method("activations").name
+    'activations'
+"""
 
 from __future__ import annotations
 
 from graphperm.solve.agreement import agreement
-from graphperm.solve.assignment import block_scores, match, match_score
+from graphperm.solve.assignment import block_scores, match
+from graphperm.solve.methods import (
+    METHODS,
+    AlignmentMethod,
+    Problem,
+    Solution,
+    get_method,
+    register_method,
+    split_half_agreement,
+)
 from graphperm.solve.solver import GroupReport, solve
 
-__all__ = ["GroupReport", "agreement", "block_scores", "match", "match_score", "solve"]
+__all__ = [
+    "METHODS",
+    "AlignmentMethod",
+    "GroupReport",
+    "Problem",
+    "Solution",
+    "agreement",
+    "block_scores",
+    "get_method",
+    "match",
+    "register_method",
+    "solve",
+    "split_half_agreement",
+]

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
-__all__ = ["Matcher", "block_scores", "match", "match_score"]
+__all__ = ["Matcher", "block_scores", "match"]
 
 # Assignments at least this large go to worker processes (a 3072-unit one takes ~1 s; below
 # ~1000 units the transfer costs more than it saves).
@@ -105,13 +105,6 @@ class Matcher:
             if self._pool is not None:
                 self._pool.shutdown()
                 self._pool = None
-
-
-def match_score(corr: torch.Tensor) -> float:
-    """The value of the best assignment, ``max_p Σ corr[i, p[i]]``."""
-    m = _clean(corr)
-    rows, cols = linear_sum_assignment(m, maximize=True)
-    return float(m[rows, cols].sum())
 
 
 def block_scores(corr: torch.Tensor, blocks: int) -> torch.Tensor:

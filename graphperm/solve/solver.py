@@ -49,11 +49,16 @@ class GroupReport:
 
 
 def solve(
-    plan: Plan, analysis: Analysis, stats: Statistics, *, reports: bool = True
+    plan: Plan,
+    analysis: Analysis,
+    stats: Statistics,
+    *,
+    pair: tuple[int, int] = (0, 1),
+    reports: bool = True,
 ) -> tuple[Permutation, list[GroupReport]]:
-    """Permutations for every target of ``plan``, and (unless ``reports=False``) a per-group
-    report."""
-    solver = _Solver(analysis, stats)
+    """Permutations of model ``pair[1]`` towards model ``pair[0]`` for every target of ``plan``,
+    and (unless ``reports=False``) a per-group report."""
+    solver = _Solver(analysis, stats, pair)
     perm = Permutation()
     groups = {g.name: g for g in analysis.groups}
     with Matcher() as matcher:
@@ -64,16 +69,17 @@ def solve(
 
 
 class _Solver:
-    def __init__(self, analysis: Analysis, stats: Statistics) -> None:
+    def __init__(self, analysis: Analysis, stats: Statistics, pair: tuple[int, int]) -> None:
         self.analysis = analysis
         self.table = analysis.coupling.table
         self.stats = stats
+        self.pair = pair
         self._corr: dict[tuple[str, int], torch.Tensor] = {}
 
     def corr(self, site: Site) -> torch.Tensor:
         key = (site.key, site.dim)
         if key not in self._corr:
-            self._corr[key] = self.stats.correlation(key)
+            self._corr[key] = self.stats.correlation(key, self.pair)
         return self._corr[key]
 
     def factors(self, site: Site) -> list[int]:

@@ -1,10 +1,26 @@
-"""Calibration statistics: input adapters, the site runner, and streaming accumulation."""
+"""Calibration statistics: the site runner, streaming accumulation, the calibration stage.
+
+Example:
+    >>> from graphperm.stats import SiteStats
+    >>> SiteStats.empty(4, models=3).pairs
+    ((0, 1), (0, 2))
+"""
 
 from __future__ import annotations
 
-from graphperm.stats.accumulate import SiteStats
-from graphperm.stats.adapter import AudioAdapter, ModelBatch
-from graphperm.stats.collect import Statistics, collect
+from graphperm.stats.accumulate import SiteStats, reference_pairs
+from graphperm.stats.calibrate import calibrate
+from graphperm.stats.collect import FrameLayout, Statistics, collect, frame_layout, valid_frames
 from graphperm.stats.runner import SiteRunner
 
-__all__ = ["AudioAdapter", "ModelBatch", "SiteRunner", "SiteStats", "Statistics", "collect"]
+__all__ = [
+    "FrameLayout",
+    "SiteRunner",
+    "SiteStats",
+    "Statistics",
+    "calibrate",
+    "collect",
+    "frame_layout",
+    "reference_pairs",
+    "valid_frames",
+]

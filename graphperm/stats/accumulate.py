@@ -1,10 +1,12 @@
-"""Streaming sufficient statistics of two models' activations at one site.
+"""Streaming sufficient statistics of several models' activations at one site.
 
-For channels ``a`` (model A) and ``b`` (model B) observed on the same frames, keep the count, the
-sums, the sums of squares and the cross-product sum ``Σ a bᵀ`` — never the activations — so memory
-is O(C²) whatever the amount of data, and statistics from different batches, shards or processes
-simply add (:meth:`SiteStats.merge`). Sums are taken around a fixed shift (the first batch's
-mean) so that float32 accumulation does not lose the correlation to cancellation.
+For the channels of models ``0 .. M-1`` observed on the same frames, keep the count, the sums, the
+sums of squares and, for each pair ``(i, j)`` asked for, the cross-product sum ``Σ x_i x_jᵀ`` —
+never the activations — so memory is O(pairs · C²) whatever the amount of data, and statistics
+from different batches, shards or processes simply add (:meth:`SiteStats.merge`). Model 0 is the
+reference (A); by default only the pairs ``(0, k)`` are kept, so memory grows with the number of
+models, not with its square. Sums are taken around a fixed shift (the first batch's mean) so that
+float32 accumulation does not lose the correlation to cancellation.
 
 Example:
     >>> import torch
@@ -17,109 +19,122 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
-__all__ = ["NonFinite", "SiteStats"]
+__all__ = ["NonFinite", "SiteStats", "reference_pairs"]
+
+Pair = tuple[int, int]
 
 
 class NonFinite(ValueError):
-    """Activations held NaN or inf (the message is the model: "A" or "B")."""
+    """Activations held NaN or inf (the message is the model's index)."""
+
+
+def reference_pairs(models: int, every: bool = False) -> tuple[Pair, ...]:
+    """``(0, k)`` for every other model (or every pair ``i < j`` when ``every``).
+
+    Example:
+        >>> reference_pairs(3), reference_pairs(3, every=True)
+        (((0, 1), (0, 2)), ((0, 1), (0, 2), (1, 2)))
+    """
+    if every:
+        return tuple((i, j) for i in range(models) for j in range(i + 1, models))
+    return tuple((0, k) for k in range(1, models))
 
 
 @dataclass
 class SiteStats:
-    """Sufficient statistics for the cross-correlation of A's and B's channels at a site."""
+    """Sufficient statistics for the cross-correlations of M models' channels at a site."""
 
     n: float
-    shift_a: torch.Tensor  # (C,) float64
-    shift_b: torch.Tensor
-    sum_a: torch.Tensor  # (C,) float64, of (a - shift_a)
-    sum_b: torch.Tensor
-    sq_a: torch.Tensor  # (C,) float64, of (a - shift_a)²
-    sq_b: torch.Tensor
-    cross: torch.Tensor  # (C, C), of (a - shift_a)(b - shift_b)ᵀ, float32 or float64
+    shift: torch.Tensor  # (M, C) float64
+    sums: torch.Tensor  # (M, C) float64, of (x - shift)
+    squares: torch.Tensor  # (M, C) float64, of (x - shift)²
+    cross: torch.Tensor  # (P, C, C), of (x_i - shift_i)(x_j - shift_j)ᵀ, float32 or float64
+    pairs: tuple[Pair, ...] = ((0, 1),)
 
     @classmethod
     def empty(
-        cls, channels: int, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"
+        cls,
+        channels: int,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
+        *,
+        models: int = 2,
+        pairs: Sequence[Pair] | None = None,
     ) -> SiteStats:
-        z = torch.zeros(channels, dtype=torch.float64, device=device)
-        return cls(
-            0.0,
-            z.clone(),
-            z.clone(),
-            z.clone(),
-            z.clone(),
-            z.clone(),
-            z.clone(),
-            torch.zeros(channels, channels, dtype=dtype, device=device),
-        )
+        pairs = tuple(pairs) if pairs is not None else reference_pairs(models)
+        z = torch.zeros(models, channels, dtype=torch.float64, device=device)
+        cross = torch.zeros(len(pairs), channels, channels, dtype=dtype, device=device)
+        return cls(0.0, z.clone(), z.clone(), z.clone(), cross, pairs)
 
     @property
     def channels(self) -> int:
-        return self.sum_a.numel()
+        return self.sums.shape[1]
 
-    def update(
-        self, a: torch.Tensor, b: torch.Tensor, *, product: torch.dtype | None = None
-    ) -> None:
-        """Add frames: ``a`` and ``b`` are (frames, C) activations of A and B on the same input.
+    @property
+    def models(self) -> int:
+        return self.sums.shape[0]
+
+    def update(self, *acts: torch.Tensor, product: torch.dtype | None = None) -> None:
+        """Add frames: ``acts[m]`` is (frames, C), model ``m``'s activations on the same input.
 
         ``product`` is the dtype of the cross-product matmul (default: the accumulator's);
         ``torch.bfloat16`` nearly doubles its speed on CPUs with bf16 units, but rounds each
         batch's products to 8 bits of mantissa (enough to move a few percent of near-tied units).
-        Raises :class:`NonFinite` (and adds nothing) if either input holds NaN or inf.
+        Raises :class:`NonFinite` (and adds nothing) if any input holds NaN or inf.
         """
-        if a.shape[0] == 0:
+        if len(acts) != self.models:
+            raise ValueError(f"expected activations of {self.models} models, got {len(acts)}")
+        if acts[0].shape[0] == 0:
             return
         if self.n == 0:
-            self.shift_a = a.double().mean(0)
-            self.shift_b = b.double().mean(0)
+            self.shift = torch.stack([x.double().mean(0) for x in acts])
         dtype = self.cross.dtype
-        a = a.to(dtype) - self.shift_a.to(dtype)
-        b = b.to(dtype) - self.shift_b.to(dtype)
-        sum_a, sum_b = a.sum(0), b.sum(0)  # per batch in the working dtype, then float64
-        if not (torch.isfinite(sum_a).all() and torch.isfinite(sum_b).all()):
-            raise NonFinite("A" if not torch.isfinite(sum_a).all() else "B")
-        self.n += a.shape[0]
-        self.sum_a += sum_a.double()
-        self.sum_b += sum_b.double()
-        self.sq_a += a.square().sum(0).double()
-        self.sq_b += b.square().sum(0).double()
-        if product is None or product == dtype:
-            self.cross.addmm_(a.T, b)
-        else:
-            self.cross += (a.T.to(product) @ b.to(product)).to(dtype)
+        centred = [x.to(dtype) - self.shift[m].to(dtype) for m, x in enumerate(acts)]
+        sums = [x.sum(0) for x in centred]  # per batch in the working dtype, then float64
+        for m, s in enumerate(sums):
+            if not torch.isfinite(s).all():
+                raise NonFinite(str(m))
+        self.n += acts[0].shape[0]
+        for m, x in enumerate(centred):
+            self.sums[m] += sums[m].double()
+            self.squares[m] += x.square().sum(0).double()
+        for p, (i, j) in enumerate(self.pairs):
+            if product is None or product == dtype:
+                self.cross[p].addmm_(centred[i].T, centred[j])
+            else:
+                self.cross[p] += (centred[i].T.to(product) @ centred[j].to(product)).to(dtype)
 
     def to(self, device: torch.device | str) -> SiteStats:
         """The same statistics on another device."""
         return SiteStats(
             self.n,
-            *(
-                getattr(self, f).to(device)
-                for f in ("shift_a", "shift_b", "sum_a", "sum_b", "sq_a", "sq_b", "cross")
-            ),
+            self.shift.to(device),
+            self.sums.to(device),
+            self.squares.to(device),
+            self.cross.to(device),
+            self.pairs,
         )
 
-    def rebased(self, shift_a: torch.Tensor, shift_b: torch.Tensor) -> SiteStats:
+    def rebased(self, shift: torch.Tensor) -> SiteStats:
         """The same statistics, as sums around other shifts (exact algebra, in float64)."""
-        da = (self.shift_a - shift_a).double()  # (a - new) = (a - old) + (old - new)
-        db = (self.shift_b - shift_b).double()
+        d = (self.shift - shift).double()  # (x - new) = (x - old) + (old - new)
         m = self.n
+        cross = self.cross.to(torch.float64, copy=True)
+        for p, (i, j) in enumerate(self.pairs):
+            # in place on one float64 copy: a 3072-channel site is 75 MB per matrix
+            cross[p].addr_(self.sums[i], d[j]).addr_(d[i], self.sums[j]).addr_(d[i], d[j], alpha=m)
         return SiteStats(
             m,
-            shift_a.double().clone(),
-            shift_b.double().clone(),
-            self.sum_a + m * da,
-            self.sum_b + m * db,
-            self.sq_a + 2 * da * self.sum_a + m * da.square(),
-            self.sq_b + 2 * db * self.sum_b + m * db.square(),
-            # in place on one float64 copy: a 3072-channel site is 75 MB per matrix
-            self.cross.to(torch.float64, copy=True)
-            .addr_(self.sum_a, db)
-            .addr_(da, self.sum_b)
-            .addr_(da, db, alpha=m),
+            shift.double().clone(),
+            self.sums + m * d,
+            self.squares + 2 * d * self.sums + m * d.square(),
+            cross,
+            self.pairs,
         )
 
     def merge(self, other: SiteStats) -> SiteStats:
@@ -128,35 +143,39 @@ class SiteStats:
             return self
         if self.n == 0:
             return other
-        o = other.rebased(self.shift_a, self.shift_b)
+        if other.pairs != self.pairs:
+            raise ValueError("cannot merge statistics of different model pairs")
+        o = other.rebased(self.shift)
         return SiteStats(
             self.n + o.n,
-            self.shift_a,
-            self.shift_b,
-            self.sum_a + o.sum_a,
-            self.sum_b + o.sum_b,
-            self.sq_a + o.sq_a,
-            self.sq_b + o.sq_b,
+            self.shift,
+            self.sums + o.sums,
+            self.squares + o.squares,
             o.cross.add_(self.cross).to(self.cross.dtype),  # o is a fresh float64 copy
+            self.pairs,
         )
 
-    def std(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def std(self, model: int) -> torch.Tensor:
+        """Per-channel standard deviation of model ``model``'s activations."""
         n = max(self.n, 1.0)
-        ma, mb = self.sum_a / n, self.sum_b / n
-        va = (self.sq_a / n - ma.square()).clamp_min(0)
-        vb = (self.sq_b / n - mb.square()).clamp_min(0)
-        return va.sqrt(), vb.sqrt()
+        mean = self.sums[model] / n
+        return (self.squares[model] / n - mean.square()).clamp_min(0).sqrt()
 
-    def correlation(self) -> torch.Tensor:
-        """Pearson correlation of A's channel i with B's channel j, float64, (C, C).
-
-        Dead (constant) channels and empty statistics give 0, never NaN.
-        """
+    def correlation(self, pair: Pair = (0, 1)) -> torch.Tensor:
+        """Pearson correlation of model ``i``'s channel r with model ``j``'s channel c, float64,
+        (C, C), for ``pair = (i, j)``. Dead (constant) channels and empty statistics give 0,
+        never NaN."""
+        i, j = pair
+        if pair not in self.pairs:
+            if (j, i) in self.pairs:
+                return self.correlation((j, i)).T.contiguous()
+            raise KeyError(f"no cross statistics of models {pair} (have {self.pairs})")
         n = max(self.n, 1.0)
-        ma, mb = self.sum_a / n, self.sum_b / n
+        ma, mb = self.sums[i] / n, self.sums[j] / n
         # in place on one float64 copy (plus the denominator): two (C, C) matrices at a time
-        corr = self.cross.to(torch.float64, copy=True).div_(n).addr_(ma, mb, alpha=-1.0)
-        sa, sb = self.std()
+        p = self.pairs.index(pair)
+        corr = self.cross[p].to(torch.float64, copy=True).div_(n).addr_(ma, mb, alpha=-1.0)
+        sa, sb = self.std(i), self.std(j)
         denom = torch.outer(sa, sb)
         top = float(sa.max()) * float(sb.max()) if sa.numel() else 0.0
         tiny = max(1e-12 * top, 1e-30)
@@ -168,25 +187,15 @@ class SiteStats:
     def to_tensors(self, prefix: str) -> dict[str, torch.Tensor]:
         return {
             f"{prefix}/n": torch.tensor([self.n], dtype=torch.float64),
-            f"{prefix}/shift_a": self.shift_a,
-            f"{prefix}/shift_b": self.shift_b,
-            f"{prefix}/sum_a": self.sum_a,
-            f"{prefix}/sum_b": self.sum_b,
-            f"{prefix}/sq_a": self.sq_a,
-            f"{prefix}/sq_b": self.sq_b,
+            f"{prefix}/shift": self.shift,
+            f"{prefix}/sums": self.sums,
+            f"{prefix}/squares": self.squares,
             f"{prefix}/cross": self.cross,
+            f"{prefix}/pairs": torch.tensor(self.pairs, dtype=torch.long).reshape(-1, 2),
         }
 
     @classmethod
     def from_tensors(cls, tensors: dict[str, torch.Tensor], prefix: str) -> SiteStats:
         g = lambda k: tensors[f"{prefix}/{k}"]  # noqa: E731
-        return cls(
-            float(g("n")[0]),
-            g("shift_a"),
-            g("shift_b"),
-            g("sum_a"),
-            g("sum_b"),
-            g("sq_a"),
-            g("sq_b"),
-            g("cross"),
-        )
+        pairs = tuple((int(i), int(j)) for i, j in g("pairs").tolist())
+        return cls(float(g("n")[0]), g("shift"), g("sums"), g("squares"), g("cross"), pairs)

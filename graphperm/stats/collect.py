@@ -1,19 +1,19 @@
-"""One pass over the calibration data: both models on each batch, statistics at every site.
+"""One pass over the calibration data: every model on each batch, statistics at every site.
 
 Permutations preserve function, so aligning one group never changes the activations at another
 group's sites: all statistics come from a single pass, with no re-runs per layer and no stored
-activations. Padded frames are dropped before they reach the statistics.
+activations. Padded positions (the batch's mask) are dropped before they reach the statistics.
 
 Example:
-    >>> from graphperm.trace import load_model, trace              # doctest: +SKIP
-    >>> stats = collect(analysis, plan.sites(), state_a, state_b, batches)  # doctest: +SKIP
+    >>> from graphperm.trace import load_model, trace                        # doctest: +SKIP
+    >>> stats = collect(analysis, plan.sites(), [state_a, state_b], batches)  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -21,11 +21,11 @@ from tqdm.auto import tqdm
 
 from graphperm.analysis import Analysis, Site
 from graphperm.errors import CalibrationError
-from graphperm.stats.accumulate import NonFinite, SiteStats
-from graphperm.stats.adapter import ModelBatch
+from graphperm.inputs import ModelBatch, step_mask
+from graphperm.stats.accumulate import NonFinite, Pair, SiteStats, reference_pairs
 from graphperm.stats.runner import SiteRunner
 
-__all__ = ["SiteKey", "Statistics", "collect", "frame_layout"]
+__all__ = ["FrameLayout", "SiteKey", "Statistics", "collect", "frame_layout", "valid_frames"]
 
 log = logging.getLogger(__name__)
 
@@ -39,14 +39,15 @@ class Statistics:
 
     With ``split_half`` the batches alternate between two independent halves (``parts``), so the
     permutations solved from each half can be compared (does more data change the answer?);
-    everything else sees their sum.
+    everything else sees their sum. ``positions`` counts valid input positions (audio samples,
+    tokens, images), ``items`` the examples (clips, texts, images).
     """
 
     parts: list[dict[SiteKey, SiteStats]] = field(default_factory=lambda: [{}])
-    seconds: float = 0.0
+    positions: float = 0.0
     batches: int = 0
     elapsed: float = 0.0
-    clips: int = 0
+    items: int = 0
 
     def site_keys(self) -> list[SiteKey]:
         return list(self.parts[0])
@@ -58,15 +59,15 @@ class Statistics:
             out = out.merge(part[key])
         return out
 
-    def correlation(self, key: SiteKey) -> torch.Tensor:
-        return self.site(key).correlation()
+    def correlation(self, key: SiteKey, pair: Pair = (0, 1)) -> torch.Tensor:
+        return self.site(key).correlation(pair)
 
     def half(self, i: int) -> Statistics:
         """One of the two halves, as statistics of their own."""
         if len(self.parts) != 2:
             raise ValueError("these statistics were not collected in two halves")
         return Statistics(
-            [self.parts[i]], self.seconds / 2, self.batches // 2, self.elapsed, self.clips // 2
+            [self.parts[i]], self.positions / 2, self.batches // 2, self.elapsed, self.items // 2
         )
 
     def merge(self, other: Statistics) -> Statistics:
@@ -82,21 +83,23 @@ class Statistics:
             parts.append(merged)
         return Statistics(
             parts,
-            self.seconds + other.seconds,
+            self.positions + other.positions,
             self.batches + other.batches,
             self.elapsed + other.elapsed,
-            self.clips + other.clips,
+            self.items + other.items,
         )
 
 
 @dataclass(frozen=True)
-class _Layout:
+class FrameLayout:
+    """Which dims of a site's value are the channels, the batch and the time (None: none)."""
+
     channel: int
     batch: int | None
     time: int | None
 
 
-def frame_layout(analysis: Analysis, site: Site) -> _Layout:
+def frame_layout(analysis: Analysis, site: Site) -> FrameLayout:
     """Which dims of a site's value are the channels, the batch and the time (if unique)."""
     c = analysis.coupling
     shape = c.tensors[site.key].shape
@@ -105,40 +108,42 @@ def frame_layout(analysis: Analysis, site: Site) -> _Layout:
     dims = c.classes(site.key)
     batch = next((d for d, k in enumerate(dims) if k == batch_cls and d != site.dim), None)
     rest = [d for d in range(len(shape)) if d not in (site.dim, batch) and shape[d] > 1]
-    return _Layout(site.dim, batch, rest[0] if len(rest) == 1 else None)
+    return FrameLayout(site.dim, batch, rest[0] if len(rest) == 1 else None)
 
 
 def collect(
     analysis: Analysis,
     sites: list[Site],
-    state_a: dict[str, torch.Tensor],
-    state_b: dict[str, torch.Tensor],
+    states: Sequence[dict[str, torch.Tensor]],
     batches: Iterable[ModelBatch],
     *,
-    total_seconds: float | None = None,
+    total: int | None = None,
     progress: bool = False,
     precision: str = "fp32",
     max_frames_per_row: int | None = None,
     split_half: bool = False,
+    pairs: Sequence[Pair] | None = None,
     stop: Callable[[Statistics], bool] | None = None,
     check_every: int = 0,
     device: torch.device | str = "cpu",
 ) -> Statistics:
-    """Run A and B on every batch and accumulate statistics at ``sites``.
+    """Run every model (``states[0]`` is the reference A) on every batch and accumulate
+    statistics at ``sites``.
 
-    ``precision`` is ``fp32``, ``bf16`` (forwards under bf16 autocast and bf16 cross products,
-    fp32 sums: about twice as fast on CPUs with bf16 units, less exact) or ``fp64`` (the
-    exact reference).
-    ``max_frames_per_row`` subsamples a site's time axis evenly to at most that many frames per
-    batch row (the high-rate conv sites); ``None`` keeps every frame. ``split_half`` alternates
-    batches between two halves. Every ``check_every`` batches, ``stop(stats)`` may end the pass
-    early (enough data). On ``device="cuda"`` the forwards and the sums run on the GPU; the
-    statistics come back on the CPU.
+    ``pairs`` are the model pairs whose cross statistics are kept (default ``(0, k)``: each
+    model against A). ``precision`` is ``fp32``, ``bf16`` (forwards under bf16 autocast and bf16
+    cross products, fp32 sums: about twice as fast on CPUs with bf16 units, less exact) or
+    ``fp64`` (the exact reference). ``max_frames_per_row`` subsamples a site's time axis evenly
+    to at most that many frames per batch row (the high-rate conv sites); ``None`` keeps every
+    frame. ``split_half`` alternates batches between two halves. Every ``check_every`` batches,
+    ``stop(stats)`` may end the pass early (enough data). ``total`` (items) sizes the progress
+    bar. On ``device="cuda"`` the forwards and the sums run on the GPU; the statistics come back
+    on the CPU.
     """
     device = torch.device(device)
     if device.type != "cpu":
-        state_a = {k: v.to(device) for k, v in state_a.items()}
-        state_b = {k: v.to(device) for k, v in state_b.items()}
+        states = [{k: v.to(device) for k, v in s.items()} for s in states]
+    pairs = tuple(pairs) if pairs is not None else reference_pairs(len(states))
     keys = sorted({s.key for s in sites}, key=list(analysis.coupling.tensors).index)
     layouts = {(s.key, s.dim): frame_layout(analysis, s) for s in sites}
     where = {(s.key, s.dim): s.module or s.key for s in sites}
@@ -147,7 +152,10 @@ def collect(
     halves = 2 if split_half else 1
     stats = Statistics(
         [
-            {k: SiteStats.empty(shapes[k][k[1]], accum, device) for k in layouts}
+            {
+                k: SiteStats.empty(shapes[k][k[1]], accum, device, models=len(states), pairs=pairs)
+                for k in layouts
+            }
             for _ in range(halves)
         ]
     )
@@ -162,45 +170,37 @@ def collect(
             in_graph.setdefault(key, (lay.time, strides[(key, _)]))
     runner = SiteRunner(analysis.traced.program, keys, in_graph, device=device)
     start = time.perf_counter()
-    bar = tqdm(
-        total=total_seconds,
-        unit="s",
-        desc="statistics",
-        disable=not progress,
-        bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s audio [{elapsed}<{remaining}]",
-    )
+    bar = tqdm(total=total, unit="item", desc="statistics", disable=not progress)
     with bar:
         for batch in batches:
             inputs = {k: v.to(device) for k, v in batch.inputs.items()}
-            valid = batch.valid.to(device)
+            mask = batch.mask.to(device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-                acts_a = dict(zip(keys, runner(state_a, inputs)))
-                acts_b = dict(zip(keys, runner(state_b, inputs)))
+                acts = [dict(zip(keys, runner(state, inputs))) for state in states]
+            steps: dict[int, torch.Tensor] = {}  # step masks per time-axis length
             for k, layout in layouts.items():
                 step = in_graph.get(k[0], (0, 1))[1]
-                full = shapes[k][layout.time] if layout.time is not None else 1
-                a = _frames(acts_a[k[0]], layout, valid, step, full)
-                b = _frames(acts_b[k[0]], layout, valid, step, full)
+                full = shapes[k][layout.time] if layout.time is not None else 0
+                if full not in steps:  # no time axis (0): a row counts if any of it is real
+                    steps[full] = step_mask(mask, full) if full else mask.any(1, keepdim=True)
+                frames = [valid_frames(a[k[0]], layout, steps[full], step) for a in acts]
                 try:
                     part = stats.parts[stats.batches % halves]
-                    part[k].update(a, b, product=product)
+                    part[k].update(*frames, product=product)
                 except NonFinite as err:
                     raise CalibrationError(
-                        f"model {err} produced NaN or inf activations at {where[k]} ({k[0]}); "
-                        "check the model's weights and the input audio"
+                        f"model {'ABCDEFGHIJKLMNOPQRSTUVWXYZ'[int(str(err))]} produced NaN or inf "
+                        f"activations at {where[k]} ({k[0]}); check the model's weights and the "
+                        "input data"
                     ) from None
-            del acts_a, acts_b
-            stats.seconds += batch.seconds
+            del acts
+            stats.positions += batch.positions
             stats.batches += 1
-            stats.clips += batch.clips
-            bar.update(batch.seconds)
+            stats.items += batch.items
+            bar.update(batch.items)
             checkpoint = stop is not None and check_every and stats.batches % check_every == 0
             if checkpoint and stop(stats):
-                log.info(
-                    "enough data after %d batches (%.0f s of audio)",
-                    stats.batches,
-                    stats.seconds,
-                )
+                log.info("enough data after %d batches (%d items)", stats.batches, stats.items)
                 break
     stats.elapsed = time.perf_counter() - start
     if device.type != "cpu":
@@ -212,38 +212,38 @@ def _stride(steps: int, max_frames: int | None) -> int:
     return 1 if not max_frames or steps <= max_frames else -(-steps // max_frames)
 
 
-def _frames(
-    t: torch.Tensor, layout: _Layout, valid: torch.Tensor, stride: int = 1, full: int | None = None
+def valid_frames(
+    t: torch.Tensor, layout: FrameLayout, valid: torch.Tensor, stride: int = 1
 ) -> torch.Tensor:
-    """(frames, channels) of the real (unpadded) frames of site value ``t``, which holds every
-    ``stride``-th step of a time axis of ``full`` steps."""
-    if full is None:
-        full = t.shape[layout.time] if layout.time is not None else 1
+    """(frames, channels) of the real (unpadded) frames of site value ``t``.
+
+    ``valid`` is ``(rows, full)`` bool over the site's own time axis at full resolution (see
+    :func:`graphperm.inputs.step_mask`); ``t`` holds every ``stride``-th of those steps.
+
+    Example:
+        >>> t = torch.arange(12.0).reshape(1, 2, 6)             # (batch, channels, time)
+        >>> ok = torch.tensor([[True, True, True, True, False, False]])
+        >>> strided = t[:, :, ::2]                              # what the runner keeps
+        >>> valid_frames(strided, FrameLayout(channel=1, batch=0, time=2), ok, stride=2).tolist()
+        [[0.0, 6.0], [2.0, 8.0]]
+    """
     x = t.movedim(layout.channel, -1)
     channels = x.shape[-1]
     b = layout.batch if layout.batch is None or layout.batch < layout.channel else layout.batch - 1
     tm = layout.time if layout.time is None or layout.time < layout.channel else layout.time - 1
     if b is None:  # a batch of one (its batch dim has size 1 and no class of its own)
-        if tm is None or valid.numel() != 1:
+        if tm is None or valid.shape[0] != 1:
             return x.reshape(-1, channels)
-        steps = torch.arange(x.shape[tm], device=x.device)
-        keep = steps * stride < _valid_steps(valid[:1], full)
+        keep = valid[0, ::stride][: x.shape[tm]]
         return x.index_select(tm, keep.nonzero().squeeze(1)).reshape(-1, channels)
     rows = x.shape[b]
-    frac = valid[:rows] if valid.numel() >= rows else torch.ones(rows, device=x.device)
+    ok = valid[:rows] if valid.shape[0] >= rows else torch.ones_like(valid[:1]).expand(rows, -1)
     shape = [1] * (x.ndim - 1)
     shape[b] = rows
     if tm is None:
-        keep = (frac > 0).reshape(shape).expand(x.shape[:-1])
+        keep = ok.any(1).reshape(shape).expand(x.shape[:-1])
     else:
-        steps = x.shape[tm]
-        grid = torch.arange(steps, device=x.device)
-        ok = grid[None, :] * stride < _valid_steps(frac, full)[:, None]
-        shape[tm] = steps
+        ok = ok[:, ::stride][:, : x.shape[tm]]
+        shape[tm] = ok.shape[1]
         keep = (ok.T if b > tm else ok).reshape(shape).expand(x.shape[:-1])
     return x[keep]
-
-
-def _valid_steps(frac: torch.Tensor, steps: int) -> torch.Tensor:
-    """Unpadded steps per row, on the site's own (unstrided) time axis of ``steps``."""
-    return torch.floor(frac * steps + 1e-6).long()

@@ -21,13 +21,11 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from graphperm.errors import MismatchError
+from graphperm.errors import UsageError
 from graphperm.stats.accumulate import SiteStats
 from graphperm.stats.collect import Statistics
 
 __all__ = ["all_reduce", "load_statistics", "save_statistics"]
-
-_FIELDS = ("n", "shift_a", "shift_b", "sum_a", "sum_b", "sq_a", "sq_b", "cross")
 
 
 def save_statistics(stats: Statistics, path: str | Path, meta: dict) -> None:
@@ -40,9 +38,9 @@ def save_statistics(stats: Statistics, path: str | Path, meta: dict) -> None:
     info = {
         **meta,
         "parts": len(stats.parts),
-        "seconds": stats.seconds,
+        "positions": stats.positions,
         "batches": stats.batches,
-        "clips": stats.clips,
+        "items": stats.items,
     }
     tmp = path.with_name(f".{path.name}.tmp")
     save_file(
@@ -57,22 +55,25 @@ def load_statistics(path: str | Path) -> tuple[Statistics, dict]:
     """Read a file written by :func:`save_statistics`: ``(statistics, metadata)``."""
     path = Path(path)
     if not path.is_file():
-        raise MismatchError(f"statistics file '{path}' does not exist")
+        raise UsageError(f"statistics file '{path}' does not exist; check the path")
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = json.loads((f.metadata() or {}).get("graphperm", "null"))
             tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
     except (OSError, ValueError, json.JSONDecodeError) as err:
-        raise MismatchError(f"'{path}' is not a graphperm statistics file: {err}") from err
-    if not isinstance(meta, dict):
-        raise MismatchError(f"'{path}' is not a graphperm statistics file (no metadata)")
+        raise UsageError(f"'{path}' is not a graphperm statistics file: {err}") from err
+    if not isinstance(meta, dict) or "positions" not in meta:
+        raise UsageError(
+            f"'{path}' is not a statistics file of this graphperm version; collect it again "
+            "with `graphperm stats`"
+        )
     parts: list[dict] = [{} for _ in range(int(meta["parts"]))]
     prefixes = {k.rsplit("/", 1)[0] for k in tensors}
     for prefix in sorted(prefixes):
         part, site = prefix.split("/", 1)
         key, dim = site.rsplit(":", 1)
         parts[int(part)][(key, int(dim))] = SiteStats.from_tensors(tensors, prefix)
-    stats = Statistics(parts, meta["seconds"], meta["batches"], 0.0, meta.get("clips", 0))
+    stats = Statistics(parts, meta["positions"], meta["batches"], 0.0, meta.get("items", 0))
     return stats, meta
 
 
@@ -85,34 +86,29 @@ def all_reduce(stats: Statistics) -> Statistics:
         out = {}
         for key in sorted(part):
             s = part[key]
-            shifts = torch.cat([s.shift_a, s.shift_b]).double()
-            dist.broadcast(shifts, src=0)
-            r = s.rebased(shifts[: s.channels], shifts[s.channels :])
+            shift = s.shift.double().clone()
+            dist.broadcast(shift, src=0)
+            r = s.rebased(shift)
             flat = torch.cat(
                 [
                     torch.tensor([r.n], dtype=torch.float64),
-                    r.sum_a,
-                    r.sum_b,
-                    r.sq_a,
-                    r.sq_b,
+                    r.sums.reshape(-1),
+                    r.squares.reshape(-1),
                     r.cross.reshape(-1),
                 ]
             )
             dist.all_reduce(flat)
-            c = s.channels
-            cuts = [1, c, c, c, c, c * c]
-            n, sa, sb, qa, qb, cross = torch.split(flat, cuts)
+            cuts = [1, r.sums.numel(), r.squares.numel(), r.cross.numel()]
+            n, sums, squares, cross = torch.split(flat, cuts)
             out[key] = SiteStats(
                 float(n),
-                r.shift_a,
-                r.shift_b,
-                sa,
-                sb,
-                qa,
-                qb,
-                cross.reshape(c, c).to(s.cross.dtype),
+                r.shift,
+                sums.reshape(r.sums.shape),
+                squares.reshape(r.squares.shape),
+                cross.reshape(r.cross.shape).to(s.cross.dtype),
+                s.pairs,
             )
         parts.append(out)
-    totals = torch.tensor([stats.seconds, stats.batches, stats.clips], dtype=torch.float64)
+    totals = torch.tensor([stats.positions, stats.batches, stats.items], dtype=torch.float64)
     dist.all_reduce(totals)
     return Statistics(parts, float(totals[0]), int(totals[1]), stats.elapsed, int(totals[2]))

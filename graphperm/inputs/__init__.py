@@ -1,0 +1,37 @@
+"""Input adapters: what a model eats, for tracing and calibration, chosen by its main input.
+
+Example:
+    >>> from graphperm.trace import load_model
+    >>> adapter_for(load_model("builtin:whisper-tiny")).kind
+    'log-mel'
+"""
+
+from __future__ import annotations
+
+# Importing the families registers their adapters.
+from graphperm.inputs import audio, pixels, tokens  # noqa: F401
+from graphperm.inputs.audio import AudioAdapter, LogMelAdapter, WaveformAdapter
+from graphperm.inputs.base import (
+    ADAPTERS,
+    CalibrationData,
+    InputAdapter,
+    ModelBatch,
+    adapter_for,
+    main_input_name,
+    register_adapter,
+    step_mask,
+)
+
+__all__ = [
+    "ADAPTERS",
+    "AudioAdapter",
+    "CalibrationData",
+    "InputAdapter",
+    "LogMelAdapter",
+    "ModelBatch",
+    "WaveformAdapter",
+    "adapter_for",
+    "main_input_name",
+    "register_adapter",
+    "step_mask",
+]

@@ -1,0 +1,203 @@
+"""Audio adapters: waveforms (HuBERT, wav2vec2, MERT) and Whisper's log-mel window.
+
+Calibration audio is cut into clips by :class:`~graphperm.data.CalibrationSet`; every batch is
+padded to one fixed shape (batch size × clip length, or Whisper's fixed window) so one exported
+graph serves all of them, and the mask marks the real samples.
+
+Example:
+    >>> from graphperm.trace import load_model
+    >>> from graphperm.policy import Calibration
+    >>> adapter = adapter_for(load_model("builtin:hubert-tiny"), Calibration(clip_seconds=1.0))
+    >>> {k: tuple(v.shape) for k, v in adapter.example(batch_size=2).items()}
+    {'input_values': (2, 16000)}
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import torch
+
+from graphperm.data import AudioBatch, CalibrationSet
+from graphperm.errors import CalibrationError
+from graphperm.inputs.base import (
+    CalibrationData,
+    InputAdapter,
+    ModelBatch,
+    adapter_for,
+    register_adapter,
+)
+
+__all__ = ["AudioAdapter", "LogMelAdapter", "SpectrogramAdapter", "WaveformAdapter", "adapter_for"]
+
+log = logging.getLogger(__name__)
+
+
+class AudioAdapter(InputAdapter):
+    """Shared by waveform and log-mel adapters: sample rate, clips, the audio calibration set."""
+
+    item = "clips"
+    unit = "s"
+
+    def __init__(self, loaded, settings=None) -> None:
+        super().__init__(loaded, settings)
+        prep = preprocessor_config(loaded.source)
+        config_rate = getattr(loaded.config, "sampling_rate", None) or 16000
+        wanted = settings.sample_rate if settings is not None else None
+        self.sample_rate = int(wanted or prep.get("sampling_rate", config_rate))
+        self.per_unit = float(self.sample_rate)
+        self.prep = prep
+        self.clip_seconds = settings.clip_seconds if settings is not None else None
+
+    @property
+    def clip_samples(self) -> int:
+        seconds = self.clip_seconds if self.clip_seconds is not None else 1.0
+        return round(seconds * self.sample_rate)
+
+    @property
+    def span(self) -> int:
+        """Samples one batch row holds (the mask's length)."""
+        return self.clip_samples
+
+    def max_steps(self, rate: float | None) -> int | None:
+        if rate is None:
+            return None
+        return max(1, round(rate * self.span / self.sample_rate))
+
+    def calibration(
+        self, sources: Sequence[str | Path], *, shard: tuple[int, int] | None = None
+    ) -> CalibrationData:
+        cal = self.settings
+        if cal is None:
+            raise CalibrationError("calibration needs the policy's calibration settings")
+        data = CalibrationSet(
+            sources,
+            sample_rate=self.sample_rate,
+            clip_seconds=cal.clip_seconds,
+            num_clips=cal.num_clips,
+            seed=cal.seed,
+            shard=shard,
+        )
+
+        def stream(batch_size: int) -> Iterator[ModelBatch]:
+            for batch in data.batches(batch_size):
+                yield self.batch(batch, batch_size)
+
+        summary = {
+            "files": len(data.files),
+            "skipped_files": [f"{p}: {why}" for p, why in data.skipped],
+            "description": data.describe(),
+            "sample_rate": self.sample_rate,
+        }
+        return CalibrationData(stream, len(data), summary)
+
+    def batch(self, batch: AudioBatch, batch_size: int) -> ModelBatch:
+        """Pad ``batch`` to ``batch_size`` rows of :attr:`span` samples."""
+        rows = batch.waveforms.shape[0]
+        wave = torch.zeros(batch_size, self.clip_samples)
+        n = min(self.clip_samples, batch.waveforms.shape[1])
+        wave[:rows, :n] = batch.waveforms[:, :n]
+        lengths = torch.zeros(batch_size, dtype=torch.long)
+        lengths[:rows] = batch.lengths.clamp(max=self.clip_samples)
+        mask = torch.arange(self.span)[None, :] < lengths[:, None]
+        return ModelBatch(self.features(wave, lengths), mask, rows)
+
+    def features(self, wave: torch.Tensor, lengths: torch.Tensor) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+
+def _is_waveform(loaded) -> bool:
+    return hasattr(loaded.config, "conv_dim") or not hasattr(loaded.config, "num_mel_bins")
+
+
+@register_adapter("input_values", when=_is_waveform)
+class WaveformAdapter(AudioAdapter):
+    """Raw waveforms, normalised per clip when the feature extractor says so."""
+
+    kind = "waveform"
+
+    def __init__(self, loaded, settings=None) -> None:
+        super().__init__(loaded, settings)
+        self.normalize = bool(self.prep.get("do_normalize", False))
+
+    def example(self, batch_size=1, length=None, seed=0):
+        g = torch.Generator().manual_seed(seed)
+        n = length or self.clip_samples
+        return {self.input_name: torch.randn(batch_size, n, generator=g) * 0.1}
+
+    def features(self, wave, lengths):
+        if self.normalize:
+            mask = torch.arange(wave.shape[1]) < lengths[:, None]
+            count = mask.sum(1, keepdim=True).clamp_min(1)
+            mean = (wave * mask).sum(1, keepdim=True) / count
+            var = (((wave - mean) * mask) ** 2).sum(1, keepdim=True) / count
+            wave = ((wave - mean) / (var + 1e-7).sqrt()) * mask
+        return {self.input_name: wave}
+
+
+@register_adapter("input_values", when=lambda m: not _is_waveform(m))
+class SpectrogramAdapter(InputAdapter):
+    """Spectrogram transformers (AST): ``(batch, frames, mel bins)``; tracing only."""
+
+    kind = "spectrogram"
+
+    def example(self, batch_size=1, length=None, seed=0):
+        g = torch.Generator().manual_seed(seed)
+        config = self.loaded.config
+        frames = length or getattr(config, "max_length", 1024)
+        return {self.input_name: torch.randn(batch_size, frames, config.num_mel_bins, generator=g)}
+
+
+@register_adapter("input_features")
+class LogMelAdapter(AudioAdapter):
+    """Whisper-style encoders: log-mel features of a fixed window (Whisper: 30 s)."""
+
+    kind = "log-mel"
+
+    def __init__(self, loaded, settings=None) -> None:
+        super().__init__(loaded, settings)
+        config = loaded.config
+        self.hop = int(self.prep.get("hop_length", 160))
+        self.frames = 2 * int(getattr(config, "max_source_positions", 1500))
+        self.mel_bins = int(getattr(config, "num_mel_bins", 80))
+        self.window_samples = self.frames * self.hop
+        if self.clip_samples > self.window_samples:
+            raise CalibrationError(
+                f"clip_seconds {self.clip_seconds} is longer than the model's "
+                f"{self.window_samples / self.sample_rate:.0f} s window; lower "
+                "calibration.clip_seconds in the policy"
+            )
+
+    @property
+    def span(self) -> int:
+        return self.window_samples
+
+    def example(self, batch_size=1, length=None, seed=0):
+        g = torch.Generator().manual_seed(seed)
+        frames = length or self.frames
+        return {self.input_name: torch.randn(batch_size, self.mel_bins, frames, generator=g)}
+
+    def features(self, wave, lengths):
+        from transformers import WhisperFeatureExtractor
+
+        fe = WhisperFeatureExtractor(
+            feature_size=self.mel_bins, sampling_rate=self.sample_rate, hop_length=self.hop
+        )
+        fe.n_samples = self.window_samples
+        fe.nb_max_frames = self.window_samples // self.hop
+        feats = fe([w.numpy() for w in wave], sampling_rate=self.sample_rate, return_tensors="pt")
+        return {self.input_name: feats["input_features"].float()}
+
+
+def preprocessor_config(source: str) -> dict:
+    """The model folder's ``preprocessor_config.json`` (empty when there is none)."""
+    path = Path(source) / "preprocessor_config.json"
+    if path.is_file():
+        try:
+            return json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            log.warning("cannot read %s; using default audio settings", path)
+    return {}

@@ -1,0 +1,192 @@
+"""The input-adapter seam: what a model eats, for tracing and for calibration.
+
+An adapter is chosen by a model's main input (``input_values``, ``input_features``,
+``input_ids``, ``pixel_values``, ...) and answers two questions:
+
+- :meth:`InputAdapter.example`: inputs of a given batch size to export the model on;
+- :meth:`InputAdapter.calibration`: calibration data read from the user's files, as
+  :class:`ModelBatch` es of that same fixed shape.
+
+A batch carries a validity mask per input position (samples, frames, tokens, patches), so the
+statistics never see padding and count positions, whatever the modality.
+
+Example:
+    >>> from graphperm.trace import load_model
+    >>> adapter = adapter_for(load_model("builtin:bert-tiny"))
+    >>> adapter.kind, {k: tuple(v.shape) for k, v in adapter.example(2, length=8).items()}
+    ('tokens', {'input_ids': (2, 8)})
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+
+from graphperm.errors import CalibrationError, ModelLoadError
+
+if TYPE_CHECKING:
+    from graphperm.policy import Calibration
+    from graphperm.trace import LoadedModel
+
+__all__ = [
+    "ADAPTERS",
+    "CalibrationData",
+    "InputAdapter",
+    "ModelBatch",
+    "adapter_for",
+    "main_input_name",
+    "register_adapter",
+]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ModelBatch:
+    """Model inputs for one forward pass and which of their positions hold real data.
+
+    ``mask`` is ``(batch, positions)`` bool along the adapter's position axis (audio samples,
+    feature frames, tokens, or one position per image); rows of padding are all False. A site
+    whose time axis has ``T`` steps keeps step ``t`` only when every input position it spans
+    (``t·P/T`` to ``(t+1)·P/T``) is valid.
+
+    Example:
+        >>> mask = torch.tensor([[1, 1, 1, 0], [0, 0, 0, 0]]).bool()
+        >>> b = ModelBatch({"x": torch.zeros(2, 4)}, mask, items=1)
+        >>> b.positions, b.items
+        (3, 1)
+    """
+
+    inputs: dict[str, torch.Tensor]
+    mask: torch.Tensor
+    items: int  # real (not padding) examples: clips, texts, images
+
+    @property
+    def positions(self) -> int:
+        """Valid input positions in the batch."""
+        return int(self.mask.sum())
+
+
+@dataclass
+class CalibrationData:
+    """Calibration data planned from the user's sources, streamed as :class:`ModelBatch` es.
+
+    ``stream(batch_size)`` yields batches; ``planned`` is the number of items planned;
+    ``summary`` describes what was found (files, skipped files, a one-line description).
+    """
+
+    stream: Callable[[int], Iterator[ModelBatch]]
+    planned: int
+    summary: dict[str, Any] = field(default_factory=dict)
+
+    def batches(self, batch_size: int) -> Iterator[ModelBatch]:
+        return self.stream(batch_size)
+
+    def __len__(self) -> int:
+        return self.planned
+
+
+class InputAdapter:
+    """Base class of input adapters (see the module docstring).
+
+    ``unit`` and ``per_unit`` turn position counts into what users think in (``s`` of audio at
+    ``per_unit`` samples per second; ``tokens``; ``images``).
+    """
+
+    kind: ClassVar[str] = "inputs"
+    item: ClassVar[str] = "items"  # what one example is called in reports: clips, texts, ...
+    unit: ClassVar[str] = "positions"
+    per_unit: float = 1.0
+
+    def __init__(self, loaded: LoadedModel, settings: Calibration | None = None) -> None:
+        self.loaded = loaded
+        self.input_name = main_input_name(loaded)
+        self.settings = settings
+
+    def example(
+        self, batch_size: int = 1, length: int | None = None, seed: int = 0
+    ) -> dict[str, torch.Tensor]:
+        """Inputs of the fixed shape every calibration batch is padded to (for export)."""
+        raise NotImplementedError
+
+    def calibration(
+        self, sources: Sequence[str | Path], *, shard: tuple[int, int] | None = None
+    ) -> CalibrationData:
+        """The calibration data in ``sources`` (files or folders)."""
+        raise CalibrationError(
+            f"calibration from files is not supported for {self.describe_model()} "
+            f"(main input '{self.input_name}')"
+        )
+
+    def max_steps(self, rate: float | None) -> int | None:
+        """Steps per batch row that ``rate`` steps per ``unit`` allow (None: keep all)."""
+        return None
+
+    def amount(self, positions: float) -> str:
+        """``positions`` in the adapter's unit, for reports (``"12.0 s"``)."""
+        value = positions / self.per_unit
+        return f"{value:.1f} {self.unit}" if self.unit == "s" else f"{value:.0f} {self.unit}"
+
+    def describe_model(self) -> str:
+        return type(self.loaded.module).__name__
+
+
+#: (main input name, predicate on the loaded model, adapter class), tried in order.
+ADAPTERS: list[tuple[str, Callable[[LoadedModel], bool], type[InputAdapter]]] = []
+
+
+def register_adapter(
+    main_input: str, when: Callable[[LoadedModel], bool] | None = None
+) -> Callable[[type[InputAdapter]], type[InputAdapter]]:
+    """Register an adapter class for models whose main input is ``main_input`` (and for which
+    ``when(loaded)`` holds, if given). Later registrations are tried first, so a package can
+    override a built-in adapter."""
+
+    def deco(cls: type[InputAdapter]) -> type[InputAdapter]:
+        ADAPTERS.insert(0, (main_input, when or (lambda _: True), cls))
+        return cls
+
+    return deco
+
+
+def main_input_name(loaded: LoadedModel) -> str:
+    """The name of the model's main ``forward`` argument (transformers' ``main_input_name``)."""
+    return getattr(loaded.module, "main_input_name", None) or getattr(
+        loaded.model, "main_input_name", "input_ids"
+    )
+
+
+def adapter_for(loaded: LoadedModel, settings: Calibration | None = None) -> InputAdapter:
+    """The adapter registered for ``loaded``'s main input; ``settings`` are the policy's
+    calibration settings (clip length, sample rate, ...), defaults when None."""
+    name = main_input_name(loaded)
+    if loaded.config is not None:
+        for main_input, when, cls in ADAPTERS:
+            if main_input == name and when(loaded):
+                return cls(loaded, settings)
+    raise ModelLoadError(
+        f"no example-input recipe for {type(loaded.module).__name__} (main input '{name}'); "
+        "pass --inputs FILE.safetensors with one tensor per forward() argument"
+    )
+
+
+def step_mask(mask: torch.Tensor, steps: int) -> torch.Tensor:
+    """``(rows, steps)``: step ``t`` of an axis of ``steps`` laid over ``mask``'s positions is
+    valid when every position it spans is.
+
+    Example:
+        >>> step_mask(torch.tensor([[1, 1, 1, 1, 1, 0, 0, 0]]).bool(), 4).int().tolist()
+        [[1, 1, 0, 0]]
+    """
+    rows, n = mask.shape
+    bad = torch.zeros(rows, n + 1, dtype=torch.long, device=mask.device)
+    torch.cumsum((~mask).long(), dim=1, out=bad[:, 1:])
+    t = torch.arange(steps, device=mask.device)
+    lo = (t * n) // steps
+    hi = ((t + 1) * n + steps - 1) // steps
+    return (bad[:, hi] - bad[:, lo]) == 0

@@ -1,0 +1,128 @@
+"""The alignment-method seam: from statistics (or weights) to permutations, behind a registry.
+
+A method declares what it needs (``correlation``: the calibration pass's cross-correlations;
+``weights``: the models' weights only) and turns a :class:`Problem` — one model to bring into the
+reference model's basis — into a :class:`~graphperm.apply.Permutation` and per-group reports.
+``activations`` (the paper's correlation + linear assignment, heads first) is the first entry;
+a new method is one class registered with :func:`register_method`.
+
+Example:
+    >>> sorted(METHODS)
+    ['activations']
+    >>> get_method("activations").needs
+    frozenset({'correlation'})
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+
+from graphperm.analysis import Analysis
+from graphperm.apply import Permutation
+from graphperm.errors import PolicyError
+from graphperm.policy import Plan
+from graphperm.solve.agreement import agreement
+from graphperm.solve.solver import GroupReport, solve
+from graphperm.stats import Statistics
+
+__all__ = [
+    "METHODS",
+    "AlignmentMethod",
+    "Problem",
+    "Solution",
+    "get_method",
+    "register_method",
+    "split_half_agreement",
+]
+
+
+@dataclass
+class Problem:
+    """Bring model ``model`` (an index into ``states``; 0 is the reference A) into A's basis."""
+
+    analysis: Analysis
+    plan: Plan
+    model: int = 1
+    stats: Statistics | None = None
+    states: list[dict[str, torch.Tensor]] = field(default_factory=list)
+
+    @property
+    def pair(self) -> tuple[int, int]:
+        return (0, self.model)
+
+
+@dataclass
+class Solution:
+    """The permutation of one model, and a report per aligned group."""
+
+    perm: Permutation
+    reports: list[GroupReport] = field(default_factory=list)
+
+
+class AlignmentMethod:
+    """Base class of alignment methods; subclasses set ``name``, ``needs`` and ``align``."""
+
+    name: ClassVar[str] = ""
+    needs: ClassVar[frozenset[str]] = frozenset()
+    description: ClassVar[str] = ""
+
+    def align(self, problem: Problem, *, reports: bool = True) -> Solution:
+        raise NotImplementedError
+
+
+METHODS: dict[str, AlignmentMethod] = {}
+
+
+def register_method(cls: type[AlignmentMethod]) -> type[AlignmentMethod]:
+    """Class decorator: make ``cls`` available as ``method: <cls.name>`` in policies."""
+    if cls.name in METHODS:
+        raise ValueError(f"two alignment methods named {cls.name!r}")
+    METHODS[cls.name] = cls()
+    return cls
+
+
+def get_method(name: str, *, where: str = "policy") -> AlignmentMethod:
+    """The method registered as ``name``; a one-line :class:`PolicyError` otherwise."""
+    if name in METHODS:
+        return METHODS[name]
+    close = difflib.get_close_matches(name, list(METHODS), n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    raise PolicyError(
+        f"{where}: method: '{name}' is not an alignment method{hint}; choose one of "
+        + ", ".join(sorted(METHODS))
+    )
+
+
+@register_method
+class ActivationMatching(AlignmentMethod):
+    """The paper's method: Pearson correlation of activations on calibration data, one linear
+    assignment per part; attention heads first (block scores), then channels within heads."""
+
+    name = "activations"
+    needs = frozenset({"correlation"})
+    description = "correlation of activations + linear assignment (the paper)"
+
+    def align(self, problem: Problem, *, reports: bool = True) -> Solution:
+        if problem.stats is None:
+            raise PolicyError("method 'activations' needs calibration data; pass --calib PATH")
+        perm, rows = solve(
+            problem.plan, problem.analysis, problem.stats, pair=problem.pair, reports=reports
+        )
+        return Solution(perm, rows)
+
+
+def split_half_agreement(method: AlignmentMethod, problem: Problem) -> dict[str, float]:
+    """Per group, how far the permutations solved from each half of the data agree."""
+    if problem.stats is None or len(problem.stats.parts) != 2:
+        return {}
+    halves: list[Permutation] = []
+    for i in range(2):
+        half = Problem(
+            problem.analysis, problem.plan, problem.model, problem.stats.half(i), problem.states
+        )
+        halves.append(method.align(half, reports=False).perm)
+    return agreement(problem.plan, problem.analysis, *halves)

@@ -152,7 +152,7 @@ def align_models(
                     analysis, plan, sources, stats=stats, calibration=calibration, timings=timings
                 )
         timings["statistics_s"] = stats.elapsed
-    states = [m.state_dict() for m in models] if "weights" in method.needs else []
+    states = [m.state_dict() for m in models]  # weight matching and tie-breaking read them
     return finish_alignment(analysis, plan, stats, calibration, timings, sources, states=states)
 
 

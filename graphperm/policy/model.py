@@ -131,6 +131,12 @@ class Policy(_Strict):
         description="alignment method (`graphperm.solve.METHODS`): 'activations' = correlation "
         "of activations on calibration data + linear assignment (the paper)",
     )
+    tie_margin: float = Field(
+        1e-3,
+        ge=0.0,
+        description="units whose matched correlation is not ahead of every other candidate by "
+        "this much (dead or duplicated units) are matched on their weights; 0: never",
+    )
     weight_a: float = Field(0.9, ge=0.0, le=1.0, description="interpolation weight of model A")
     model_weights: list[float] | None = Field(
         None,

@@ -110,7 +110,12 @@ class ActivationMatching(AlignmentMethod):
         if problem.stats is None:
             raise PolicyError("method 'activations' needs calibration data; pass --calib PATH")
         perm, rows = solve(
-            problem.plan, problem.analysis, problem.stats, pair=problem.pair, reports=reports
+            problem.plan,
+            problem.analysis,
+            problem.stats,
+            pair=problem.pair,
+            reports=reports,
+            states=problem.states,
         )
         return Solution(perm, rows)
 

@@ -22,6 +22,7 @@ from graphperm.analysis import Analysis, Part, PermutationGroup, Site
 from graphperm.apply import Indexer, Permutation
 from graphperm.policy import Plan, Target
 from graphperm.solve.assignment import Matcher, block_scores, match
+from graphperm.solve.tiebreak import break_ties, fingerprints
 from graphperm.stats import Statistics
 
 __all__ = ["GroupReport", "solve"]
@@ -42,6 +43,8 @@ class GroupReport:
     corr_before: float | None = None
     corr_after: float | None = None
     split_half_agreement: float | None = None
+    matched_on_activations: int | None = None
+    matched_on_weights: int | None = None
     sites: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
@@ -55,10 +58,20 @@ def solve(
     *,
     pair: tuple[int, int] = (0, 1),
     reports: bool = True,
+    states: list[dict[str, torch.Tensor]] | None = None,
 ) -> tuple[Permutation, list[GroupReport]]:
     """Permutations of model ``pair[1]`` towards model ``pair[0]`` for every target of ``plan``,
-    and (unless ``reports=False``) a per-group report."""
+    and (unless ``reports=False``) a per-group report.
+
+    With ``states`` (every model's weights), units the correlations cannot separate (dead or
+    duplicated activations: see :mod:`graphperm.solve.tiebreak`) are matched on their weights,
+    within ``plan.policy.tie_margin``.
+    """
     solver = _Solver(analysis, stats, pair)
+    margin = plan.policy.tie_margin
+    if states and margin > 0:
+        solver.weights = (states[pair[0]], states[pair[1]])
+        solver.margin = margin
     perm = Permutation()
     groups = {g.name: g for g in analysis.groups}
     with Matcher() as matcher:
@@ -74,6 +87,10 @@ class _Solver:
         self.table = analysis.coupling.table
         self.stats = stats
         self.pair = pair
+        self.weights: tuple[dict, dict] | None = None
+        self.margin = 0.0
+        self.counts: dict[str, list[int]] = {}  # group -> [on activations, on weights]
+        self._by_target = {t: k for k, t in analysis.coupling.state.items()}
         self._corr: dict[tuple[str, int], torch.Tensor] = {}
 
     def corr(self, site: Site) -> torch.Tensor:
@@ -124,7 +141,11 @@ class _Solver:
                     "%s/%s: no site measures it on its own; left in place", group.name, name
                 )
                 continue
-            matcher.submit(sum(flat), lambda p, g=group.name, n=name: perm.set(g, n, p))
+            total = sum(flat)
+            matcher.submit(
+                total,
+                lambda p, g=group, n=name, c=total: perm.set(g.name, n, self._settle(g, n, c, p)),
+            )
 
     def _blocks(
         self,
@@ -160,10 +181,58 @@ class _Solver:
                 )
                 continue
             total, d = sum(views), inner.size
-            rows = [
-                match(total[i * d : (i + 1) * d, r * d : (r + 1) * d]) for i, r in enumerate(rho)
-            ]
+            rows = []
+            for i, r in enumerate(rho.tolist()):
+                block = total[i * d : (i + 1) * d, r * d : (r + 1) * d]
+                rows.append(self._settle(group, inner.name, block, match(block), (i, r)))
             perm.set(group.name, inner.name, torch.stack(rows))
+
+    def _settle(
+        self,
+        group: PermutationGroup,
+        part: str,
+        corr: torch.Tensor,
+        p: torch.Tensor,
+        heads: tuple[int, int] | None = None,
+    ) -> torch.Tensor:
+        """``p`` with the units the correlations leave undecided matched on weights."""
+        counts = self.counts.setdefault(group.name, [0, 0])
+        on_weights = 0
+        if self.weights is not None:
+            fa = self._fingerprints(
+                self.weights[0], group, part, None if heads is None else heads[0]
+            )
+            fb = self._fingerprints(
+                self.weights[1], group, part, None if heads is None else heads[1]
+            )
+            if fa is not None and fb is not None:
+                p, on_weights = break_ties(corr, p, fa, fb, margin=self.margin)
+        counts[0] += p.numel() - on_weights
+        counts[1] += on_weights
+        return p
+
+    def _fingerprints(
+        self, state: dict, group: PermutationGroup, part: str, head: int | None
+    ) -> torch.Tensor | None:
+        """Weight fingerprints of a part's units (of one head's channels for inner parts)."""
+        leaf = next(self.table.find(p.cls) for p in group.parts if p.name == part)
+        outer = next((p for p in group.parts if p.name == part), None)
+        outer_cls = None
+        if outer is not None and outer.outer is not None:
+            outer_cls = next(self.table.find(p.cls) for p in group.parts if p.name == outer.outer)
+        slices = []
+        for name, dim in group.tensors:
+            key = self._by_target.get(name)
+            if key is None or name not in state:
+                continue
+            t = state[name].movedim(dim, 0)
+            factors = self.table.factors(self.analysis.coupling.cls(key, dim))
+            if head is None and factors == [leaf]:
+                slices.append(t.reshape(t.shape[0], -1))
+            elif head is not None and factors == [outer_cls, leaf]:
+                n_heads = self.table.size(outer_cls)
+                slices.append(t.reshape(n_heads, t.shape[0] // n_heads, -1)[head])
+        return fingerprints(slices) if slices else None
 
     def reports(self, plan: Plan, perm: Permutation) -> list[GroupReport]:
         """Fraction moved and mean matched correlation before/after, per aligned group."""
@@ -194,6 +263,8 @@ class _Solver:
                     moved_fraction=perm.moved_fraction(g.name),
                     corr_before=sum(before) / len(before) if before else None,
                     corr_after=sum(after) / len(after) if after else None,
+                    matched_on_activations=self.counts.get(g.name, [None, None])[0],
+                    matched_on_weights=self.counts.get(g.name, [None, None])[1],
                     sites=sorted({s.module for s in sites.values()}),
                 )
             )

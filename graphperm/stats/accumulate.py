@@ -29,6 +29,10 @@ __all__ = ["NonFinite", "SiteStats", "reference_pairs"]
 Pair = tuple[int, int]
 
 
+#: A channel whose standard deviation is below this fraction of its site's largest is dead.
+DEAD = 1e-5
+
+
 class NonFinite(ValueError):
     """Activations held NaN or inf (the message is the model's index)."""
 
@@ -163,8 +167,9 @@ class SiteStats:
 
     def correlation(self, pair: Pair = (0, 1)) -> torch.Tensor:
         """Pearson correlation of model ``i``'s channel r with model ``j``'s channel c, float64,
-        (C, C), for ``pair = (i, j)``. Dead (constant) channels and empty statistics give 0,
-        never NaN."""
+        (C, C), for ``pair = (i, j)``. Dead channels (constant, or varying less than
+        ``DEAD`` times the site's liveliest channel: their correlations would be rounding noise)
+        and empty statistics give 0, never NaN."""
         i, j = pair
         if pair not in self.pairs:
             if (j, i) in self.pairs:
@@ -176,10 +181,12 @@ class SiteStats:
         p = self.pairs.index(pair)
         corr = self.cross[p].to(torch.float64, copy=True).div_(n).addr_(ma, mb, alpha=-1.0)
         sa, sb = self.std(i), self.std(j)
+        dead_a = sa <= DEAD * float(sa.max()) if sa.numel() else sa.bool()
+        dead_b = sb <= DEAD * float(sb.max()) if sb.numel() else sb.bool()
         denom = torch.outer(sa, sb)
         top = float(sa.max()) * float(sb.max()) if sa.numel() else 0.0
         tiny = max(1e-12 * top, 1e-30)
-        dead = denom <= tiny
+        dead = (denom <= tiny) | dead_a[:, None] | dead_b[None, :]
         corr.div_(denom.clamp_min_(tiny))
         del denom
         return corr.masked_fill_(dead, 0.0).clamp_(-1.0, 1.0).nan_to_num_(nan=0.0)

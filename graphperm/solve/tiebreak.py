@@ -1,0 +1,78 @@
+"""Units the calibration data cannot tell apart are matched by their weights.
+
+Real checkpoints have dead units (constant activations: GELU of large negative inputs) and
+near-duplicates (pairs correlating above 0.999). Correlation cannot separate them, so a linear
+assignment on correlations alone gives them arbitrary partners. After the assignment on
+correlations, a unit is *decided* when its matched correlation beats every other candidate in
+its row and its partner's column by at least ``margin``; decided pairs are final. The others are
+re-assigned among themselves on their correlation plus the cosine similarity of their weight
+*fingerprints*: each unit's slices of every tensor the part moves, each slice sorted (so the
+fingerprint does not depend on how any other axis is permuted), normalised per tensor.
+
+Example:
+    >>> import torch
+    >>> corr = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
+    >>> fa = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    >>> fb = fa[[0, 2, 1]]                      # B's units 1 and 2 are A's 2 and 1
+    >>> p, on_weights = break_ties(corr, torch.arange(3), fa, fb, margin=1e-3)
+    >>> p.tolist(), on_weights
+    ([0, 2, 1], 2)
+"""
+
+from __future__ import annotations
+
+import torch
+
+from graphperm.solve.assignment import match
+
+__all__ = ["break_ties", "fingerprints", "undecided"]
+
+
+def undecided(corr: torch.Tensor, perm: torch.Tensor, margin: float) -> torch.Tensor:
+    """Bool (n,): A's unit ``i`` is undecided when ``corr[i, perm[i]]`` is not ahead of every
+    other entry of row ``i`` and of column ``perm[i]`` by at least ``margin``."""
+    n = corr.shape[0]
+    if n < 2:
+        return torch.zeros(n, dtype=torch.bool)
+    c = corr.double()
+    rows = torch.arange(n)
+    matched = c[rows, perm]
+    others = c.clone()
+    others[rows, perm] = float("-inf")
+    best_other = torch.maximum(others.max(dim=1).values, others.max(dim=0).values[perm])
+    return (matched - best_other) < margin
+
+
+def fingerprints(slices: list[torch.Tensor]) -> torch.Tensor:
+    """(units, features): each ``(units, k)`` slice sorted along ``k``, scaled to unit norm per
+    tensor, laid side by side, then each row scaled to unit norm."""
+    parts = []
+    for s in slices:
+        s = s.detach().double().reshape(s.shape[0], -1).sort(dim=1).values
+        norm = s.norm()
+        parts.append(s / norm if norm > 0 else s)
+    f = torch.cat(parts, dim=1)
+    return f / f.norm(dim=1, keepdim=True).clamp_min(1e-30)
+
+
+def break_ties(
+    corr: torch.Tensor,
+    perm: torch.Tensor,
+    finger_a: torch.Tensor,
+    finger_b: torch.Tensor,
+    *,
+    margin: float,
+) -> tuple[torch.Tensor, int]:
+    """``perm`` (from the assignment on ``corr``) with its undecided units re-matched among
+    themselves on correlation + fingerprint similarity; and how many units that concerned."""
+    loose = undecided(corr, perm, margin)
+    count = int(loose.sum())
+    if count < 2:
+        return perm, 0
+    rows = loose.nonzero().squeeze(1)
+    cols = perm[rows]
+    score = corr.double()[rows][:, cols] + finger_a[rows] @ finger_b[cols].T
+    local = match(score)
+    out = perm.clone()
+    out[rows] = cols[local]
+    return out, count

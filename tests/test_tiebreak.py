@@ -1,0 +1,92 @@
+"""Units the calibration data cannot separate (dead, duplicated) are matched on their weights,
+and only those: a unit whose activations decide its partner keeps it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from graphperm.apply import Indexer, Permutation, permute_state, random_permutation
+from graphperm.data.synth import write_clips
+from graphperm.merge import align, merge_models, prepare
+from graphperm.policy import load_policy
+from graphperm.solve import match
+from graphperm.solve.tiebreak import break_ties, undecided
+from graphperm.trace import load_model
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+WHISPER = SHARED / "models" / "whisper-tiny.en"
+AUDIO = [SHARED / "data/audio/speech", SHARED / "data/audio/music"]
+
+
+def test_decided_units_keep_their_partners() -> None:
+    g = torch.Generator().manual_seed(0)
+    n = 40
+    truth = torch.randperm(n, generator=g)
+    corr = torch.rand(n, n, generator=g) * 0.5
+    corr[torch.arange(n), truth] = 0.9
+    dead = torch.arange(10)  # A's first ten units: no signal at all
+    corr[dead] = 0.0
+    corr[:, truth[dead]] = 0.0
+    p = match(corr)
+    loose = undecided(corr, p, 1e-3)
+    assert loose[:10].all() and not loose[10:].any()
+    # fingerprints that disagree with the correlations everywhere: they may only move the dead
+    fa, fb = torch.randn(n, 8, generator=g), torch.randn(n, 8, generator=g)
+    fb[truth[dead]] = fa[dead]  # ... whose weights do identify them
+    q, count = break_ties(corr, p, fa, fb, margin=1e-3)
+    assert count == 10
+    assert torch.equal(q[10:], p[10:])
+    assert torch.equal(q[:10], truth[:10])
+
+
+def _oracle(a, policy, calib) -> float:
+    """B = A permuted over the policy's parts; merged at 0.5 it must give back A."""
+    _, analysis, plan = prepare(a, policy)
+    ix = Indexer(analysis)
+    every = random_permutation(ix.shapes(), seed=5)
+    secret = Permutation()
+    for t in plan.targets:
+        secret.set(t.group, t.part, every.get(t.group, t.part))
+    b = load_model(a.source)
+    b.module.load_state_dict(permute_state(ix, a.state_dict(), secret))
+    alignment = align(a, b, policy, calib)
+    assert any(r.matched_on_weights for r in alignment.reports)
+    result = merge_models(alignment, a, b, weight_a=0.5)
+    return max(float((result.state[k] - v).abs().max()) for k, v in a.state_dict().items())
+
+
+def test_dead_units_of_a_random_model_are_matched_on_weights(tmp_path) -> None:
+    write_clips(tmp_path, count=8, seconds=1.0)
+    a = load_model("builtin:hubert-tiny")
+    with torch.no_grad():  # a third of every FFN's units dead: GELU of very negative inputs
+        for layer in a.module.encoder.layers:
+            dense = layer.feed_forward.intermediate_dense
+            dense.weight[::3] *= 1e-3
+            dense.bias[::3] = -30.0
+    policy = load_policy({"align": [{"kind": "ffn"}], "calibration": {"clip_seconds": 1.0}})
+    # B carries the same dead units: it is A's weights, permuted
+    _, analysis, plan = prepare(a, policy)
+    ix = Indexer(analysis)
+    secret = random_permutation(ix.shapes(), seed=3)
+    only = Permutation()
+    for t in plan.targets:
+        only.set(t.group, t.part, secret.get(t.group, t.part))
+    b = load_model("builtin:hubert-tiny")
+    b.module.load_state_dict(permute_state(ix, a.state_dict(), only))
+    alignment = align(a, b, policy, [tmp_path])
+    assert all(r.matched_on_weights >= 40 for r in alignment.reports)  # 43 dead of 128 each
+    result = merge_models(alignment, a, b, weight_a=0.5)
+    worst = max(float((result.state[k] - v).abs().max()) for k, v in a.state_dict().items())
+    assert worst < 1e-4
+
+
+@pytest.mark.skipif(not WHISPER.is_dir(), reason="needs ../shared/models/whisper-tiny.en")
+@pytest.mark.parametrize("spec", ["paper", "cnn-all", "fnn-attn"])
+def test_real_whisper_oracle_is_exact(spec: str) -> None:
+    a = load_model(str(WHISPER))
+    policy = load_policy(spec).model_dump()
+    policy["calibration"].update(num_clips=4, split_half=False)
+    assert _oracle(a, load_policy(policy), AUDIO) < 1e-4

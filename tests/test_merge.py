@@ -347,3 +347,9 @@ def test_enough_data_stops_calibration_early(audio: Path) -> None:
     alignment = align(a, b, policy, [audio])
     assert alignment.calibration["clips_planned"] == 16
     assert alignment.calibration["clips"] == 4  # two checks in a row, after 2 and 4 clips
+
+
+def test_oracle_recovery_with_clips_packed_into_whispers_window(audio: Path) -> None:
+    policy = load_policy("cnn-all").model_dump()
+    policy["calibration"].update(clip_seconds=0.25, num_clips=32)  # four clips per 1-s window
+    assert _oracle("whisper-tiny", policy, audio) < 1e-4

@@ -125,3 +125,23 @@ def test_halves_sum_to_the_whole() -> None:
     whole = _stats(a, b, dtype=torch.float64)
     assert torch.allclose(halves.correlation(("x", 0)), whole.correlation(), atol=1e-5)
     assert halves.half(1).site(("x", 0)).n == 110
+
+
+def test_whisper_packs_clips_into_its_window(tmp_path) -> None:
+    """Four 0.25-s clips share builtin:whisper-tiny's 1-s window; boundaries stay out."""
+    from graphperm.inputs import adapter_for
+    from graphperm.inputs.audio import GUARD
+    from graphperm.policy import Calibration
+
+    write_clips(tmp_path, count=4, seconds=1.0)
+    a = load_model("builtin:whisper-tiny")
+    packed = adapter_for(a, Calibration(clip_seconds=0.25, num_clips=8, batch_size=2))
+    assert packed.per_window == 4
+    (batch,) = list(packed.calibration([tmp_path]).batches(2))
+    assert batch.items == 8 and batch.inputs["input_features"].shape[0] == 2
+    row = batch.mask[0]
+    assert row[: 4000 - GUARD].all() and not row[4000 - GUARD : 4000 + GUARD].any()
+    assert int(batch.mask.sum()) == 2 * (16000 - 6 * GUARD)
+    alone = adapter_for(a, Calibration(clip_seconds=0.25, num_clips=8, batch_size=2, pack=False))
+    assert alone.per_window == 1
+    assert sum(b.items for b in alone.calibration([tmp_path]).batches(2)) == 8

@@ -35,6 +35,10 @@ __all__ = ["AudioAdapter", "LogMelAdapter", "SpectrogramAdapter", "WaveformAdapt
 
 log = logging.getLogger(__name__)
 
+#: Samples kept out of the statistics on each side of a boundary between two packed clips (two
+#: mel frames of STFT window plus the receptive field of Whisper's two convolutions).
+GUARD = 640
+
 
 class AudioAdapter(InputAdapter):
     """Shared by waveform and log-mel adapters: sample rate, clips, the audio calibration set."""
@@ -82,17 +86,18 @@ class AudioAdapter(InputAdapter):
             shard=shard,
         )
 
-        def stream(batch_size: int) -> Iterator[ModelBatch]:
-            for batch in data.batches(batch_size):
-                yield self.batch(batch, batch_size)
-
         summary = {
             "files": len(data.files),
             "skipped_files": [f"{p}: {why}" for p, why in data.skipped],
             "description": data.describe(),
             "sample_rate": self.sample_rate,
         }
-        return CalibrationData(stream, len(data), summary)
+        return CalibrationData(lambda size: self.stream(data, size), len(data), summary)
+
+    def stream(self, data: CalibrationSet, batch_size: int) -> Iterator[ModelBatch]:
+        """Model batches of ``batch_size`` padded clips."""
+        for batch in data.batches(batch_size):
+            yield self.batch(batch, batch_size)
 
     def batch(self, batch: AudioBatch, batch_size: int) -> ModelBatch:
         """Pad ``batch`` to ``batch_size`` rows of :attr:`span` samples."""
@@ -174,6 +179,48 @@ class LogMelAdapter(AudioAdapter):
     @property
     def span(self) -> int:
         return self.window_samples
+
+    @property
+    def per_window(self) -> int:
+        """Clips laid end to end in one window (1: one padded clip per window)."""
+        if self.settings is None or not self.settings.pack:
+            return 1
+        return max(1, self.window_samples // self.clip_samples)
+
+    def stream(self, data: CalibrationSet, batch_size: int) -> Iterator[ModelBatch]:
+        """With packing, each batch row is one window holding up to :attr:`per_window` clips
+        end to end; ``GUARD`` samples on each side of every boundary between two clips stay out
+        of the statistics (the frames there see both clips)."""
+        k = self.per_window
+        if k == 1:
+            yield from super().stream(data, batch_size)
+            return
+        rows: list[AudioBatch] = []
+        for clips in data.batches(k):
+            rows.append(clips)
+            if len(rows) == batch_size:
+                yield self._windows(rows, batch_size)
+                rows = []
+        if rows:
+            yield self._windows(rows, batch_size)
+
+    def _windows(self, rows: list[AudioBatch], batch_size: int) -> ModelBatch:
+        wave = torch.zeros(batch_size, self.window_samples)
+        mask = torch.zeros(batch_size, self.window_samples, dtype=torch.bool)
+        lengths = torch.zeros(batch_size, dtype=torch.long)
+        items = 0
+        for r, clips in enumerate(rows):
+            at = 0
+            for c in range(clips.waveforms.shape[0]):
+                n = int(clips.lengths[c].clamp(max=self.clip_samples))
+                wave[r, at : at + n] = clips.waveforms[c, :n]
+                lo = at + (GUARD if at > 0 else 0)
+                hi = at + n - (GUARD if c < clips.waveforms.shape[0] - 1 else 0)
+                mask[r, lo : max(lo, hi)] = True
+                at += n
+                items += 1
+            lengths[r] = at
+        return ModelBatch(self.features(wave, lengths), mask, items)
 
     def example(self, batch_size=1, length=None, seed=0):
         g = torch.Generator().manual_seed(seed)

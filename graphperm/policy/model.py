@@ -111,6 +111,12 @@ class Calibration(_Strict):
         "agreement is at least this at two checks in a row (null: use every clip)",
     )
     check_every: int = Field(32, ge=1, description="clips between two stop_agreement checks")
+    pack: bool = Field(
+        True,
+        description="for encoders with a fixed input window (Whisper: 30 s), lay several clips "
+        "end to end in one window (their boundaries kept out of the statistics) instead of "
+        "padding each clip to the whole window; batch_size then counts windows",
+    )
     precision: Literal["fp32", "bf16", "fp64"] = Field(
         "fp32",
         description="arithmetic of the calibration pass: 'fp32' (sums kept around a shift, so it "

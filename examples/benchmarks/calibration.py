@@ -56,6 +56,8 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     parser.add_argument("--out", type=Path, help="also write the JSON results here")
     parser.add_argument("--model", default=MODEL, help="(smoke tests: builtin:hubert-tiny)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (forwards and statistics)")
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     args = parser.parse_args()
     model = args.model
     if not all(p.is_dir() for p in AUDIO):
@@ -71,8 +73,12 @@ def main() -> None:
         "model": model,
         "policy": "paper",
         "quick": quick,
+        "device": args.device,
+        "precision": args.precision,
     }
     policy = load_policy("paper")
+    cal = policy.calibration.model_copy(update={"precision": args.precision})
+    policy = policy.model_copy(update={"calibration": cal})
     a, b = load_model(model, seed=0), load_model(model, seed=1)
 
     runs = []
@@ -88,20 +94,26 @@ def main() -> None:
     adapter = adapter_for(a, few.calibration)
     batches = list(adapter.calibration(AUDIO).batches(cal.batch_size))
     seconds = sum(x.positions for x in batches) / adapter.sample_rate
-    state_a, state_b = a.state_dict(), b.state_dict()
+    state_a, state_b = dict(a.state_dict()), dict(b.state_dict())
     sites = plan.sites()
     fast = dict(
         precision=cal.precision,
         max_frames_per_row=adapter.max_steps(cal.max_frame_rate),
         split_half=cal.split_half,
+        device=args.device,
     )
+    dev_a = [a.module.to(args.device), b.module.to(args.device)]
+    autocast = args.precision == "bf16"
 
     def forwards() -> float:
         t = time.perf_counter()
-        with torch.no_grad():
+        with torch.no_grad(), torch.autocast(args.device, torch.bfloat16, enabled=autocast):
             for x in batches:
-                a.module(**x.inputs)
-                b.module(**x.inputs)
+                inputs = {k: v.to(args.device) for k, v in x.inputs.items()}
+                for m in dev_a:
+                    m(**inputs)
+        if args.device.startswith("cuda"):
+            torch.cuda.synchronize()
         return time.perf_counter() - t
 
     forwards()  # warm-up
@@ -161,6 +173,7 @@ def main() -> None:
 
     t = time.perf_counter()
     known = Alignment.from_permutations(analysis, plan, [alignment.perm], (model, model))
+    a.module.to("cpu"), b.module.to("cpu")
     merge_models(known, a, b, inplace=True)
     result["apply_merge_s"] = round(time.perf_counter() - t, 3)
     a = b = state_a = state_b = stats = exact = None  # free memory before the subprocesses
@@ -168,7 +181,14 @@ def main() -> None:
     rss, curve, wall, timings = {}, {}, {}, {}
     for scale in scales:
         n = base * scale
-        report, peak, elapsed = _merge_process(model, n, cal.batch_size, split_half=not quick)
+        report, peak, elapsed = _merge_process(
+            model,
+            n,
+            cal.batch_size,
+            split_half=not quick,
+            device=args.device,
+            precision=cal.precision,
+        )
         rss[f"{scale}x"] = peak
         wall[f"{scale}x"] = elapsed
         timings[f"{scale}x"] = report["timings_s"]
@@ -197,14 +217,21 @@ def main() -> None:
 
 
 def _merge_process(
-    model: str, clips: int, batch_size: int, split_half: bool
+    model: str,
+    clips: int,
+    batch_size: int,
+    split_half: bool,
+    device: str = "cpu",
+    precision: str = "fp32",
 ) -> tuple[dict, float, float]:
     """A whole `graphperm merge` of two HuBERT-base models in a fresh process:
     (merge report, peak RSS in MB, wall seconds)."""
     with tempfile.TemporaryDirectory() as tmp:
         policy = Path(tmp) / "policy.yaml"
         base = load_policy("paper").model_dump(mode="json")
-        base["calibration"].update(num_clips=clips, batch_size=batch_size, split_half=split_half)
+        base["calibration"].update(
+            num_clips=clips, batch_size=batch_size, split_half=split_half, precision=precision
+        )
         policy.write_text(json.dumps(base))
         out = Path(tmp) / "merged"
         rss_file = Path(tmp) / "rss"
@@ -223,7 +250,7 @@ def _merge_process(
             str(out),
             "-q",
             "--device",
-            "cpu",
+            device,
         ]
         for p in AUDIO:
             cmd += ["--calib", str(p)]

@@ -34,13 +34,15 @@ def undecided(corr: torch.Tensor, perm: torch.Tensor, margin: float) -> torch.Te
     n = corr.shape[0]
     if n < 2:
         return torch.zeros(n, dtype=torch.bool)
-    c = corr.double()
     rows = torch.arange(n)
-    matched = c[rows, perm]
-    others = c.clone()
-    others[rows, perm] = float("-inf")
-    best_other = torch.maximum(others.max(dim=1).values, others.max(dim=0).values[perm])
-    return (matched - best_other) < margin
+    matched = corr[rows, perm].double()
+    # the best rival of each pair: the row's (column's) best entry other than the matched one
+    top_r, arg_r = corr.topk(2, dim=1)
+    row_rival = torch.where(arg_r[:, 0] == perm, top_r[:, 1], top_r[:, 0])
+    top_c, arg_c = corr.topk(2, dim=0)
+    col_rival = torch.where(arg_c[0][perm] == rows, top_c[1][perm], top_c[0][perm])
+    best = torch.maximum(row_rival, col_rival).double()
+    return (matched - best) < margin
 
 
 def fingerprints(slices: list[torch.Tensor]) -> torch.Tensor:

@@ -1,8 +1,14 @@
-"""``graphperm merge`` and ``graphperm align``: calibrate, solve, permute, check, interpolate."""
+"""``graphperm merge`` and ``graphperm align``: calibrate, solve, permute, check, interpolate.
+
+Two models or more: ``graphperm merge A B C --weights 0.5 0.25 0.25`` aligns every model after
+A into A's basis from one pass over the calibration data, then interpolates them all.
+"""
 
 from __future__ import annotations
 
 import argparse
+import shlex
+import sys
 
 from graphperm.cli.common import (
     add_merge_args,
@@ -12,21 +18,41 @@ from graphperm.cli.common import (
     say,
 )
 from graphperm.distributed import is_main
-from graphperm.merge import align, merge_models
+from graphperm.errors import PolicyError
+from graphperm.merge import align_models, merge_all
 from graphperm.output import check_output, output_folder, save_alignment, save_merge
 
-MERGE_HELP = "align model B's units to model A's on calibration audio, then interpolate"
-ALIGN_HELP = "find the permutations only (permutations.safetensors, policy, report)"
+MERGE_HELP = "align models B, C, ... to model A's units on calibration data, then interpolate"
+ALIGN_HELP = "find the permutations only (permutations*.safetensors, policy, report)"
+
+
+def _add_more(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "more_models",
+        nargs="*",
+        metavar="MODEL_C",
+        help="more models (three or more are aligned into A's basis, each against A)",
+    )
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser("merge", help=MERGE_HELP, description=MERGE_HELP)
     add_merge_args(p)
+    _add_more(p)
     p.add_argument(
         "--weight-a",
         type=float,
         metavar="W",
-        help="interpolation weight of model A (overrides the policy's weight_a)",
+        help="interpolation weight of model A (overrides the policy's weight_a; the others "
+        "share the rest equally)",
+    )
+    p.add_argument(
+        "--weights",
+        type=float,
+        nargs="+",
+        metavar="W",
+        help="interpolation weight of every model, A first, summing to 1 (overrides the "
+        "policy's model_weights)",
     )
     p.set_defaults(func=run_merge)
     return p
@@ -35,41 +61,84 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 def add_align_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser("align", help=ALIGN_HELP, description=ALIGN_HELP)
     add_merge_args(p)
+    _add_more(p)
     p.set_defaults(func=run_align)
     return p
 
 
+def _specs(args: argparse.Namespace) -> list[str]:
+    return [args.model_a, args.model_b, *getattr(args, "more_models", [])]
+
+
+def _weights(args: argparse.Namespace, models: int) -> list[float] | None:
+    """The ``--weights`` / ``--weight-a`` override (None: the policy's), checked."""
+    weights = getattr(args, "weights", None)
+    weight_a = getattr(args, "weight_a", None)
+    if weights is not None and weight_a is not None:
+        raise PolicyError("give --weights or --weight-a, not both")
+    if weights is not None:
+        if len(weights) != models:
+            raise PolicyError(f"--weights has {len(weights)} weights for {models} models")
+        if any(not 0.0 <= w <= 1.0 for w in weights) or abs(sum(weights) - 1.0) > 1e-6:
+            raise PolicyError(
+                f"--weights must be in [0, 1] and sum to 1 (they sum to {sum(weights):g})"
+            )
+        return list(weights)
+    if weight_a is not None:
+        if not 0.0 <= weight_a <= 1.0:
+            raise PolicyError(f"--weight-a must be in [0, 1], not {weight_a:g}")
+        return [weight_a] + [(1.0 - weight_a) / (models - 1)] * (models - 1)
+    return None
+
+
 def _setup(args: argparse.Namespace):
     check_output(args.out, args.force)  # before any heavy work
+    specs = _specs(args)
+    weights = _weights(args, len(specs))  # a bad weight fails before any model is loaded
     policy = policy_from_args(args)
-    a = load_cli_model(args, args.model_a, seed=0)
-    b = load_cli_model(args, args.model_b, seed=args.seed_b)
-    alignment = align(
-        a, b, policy, args.calib, progress=not args.quiet, where=args.policy, device=args.device
+    try:  # the policy's own model_weights must fit the models too
+        (policy.with_weights(weights) if weights else policy).base_weights(len(specs))
+    except ValueError as err:
+        raise PolicyError(f"{args.policy}: {err}") from None
+    seeds = [0] + [args.seed_b + k for k in range(len(specs) - 1)]
+    models = [load_cli_model(args, spec, seed=seed) for spec, seed in zip(specs, seeds)]
+    alignment = align_models(
+        models,
+        policy,
+        args.calib,
+        progress=not args.quiet,
+        where=args.policy,
+        device=args.device,
     )
-    return a, b, alignment
+    return models, alignment, weights
 
 
 def run_merge(args: argparse.Namespace) -> int:
-    a, b, alignment = _setup(args)
+    models, alignment, weights = _setup(args)
     if not is_main():
         return 0
     alignment.stats = None  # free the statistics before the merge needs memory
-    result = merge_models(alignment, a, b, weight_a=args.weight_a, inplace=True)
-    save_merge(result, args.out, force=args.force)
+    result = merge_all(alignment, models, weights=weights, inplace=True)
+    command = shlex.join(["graphperm", *sys.argv[1:]])
+    save_merge(result, args.out, force=args.force, command=command)
     print_alignment(alignment)
     if result.check is not None:
-        say(f"check: permuted B computes what B computed (max rel err {result.check.max_rel:.2g})")
-    w = result.weight_a
+        worst = max(c.max_rel for c in result.checks)
+        who = "B computes what B computed" if len(models) == 2 else "models compute what they did"
+        say(f"check: permuted {who} (max rel err {worst:.2g})")
+    names = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+    terms = [
+        f"{w:g}·{names[k] if k < 26 else k}" + ("'" if k else "")
+        for k, w in enumerate(result.weights)
+    ]
     say(
-        f"merged = {w:g}·A + {1 - w:g}·B' written to {args.out} "
-        "(loads with AutoModel.from_pretrained)"
+        f"merged = {' + '.join(terms)} written to {args.out} (loads with AutoModel.from_pretrained)"
     )
     return 0
 
 
 def run_align(args: argparse.Namespace) -> int:
-    _, _, alignment = _setup(args)
+    _, alignment, _ = _setup(args)
     if not is_main():
         return 0
     with output_folder(args.out, force=args.force) as tmp:

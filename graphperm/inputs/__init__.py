@@ -9,7 +9,7 @@ Example:
 from __future__ import annotations
 
 # Importing the families registers their adapters.
-from graphperm.inputs import audio, pixels, tokens  # noqa: F401
+from graphperm.inputs import audio, pixels, tensors, tokens  # noqa: F401
 from graphperm.inputs.audio import AudioAdapter, LogMelAdapter, WaveformAdapter
 from graphperm.inputs.base import (
     ADAPTERS,
@@ -21,6 +21,7 @@ from graphperm.inputs.base import (
     register_adapter,
     step_mask,
 )
+from graphperm.inputs.tensors import is_tensor_source, tensor_calibration
 
 __all__ = [
     "ADAPTERS",
@@ -31,7 +32,9 @@ __all__ = [
     "ModelBatch",
     "WaveformAdapter",
     "adapter_for",
+    "is_tensor_source",
     "main_input_name",
     "register_adapter",
     "step_mask",
+    "tensor_calibration",
 ]

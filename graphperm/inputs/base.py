@@ -14,7 +14,7 @@ Example:
     >>> from graphperm.trace import load_model
     >>> adapter = adapter_for(load_model("builtin:bert-tiny"))
     >>> adapter.kind, {k: tuple(v.shape) for k, v in adapter.example(2, length=8).items()}
-    ('tokens', {'input_ids': (2, 8)})
+    ('tokens', {'input_ids': (2, 8), 'attention_mask': (2, 8)})
 """
 
 from __future__ import annotations

@@ -17,6 +17,7 @@ import yaml
 
 from graphperm import __version__
 from graphperm.merge.results import Alignment, MergeResult
+from graphperm.output.card import command_line, model_card
 from graphperm.output.folder import output_folder
 from graphperm.trace import LoadedModel
 
@@ -95,14 +96,26 @@ def write_model(folder: Path, loaded: LoadedModel, state: dict[str, torch.Tensor
         shutil.copy(prep, folder / prep.name)
 
 
-def save_merge(result: MergeResult, out: str | Path, *, force: bool = False) -> Path:
+def save_merge(
+    result: MergeResult, out: str | Path, *, force: bool = False, command: str | None = None
+) -> Path:
     """Write the merged model folder (loadable with ``AutoModel.from_pretrained``), the
-    permutations, the resolved policy and the report; all or nothing."""
+    permutations, the resolved policy, the report and a model card (``README.md``; ``command``
+    is the command line that made the merge, else an equivalent one is written); all or
+    nothing."""
     out = Path(out)
     with output_folder(out, force=force) as tmp:
         write_model(tmp, result.model_a, result.state)
         save_alignment(result.alignment, tmp)
-        (tmp / "merge_report.json").write_text(
-            json.dumps(report_dict(result.alignment, result), indent=2)
-        )
+        report = report_dict(result.alignment, result)
+        (tmp / "merge_report.json").write_text(json.dumps(report, indent=2))
+        if command is None:
+            command = command_line(
+                result.alignment.sources,
+                policy=str(out / "policy.yaml"),  # the resolved policy, written here
+                weights=result.weights,
+                calib=["CALIB"] if result.alignment.calibration else [],
+                out=str(out),
+            )
+        (tmp / "README.md").write_text(model_card(report, command))
     return out

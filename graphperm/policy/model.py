@@ -92,6 +92,13 @@ class Calibration(_Strict):
         None, ge=1000, description="resample to this rate (null: the model's sampling_rate)"
     )
     seed: int = Field(0, description="seed of the clip shuffle")
+    max_tokens: int = Field(
+        128,
+        ge=2,
+        le=8192,
+        description="text encoders: every text is cut or padded to this many tokens (one "
+        "fixed shape serves every batch; padding never enters a statistic)",
+    )
     max_frame_rate: float | None = Field(
         400.0,
         gt=0.0,

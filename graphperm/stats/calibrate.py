@@ -14,7 +14,7 @@ from pathlib import Path
 
 from graphperm.analysis import Analysis
 from graphperm.errors import CalibrationError
-from graphperm.inputs import InputAdapter
+from graphperm.inputs import InputAdapter, is_tensor_source, tensor_calibration
 from graphperm.policy import Plan
 from graphperm.runtime import release_memory, resolve_device
 from graphperm.stats.accumulate import reference_pairs
@@ -54,7 +54,10 @@ def calibrate(
             "(files or folders)"
         )
     cal = plan.policy.calibration
-    data = adapter.calibration(sources, shard=shard)
+    if is_tensor_source(sources):  # ready-made batches, for any model
+        data = tensor_calibration(adapter, sources, shard=shard)
+    else:
+        data = adapter.calibration(sources, shard=shard)
     log.info("calibration: %s", data.summary.get("description", f"{len(data)} items"))
     stats = collect(
         analysis,

@@ -1,0 +1,161 @@
+"""The merged folder's ``README.md``: a Hugging Face model card (YAML front matter, then the
+source models, policy, method, weights, a per-kind summary of ``merge_report.json`` and the
+command that reproduces the merge).
+
+Example:
+    >>> card = model_card(report_dict_example(), "graphperm merge A B --out m")
+    >>> card.splitlines()[:3]
+    ['---', 'library_name: transformers', 'tags:']
+    >>> "| ffn | 1 | 0.500 | 0.100 | 0.900 |" in card
+    True
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Sequence
+
+import yaml
+
+__all__ = ["command_line", "kind_summary", "model_card", "report_dict_example"]
+
+
+def command_line(
+    sources: Sequence[str],
+    *,
+    policy: str,
+    weights: Sequence[float],
+    calib: Sequence[str] = (),
+    out: str = "OUT",
+) -> str:
+    """An equivalent ``graphperm merge`` line (for merges made through the library).
+
+    Example:
+        >>> command_line(["a", "b"], policy="paper", weights=[0.9, 0.1], calib=["x/"])
+        'graphperm merge a b --policy paper --weights 0.9 0.1 --calib x/ --out OUT'
+    """
+    parts = ["graphperm", "merge", *sources, "--policy", policy]
+    parts += ["--weights", *(f"{w:g}" for w in weights)]
+    for c in calib:
+        parts += ["--calib", c]
+    parts += ["--out", out]
+    return shlex.join(parts)
+
+
+def kind_summary(groups: list[dict]) -> list[dict]:
+    """Per group kind: how many groups, mean moved fraction, mean correlation before/after."""
+    out: dict[str, list[dict]] = {}
+    for g in groups:
+        out.setdefault(g["kind"], []).append(g)
+
+    def mean(rows: list[dict], key: str) -> float | None:
+        vals = [r[key] for r in rows if r.get(key) is not None]
+        return sum(vals) / len(vals) if vals else None
+
+    return [
+        {
+            "kind": kind,
+            "groups": len(rows),
+            "moved_fraction": mean(rows, "moved_fraction"),
+            "corr_before": mean(rows, "corr_before"),
+            "corr_after": mean(rows, "corr_after"),
+        }
+        for kind, rows in out.items()
+    ]
+
+
+def _fmt(v: float | None) -> str:
+    return "–" if v is None else f"{v:.3f}"
+
+
+def _table(groups: list[dict]) -> list[str]:
+    lines = [
+        "| kind | groups | mean moved fraction | mean corr before | mean corr after |",
+        "|---|---|---|---|---|",
+    ]
+    for row in kind_summary(groups):
+        lines.append(
+            f"| {row['kind']} | {row['groups']} | {_fmt(row['moved_fraction'])} | "
+            f"{_fmt(row['corr_before'])} | {_fmt(row['corr_after'])} |"
+        )
+    return lines
+
+
+def model_card(report: dict, command: str) -> str:
+    """The card's text from ``merge_report.json``'s content and the reproducing command."""
+    sources = report.get("models") or [report["model_a"], report["model_b"]]
+    weights = report.get("weights") or [report["weight_a"], 1.0 - report["weight_a"]]
+    front = {
+        "library_name": "transformers",
+        "tags": ["graphperm", "merge"],
+        "base_model": list(sources),
+    }
+    lines = ["---", yaml.safe_dump(front, sort_keys=False).rstrip(), "---", ""]
+    lines += [
+        f"# Merge of {len(sources)} {report['model_class']} encoders",
+        "",
+        "Made with [graphperm](https://pypi.org/project/graphperm/) "
+        f"{report['graphperm']}: every model after the first had its units permuted into the "
+        "first model's basis (permutation groups derived from the exported graph), then the "
+        "weights were interpolated.",
+        "",
+        "## Source models",
+        "",
+        "| model | weight |",
+        "|---|---|",
+    ]
+    lines += [f"| {s} | {w:g} |" for s, w in zip(sources, weights)]
+    cal = report.get("calibration") or {}
+    lines += [
+        "",
+        "## Policy and method",
+        "",
+        f"- policy: {report['policy']}",
+        f"- alignment method: {report['method']}",
+    ]
+    if cal.get("description"):
+        lines.append(f"- calibration data: {cal['description']}")
+    ver = report.get("verification")
+    if ver is not None:
+        state = "passed" if ver["ok"] else "FAILED"
+        lines.append(
+            f"- check (permuted models compute what they computed): {state}, "
+            f"max rel error {ver['max_rel_error']:.2g}"
+        )
+    lines += ["", "## Alignment summary (from `merge_report.json`)", ""]
+    by_model = report.get("groups_by_model")
+    if by_model:
+        for source, groups in by_model.items():
+            lines += [f"{source} into {sources[0]}:", "", *_table(groups), ""]
+    elif report.get("groups"):
+        lines += [*_table(report["groups"]), ""]
+    else:
+        lines += ["No group was aligned (plain interpolation).", ""]
+    lines += [
+        "## Reproduce",
+        "",
+        "```bash",
+        command,
+        "```",
+        "",
+        "The folder also holds the permutations (`permutations*.safetensors`), the resolved "
+        "policy (`policy.yaml`) and the full report (`merge_report.json`).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def report_dict_example() -> dict:
+    """A minimal ``merge_report.json`` content (for examples and tests)."""
+    return {
+        "graphperm": "0",
+        "model_a": "a",
+        "model_b": "b",
+        "model_class": "BertModel",
+        "policy": "p",
+        "method": "correlation",
+        "weight_a": 0.5,
+        "groups": [
+            {"kind": "ffn", "moved_fraction": 0.5, "corr_before": 0.1, "corr_after": 0.9},
+        ],
+    }

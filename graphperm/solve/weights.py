@@ -128,15 +128,15 @@ class _WeightCosts:
         B′ = B under ``perm`` (which must not hold the coordinate's own parts)."""
         if not slices:
             return None
-        total = torch.zeros(n, n, dtype=torch.float64)
+        total = torch.zeros(n, n)
         for s in slices:
             classes = self.coupling.classes(s.key)
             wa = self.a[s.name].detach()
             wb = self.indexer.permute(self.b[s.name].detach(), classes, perm)
             xa = wa.movedim(s.dim, 0)[s.lo : s.hi].reshape(n, -1).float()
             xb = wb.movedim(s.dim, 0)[s.lo : s.hi].reshape(n, -1).float()
-            total += (xa @ xb.T).double()
-        return total
+            total.addmm_(xa, xb.T)
+        return total.double()
 
     def norms(self, slices: list[_Slice], n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Squared norms of A's and B's slices per unit (to normalise for ``hybrid``)."""
@@ -316,6 +316,15 @@ class _Descent:
     def run(self, max_rounds: int = MAX_ROUNDS) -> Permutation:
         perm = Permutation()
         gen = torch.Generator().manual_seed(self.seed)
+        leaves = [self._leaves(c) for c in self.coords]
+        # coordinate i's cost reads the permutations of the coordinates in needs[i]
+        needs = [
+            {j for j, lj in enumerate(leaves) if j != i and any(s.others & lj for s in slices)}
+            for i, c in enumerate(self.coords)
+            for slices in [[s for ss in c.slices.values() for s in ss]]
+        ]
+        clock, first = 0, 0
+        solved, changed_at = [-1] * len(self.coords), [-1] * len(self.coords)
         for r in range(max_rounds):
             # round 1 in graph order (inputs first), then random orders as in git re-basin
             order = (
@@ -325,10 +334,16 @@ class _Descent:
             )
             changed = []
             for i in order:
+                if solved[i] > first and all(changed_at[j] < solved[i] for j in needs[i]):
+                    continue  # same cost matrix as last time: same answer
+                clock += 1
+                solved[i] = clock
                 if self.step(self.coords[i], perm):
                     changed.append(self.coords[i].name)
-                self.pending -= self._leaves(self.coords[i])
+                    changed_at[i] = clock
+                self.pending -= leaves[i]
             self.rounds = r + 1
+            first = clock if r == 0 else first  # round 1's costs left some tensors out
             log.info("weight matching round %d: %d coordinate(s) improved", r + 1, len(changed))
             if not changed:
                 break

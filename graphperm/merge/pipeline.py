@@ -58,17 +58,18 @@ def prepare(
 ) -> tuple[InputAdapter | None, Analysis, Plan]:
     """Trace A on inputs of the calibration batch's shape, analyse it, resolve the policy.
 
-    Returns the input adapter (None when the policy aligns nothing and the model has no
-    calibration recipe: plain interpolation needs none), the analysis and the plan.
+    Returns the input adapter (None when the model has no calibration recipe and none is
+    needed: the policy aligns nothing, or its method reads only weights), the analysis and the
+    plan.
     """
-    get_method(policy.method, where=where)
+    method = get_method(policy.method, where=where)
     try:
         adapter = adapter_for(a, policy.calibration)
         inputs = adapter.example(policy.calibration.batch_size)
     except CalibrationError:
-        if policy.align:
+        if policy.align and "correlation" in method.needs:
             raise
-        adapter, inputs = None, None  # plain interpolation needs no calibration
+        adapter, inputs = None, None  # plain interpolation and weight matching need no data
     analysis = analyse(trace(a, inputs))
     return adapter, analysis, resolve(policy, analysis, where=where)
 

@@ -20,6 +20,7 @@ from graphperm.solve.methods import (
     split_half_agreement,
 )
 from graphperm.solve.solver import GroupReport, solve
+from graphperm.solve.weights import weight_matching  # registers methods weights, hybrid
 
 __all__ = [
     "METHODS",
@@ -34,4 +35,5 @@ __all__ = [
     "register_method",
     "solve",
     "split_half_agreement",
+    "weight_matching",
 ]

@@ -24,7 +24,7 @@ zero_ mul_ div_ abs_ neg_ exp_""".split()
 _BROADCAST = """add sub rsub mul div true_divide floor_divide remainder fmod pow maximum minimum
 fmax fmin eq ne lt le gt ge logical_and logical_or logical_xor bitwise_and bitwise_or
 bitwise_xor atan2 copysign hypot where masked_fill addcmul addcdiv lerp xlogy add_ sub_
-multiply divide subtract
+multiply divide subtract __and__ __or__ __xor__
 masked_fill_""".split()
 
 

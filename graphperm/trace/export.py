@@ -3,7 +3,7 @@
 Example:
     >>> from graphperm.trace import load_model
     >>> traced = trace(load_model("builtin:hubert-tiny"))
-    >>> traced.program.graph_signature.user_inputs
+    >>> list(traced.program.graph_signature.user_inputs)
     ['input_values']
 """
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import nn
+from transformers import ClapAudioConfig, HubertForCTC, T5Config, T5EncoderModel
 
+from graphperm.analysis import analyse
 from graphperm.errors import ModelLoadError, TraceError
 from graphperm.trace import example_inputs, load_model, trace
 
@@ -27,7 +29,55 @@ def test_example_inputs_follow_the_config(name: str, key: str, shape: tuple) -> 
 def test_encoder_decoder_models_trace_their_encoder() -> None:
     loaded = load_model("builtin:whisper-tiny")
     assert loaded.prefix == "encoder." and type(loaded.module).__name__ == "WhisperEncoder"
-    assert all(k.startswith("encoder.") is False for k in loaded.state_dict())
+    traced = trace(loaded)
+    assert list(traced.program.graph_signature.user_inputs) == ["input_features"]
+    targets = {s.target for s in traced.program.graph_signature.input_specs if s.target}
+    assert targets <= set(loaded.state_dict()) and not any("decoder" in t for t in targets)
+    analysis = analyse(traced)
+    assert analysis.counts() == {"conv": 1, "residual": 1, "attn": 2, "ffn": 2}
+    assert all(
+        not k.startswith(("encoder.", "decoder.")) for g in analysis.groups for k, _ in g.tensors
+    )
+
+
+def test_saved_encoder_only_model_is_traced_as_saved(tmp_path) -> None:
+    """A saved T5EncoderModel is not rebuilt as a whole T5Model (whose decoder would need
+    decoder inputs): config.architectures names the class."""
+    model = T5EncoderModel(
+        T5Config(d_model=16, d_kv=4, d_ff=32, num_layers=1, num_heads=4, vocab_size=64)
+    )
+    model.save_pretrained(tmp_path)
+    loaded = load_model(tmp_path)
+    assert type(loaded.module).__name__ == "T5EncoderModel" and loaded.prefix == ""
+    analysis = analyse(trace(loaded))
+    assert analysis.counts()["attn"] == 1 and analysis.counts()["ffn"] == 1
+
+
+def test_class_without_automodel_mapping_loads_from_architectures(tmp_path) -> None:
+    config = ClapAudioConfig(
+        spec_size=64,
+        num_mel_bins=16,
+        patch_size=4,
+        patch_stride=4,
+        hidden_size=32,
+        depths=[1],
+        num_attention_heads=[2],
+        window_size=4,
+        patch_embeds_hidden_size=16,
+    )
+    config.architectures = ["ClapAudioModel"]
+    config.save_pretrained(tmp_path)
+    loaded = load_model(tmp_path, random_init=True)
+    assert type(loaded.model).__name__ == "ClapAudioModel"
+
+
+def test_headed_checkpoint_is_traced_through_its_base_model(tmp_path) -> None:
+    """A checkpoint saved with a task head is loaded whole (and saved back whole); its base
+    model is what is traced, as before."""
+    HubertForCTC(load_model("builtin:hubert-tiny").config).save_pretrained(tmp_path)
+    loaded = load_model(tmp_path)
+    assert type(loaded.model).__name__ == "HubertForCTC"
+    assert type(loaded.module).__name__ == "HubertModel" and loaded.prefix == "hubert."
 
 
 def test_parameters_map_to_state_dict_names() -> None:

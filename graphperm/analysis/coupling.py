@@ -25,9 +25,17 @@ from graphperm.analysis.classes import ClassTable, SizeMismatch
 from graphperm.analysis.context import Axis, RuleContext, TensorArg, op_name
 from graphperm.analysis.rules import rule_for
 
-__all__ = ["Coupling", "CouplingBuilder", "Link", "couple"]
+__all__ = ["ORIGIN_OPS", "Coupling", "CouplingBuilder", "Link", "couple"]
 
 log = logging.getLogger(__name__)
+
+#: Ops that make new features, from weights or as a product of two activations: an activation's
+#: *origins* (:meth:`CouplingBuilder.origins`) are the nearest of these above it.
+ORIGIN_OPS = frozenset(
+    f"aten.{n}"
+    for n in """linear addmm mm bmm matmul baddbmm addbmm einsum conv1d conv2d conv3d convolution
+_convolution conv_transpose1d conv_transpose2d scaled_dot_product_attention embedding""".split()
+)
 
 
 @dataclass(frozen=True)
@@ -88,6 +96,7 @@ class CouplingBuilder:
         self.state: dict[str, str] = {}
         self.inputs: dict[str, str] = {}
         self._constant: set[str] = set()
+        self._origins: dict[str, frozenset[str]] = {}
 
     # ------------------------------------------------------------ tensor views
     def tensor(self, node: fx.Node) -> TensorArg | None:
@@ -149,6 +158,26 @@ class CouplingBuilder:
     def tag(self, node: fx.Node, axis: Axis, tag: str) -> None:
         self.raw_tags.append((self.cls(axis), tag, axis.id, node.name))
 
+    def origins(self, node: fx.Node) -> frozenset[str]:
+        """The feature-making nodes (:data:`ORIGIN_OPS`) and model inputs that ``node``'s value
+        is computed from through other ops only (pointwise maps, views, normalisations).
+
+        ``x + 0.044715 * x**3`` has the same origins on both sides; a skip connection
+        ``x + W(f(x))`` does not.
+        """
+        return self._origins.get(node.name, frozenset())
+
+    def _note_origins(self, node: fx.Node) -> None:
+        if node.op == "placeholder":
+            mine = frozenset([node.name]) if node.name in self.inputs else frozenset()
+        elif op_name(node.target).rsplit(".", 1)[0] in ORIGIN_OPS:
+            mine = frozenset([node.name])
+        else:
+            found = [self._origins.get(n.name, frozenset()) for n in node.all_input_nodes]
+            found = [f for f in found if f]
+            mine = found[0] if len(found) == 1 else frozenset().union(*found)
+        self._origins[node.name] = mine
+
     # ------------------------------------------------------------------ walk
     def build(self) -> Coupling:
         sig = self.program.graph_signature
@@ -172,8 +201,10 @@ class CouplingBuilder:
                         self._fix_all(t, f"it is an axis of the model input '{node.name}'")
                     elif node.name in self._constant:
                         self._fix_all(t, f"'{node.name}' is a constant not saved with the model")
+                self._note_origins(node)
             elif node.op == "call_function":
                 module_of[node.name] = _module_path(node)
+                self._note_origins(node)
                 self._visit(node)
         tags: dict[int, set[str]] = defaultdict(set)
         axis_tags: dict[tuple[str, int, str], dict[str, str]] = defaultdict(dict)

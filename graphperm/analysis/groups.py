@@ -110,10 +110,14 @@ def build_groups(coupling: Coupling) -> tuple[list[PermutationGroup], list[Fixed
     fixed = _effectively_fixed(coupling, roots, children)
     leaves_of = _leaf_sets(roots, children)
 
+    # A class and its parts move together, unless a part is fixed: a fixed part (a rotary
+    # embedding's channels, shared by every layer) joins nothing, as identity is the same
+    # permutation for everyone.
     graph = nx.Graph()
     graph.add_nodes_from(roots)
     for r, kids in children.items():
-        graph.add_edges_from((r, k) for k in kids)
+        if r not in fixed:
+            graph.add_edges_from((r, k) for k in kids if k not in fixed)
 
     state_axes: dict[int, list[tuple[str, int]]] = defaultdict(list)
     unused = set(coupling.unused)
@@ -187,6 +191,9 @@ def _reasons(coupling: Coupling, c: int, children: dict) -> list[str]:
     parents = [r for r, kids in children.items() if c in kids]
     for p in parents:
         if r := _reasons(coupling, p, children):
+            return r
+    for k in children.get(c, []):  # a composite class whose parts are all fixed
+        if r := table.fixed_reasons(k):
             return r
     return ["it has a single element"] if table.size(c) == 1 else ["it is fixed"]
 
@@ -302,20 +309,44 @@ def _draft(coupling, comp, free, tensors, deps, children, first_seen) -> _Draft:
         for c in free
     ]
     parts.sort(key=lambda p: (PART_NAMES.index(p.name.rstrip("0123456789")), p.name))
-    if any(p.name in ("heads", "qk", "vo") for p in parts):
-        kind = "attn"
-    elif "skip" in comp_tags:
-        kind = "residual"
-    elif comp_tags & {"conv_out", "conv_in"}:
-        kind = "conv"
-    elif {"linear_in", "linear_out"} <= comp_tags:
-        kind = "ffn"
-    else:
-        kind = "other"
+    # a skip connection counts where it adds to a stream that weights read, not where it adds
+    # a position bias to attention scores (there it meets only the heads)
+    if not any("skip" in (t := coupling.tags_of(c)) and t & {"linear_in", "conv_in"} for c in comp):
+        comp_tags.discard("skip")
+    kind = _kind(comp_tags, {p.name.rstrip("0123456789") for p in parts})
     sizes = [table.size(c) for c in comp if not isinstance(table.decomp(c), Concat)]
     seen = [first_seen[c] for c in comp if c in first_seen]
     order, module = min(seen) if seen else (10**9, "")
     return _Draft(frozenset(comp), kind, max(sizes), parts, tensors, order, module)
+
+
+def _kind(tags: set[str], parts: set[str]) -> str:
+    """A group's kind, from what its axes connect (the tags the op rules left on them).
+
+    - ``residual``: a stream that a skip connection adds to (``x + f(x)`` where ``f`` makes new
+      features with weights: the rule for ``add`` tells a skip from a pointwise function of one
+      value such as ``gelu_new``'s ``x + 0.044715·x³``); it outranks the rest, since a residual
+      stream that is also split into heads (WavLM's gated position bias) is still the stream;
+    - ``attn``: heads, or query–key / value channels, of a product of two activations;
+    - ``conv``: channels made or read by a convolution;
+    - ``ffn``: channels made by a weight and read by another weight (a hidden layer);
+    - ``other``: the rest (a pooler's output, channels no weight reads).
+
+    Example:
+        >>> _kind({"linear_in", "linear_out"}, {"channels"})
+        'ffn'
+        >>> _kind({"skip", "linear_in", "qk"}, {"heads", "channels"})
+        'residual'
+    """
+    if "skip" in tags:
+        return "residual"
+    if parts & {"heads", "qk", "vo"}:
+        return "attn"
+    if tags & {"conv_out", "conv_in"}:
+        return "conv"
+    if {"linear_in", "linear_out"} <= tags:
+        return "ffn"
+    return "other"
 
 
 def _dedupe(names: dict[int, str]) -> None:

@@ -71,12 +71,6 @@ def find_sites(coupling: Coupling, group: PermutationGroup) -> PermutationGroup:
     return dataclasses.replace(group, sites=tuple(ordered))
 
 
-def _site(coupling: Coupling, key: str, dim: int, role: str, parts: tuple[str, ...]) -> Site:
-    return Site(
-        key=key, dim=dim, module=coupling.module_of.get(key, ""), role=role, part=",".join(parts)
-    )
-
-
 def _part_leaves(coupling: Coupling, group: PermutationGroup) -> dict[int, str]:
     return {coupling.table.find(p.cls): p.name for p in group.parts}
 

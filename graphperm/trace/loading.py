@@ -20,7 +20,7 @@ import transformers as tf
 from torch import nn
 
 from graphperm.errors import ModelLoadError
-from graphperm.trace.builtin import BUILTINS, builtin_config
+from graphperm.trace.builtin import BUILTINS, ZOO, builtin_config
 
 __all__ = ["LoadedModel", "load_model"]
 
@@ -62,10 +62,13 @@ def load_model(
     text = str(spec)
     if text.startswith("builtin:"):
         name = text.removeprefix("builtin:")
+        if name.startswith("zoo/") and name.removeprefix("zoo/") in ZOO:
+            return _wrap(_from_config(ZOO[name.removeprefix("zoo/")].config(), seed), text)
         if name not in BUILTINS:
             raise ModelLoadError(
                 f"'{text}' is not a built-in model; choose one of: "
                 + ", ".join(f"builtin:{n}" for n in BUILTINS)
+                + ", or builtin:zoo/NAME for NAME in graphperm.trace.builtin.ZOO"
             )
         return _wrap(_from_config(builtin_config(name), seed), text)
     path = Path(text).expanduser()
@@ -136,10 +139,29 @@ def _config(source: str, trust_remote_code: bool) -> tf.PretrainedConfig:
         raise ModelLoadError(f"cannot read the config of '{source}': {_first_line(err)}") from err
 
 
+def model_class(config: tf.PretrainedConfig) -> type:
+    """The class to build ``config`` with: the one its ``architectures`` names (what was saved:
+    ``T5EncoderModel``, ``ClapAudioModel``) when transformers has it, else ``AutoModel``.
+
+    Example:
+        >>> config = tf.T5Config(architectures=["T5EncoderModel"])
+        >>> model_class(config).__name__
+        'T5EncoderModel'
+        >>> model_class(tf.BertConfig()).__name__
+        'AutoModel'
+    """
+    for name in getattr(config, "architectures", None) or []:
+        cls = getattr(tf, name, None) if isinstance(name, str) else None
+        if isinstance(cls, type) and issubclass(cls, tf.PreTrainedModel):
+            return cls
+    return tf.AutoModel
+
+
 def _pretrained(source: str, trust_remote_code: bool) -> nn.Module:
     config = _config(source, trust_remote_code)
+    cls = tf.AutoModel if trust_remote_code else model_class(config)
     try:
-        model = tf.AutoModel.from_pretrained(
+        model = cls.from_pretrained(
             source, trust_remote_code=trust_remote_code, dtype=torch.float32
         )
     except Exception as err:
@@ -157,7 +179,8 @@ def _from_config(config: tf.PretrainedConfig, seed: int) -> nn.Module:
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         try:
-            model = tf.AutoModel.from_config(config)
+            cls = model_class(config)
+            model = cls._from_config(config) if cls is not tf.AutoModel else cls.from_config(config)
         except Exception as err:
             raise ModelLoadError(
                 f"cannot build a {type(config).__name__} model: {_first_line(err)}"
@@ -166,13 +189,20 @@ def _from_config(config: tf.PretrainedConfig, seed: int) -> nn.Module:
 
 
 def _wrap(model: nn.Module, source: str) -> LoadedModel:
+    """The module to trace inside ``model``: its base model without a task head (a checkpoint
+    saved as ``HubertForCTC`` is traced as its ``HubertModel``), then, for an encoder-decoder
+    model, that model's encoder. The whole model is kept, to be saved back."""
     config = getattr(model, "config", None)
-    module, prefix = model, ""
+    module = model
+    base = getattr(model, "base_model", None)
+    if isinstance(base, nn.Module) and base is not model:
+        module = base
     if config is not None and getattr(config, "is_encoder_decoder", False):
-        encoder = model.get_encoder()
-        prefix = next(n for n, m in model.named_modules() if m is encoder) + "."
-        module = encoder
-        log.info("%s is an encoder-decoder model: working on its encoder (%s)", source, prefix)
+        module = module.get_encoder()
+        log.info("%s is an encoder-decoder model: working on its encoder", source)
+    prefix = ""
+    if module is not model:
+        prefix = next(n for n, m in model.named_modules() if m is module) + "."
     return LoadedModel(model=model.eval(), module=module.eval(), prefix=prefix, source=source)
 
 

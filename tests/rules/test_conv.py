@@ -7,6 +7,7 @@ import functools
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import graphperm.analysis.rules
@@ -293,3 +294,72 @@ def test_grouped_conv_rule_that_ignores_groups_is_caught(monkeypatch):
     a = analysed(Grouped(), x=torch.randn(2, 4, 10))
     assert group_of(a, "b.weight", 0).structure == "8"
     assert verify_fails(a)
+
+
+# ----------------------------------------------------------------- im2col, pools that keep channels
+class SpanConv(nn.Module):
+    """ConvBERT's span convolution: nn.Unfold over tokens of (B, C, L, 1), each channel's window
+    weighted per token, then read out by a linear layer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(8, 12)
+        self.unfold = nn.Unfold(kernel_size=[3, 1], padding=[1, 0])
+        self.b = nn.Linear(12, 4)
+
+    def forward(self, x):
+        h = self.a(x)  # (B, L, C)
+        cols = self.unfold(h.transpose(1, 2).unsqueeze(-1))  # (B, C·3, L)
+        cols = cols.transpose(1, 2).reshape(x.shape[0], x.shape[1], 12, 3)
+        return self.b(cols.sum(-1))
+
+
+class PoolTokens(nn.Module):
+    """Funnel's pooling: avg_pool2d with a (2, 1) window over (tokens, channels)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(8, 12)
+        self.b = nn.Linear(12, 4)
+
+    def forward(self, x):
+        h = F.avg_pool2d(self.a(x).unsqueeze(1), (2, 1), stride=(2, 1), ceil_mode=True)
+        return self.b(h.squeeze(1))
+
+
+@functools.cache
+def span_conv():
+    torch.manual_seed(0)
+    return analysed(SpanConv(), x=torch.randn(2, 5, 8))
+
+
+@functools.cache
+def pool_tokens():
+    torch.manual_seed(0)
+    return analysed(PoolTokens(), x=torch.randn(2, 6, 8))
+
+
+def test_im2col_keeps_channels_outermost_and_blocks_offsets_and_positions():
+    a = span_conv()
+    ax = Axes(a)
+    n = node(a, "im2col")
+    assert ax.factors(ax.out(n, 1)) == [12, 3]
+    channels, offsets = ax.t.factors(ax.out(n, 1))
+    assert channels == ax.arg(n, 0, 1) == ax.p("a.weight", 0) == ax.p("b.weight", 1)
+    assert ax.movable(channels) and not a.coupling.unknown
+    assert_fixed_by(ax, offsets, "kernel offsets")
+    assert_fixed_by(ax, ax.out(n, 2), "im2col")
+
+
+def test_pool_with_a_window_of_one_keeps_that_axis():
+    a = pool_tokens()
+    ax = Axes(a)
+    n = node(a, "avg_pool2d")
+    assert ax.arg(n, 0, 3) == ax.out(n, 3) == ax.p("a.weight", 0) == ax.p("b.weight", 1)
+    assert ax.movable(ax.out(n, 3))
+    assert_fixed_by(ax, ax.out(n, 2), "avg_pool2d")
+
+
+def test_im2col_and_pool_semantics():
+    for analysis in (span_conv(), pool_tokens()):
+        assert_verifies(analysis)

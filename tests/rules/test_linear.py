@@ -221,3 +221,36 @@ def test_attention_semantics():
 
 def test_diagonal_semantics():
     assert_verifies(diagonal())
+
+
+class EinsumAttention(nn.Module):
+    """Funnel's attention: scores and context as einsums over (batch, pos, head, dim) tensors."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.q, self.k, self.v = nn.Linear(8, 12), nn.Linear(8, 12), nn.Linear(8, 12)
+        self.o = nn.Linear(12, 8)
+
+    def forward(self, x):
+        b, n = x.shape[:2]
+        q, k, v = (f(x).view(b, n, 3, 4) for f in (self.q, self.k, self.v))
+        probs = torch.einsum("bind,bjnd->bnij", q, k).softmax(-1)
+        return self.o(torch.einsum("bnij,bjnd->bind", probs, v).reshape(b, n, 12))
+
+
+@functools.cache
+def einsum_attention():
+    torch.manual_seed(0)
+    return analysed(EinsumAttention(), x=torch.randn(2, 5, 8))
+
+
+def test_einsum_of_two_activations_is_attention():
+    a = einsum_attention()
+    g = group_of(a, "q.weight", 0)
+    assert g is group_of(a, "v.weight", 0) and g.kind == "attn"
+    assert g.structure == "3 heads × (qk 4, vo 4)"
+    assert {p.name: p.outer for p in g.parts} == {"heads": None, "qk": "heads", "vo": "heads"}
+
+
+def test_einsum_attention_semantics():
+    assert_verifies(einsum_attention())

@@ -164,3 +164,100 @@ def test_skip_semantics():
 
 def test_select_semantics():
     assert_verifies(select())
+
+
+# ------------------------------------------------------------------ glu, multiply, skip detection
+class Glu(nn.Module):
+    """The conformer convolution module's gate: Linear(8 → 2·12) → glu over channels → Linear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(8, 24)
+        self.b = nn.Linear(12, 4)
+
+    def forward(self, x):
+        return self.b(F.glu(self.a(x), dim=-1))
+
+
+class Multiply(nn.Module):
+    """``torch.multiply`` (ATen's alias of mul) of two linear outputs, as ConvBERT does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(8, 12)
+        self.g = nn.Linear(8, 12)
+        self.b = nn.Linear(12, 4)
+
+    def forward(self, x):
+        return self.b(torch.multiply(self.a(x), self.g(x)))
+
+
+class GeluNewFfn(nn.Module):
+    """A residual block whose FFN uses gelu_new (``x + 0.044715·x³`` inside) and a GRN-style
+    ``γ·(h·N(h)) + β + h``: neither add is a skip connection; ``x + ffn(x)`` is."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.up = nn.Linear(8, 16)
+        self.down = nn.Linear(16, 8)
+        self.gamma = nn.Parameter(torch.randn(16))
+        self.beta = nn.Parameter(torch.randn(16))
+
+    def forward(self, x):
+        h = self.up(x)
+        h = 0.5 * h * (1.0 + torch.tanh(0.79788456 * (h + 0.044715 * torch.pow(h, 3.0))))
+        n = h.norm(dim=1, keepdim=True)
+        h = self.gamma * (h * (n / (n.mean(dim=-1, keepdim=True) + 1e-6))) + self.beta + h
+        return x + self.down(h)
+
+
+@functools.cache
+def glu():
+    torch.manual_seed(0)
+    return analysed(Glu(), x=torch.randn(2, 3, 8))
+
+
+@functools.cache
+def multiply():
+    torch.manual_seed(0)
+    return analysed(Multiply(), x=torch.randn(2, 3, 8))
+
+
+@functools.cache
+def gelu_new_ffn():
+    torch.manual_seed(0)
+    return analysed(GeluNewFfn(), x=torch.randn(2, 5, 8))
+
+
+def test_glu_splits_channels_in_two_halves_tied_to_the_output():
+    a = glu()
+    ax = Axes(a)
+    n = node(a, "glu")
+    flat = ax.arg(n, 0, 2)
+    assert flat == ax.p("a.weight", 0) and ax.segments(flat) == [12, 12]
+    first, second = ax.t.decomp(flat).segments
+    assert first == second == ax.out(n, 2) == ax.p("b.weight", 1)
+    assert ax.movable(first)
+    assert not a.coupling.unknown
+
+
+def test_multiply_is_pointwise():
+    a = multiply()
+    ax = Axes(a)
+    n = node(a, "multiply")
+    assert ax.arg(n, 0, 2) == ax.arg(n, 1, 2) == ax.out(n, 2) == ax.p("b.weight", 1)
+    assert ax.movable(ax.out(n, 2)) and not a.coupling.unknown
+
+
+def test_pointwise_add_of_one_value_is_not_a_skip_connection():
+    a = gelu_new_ffn()
+    kinds = {g.name: g.kind for g in a.groups}
+    hidden = group_of(a, "up.weight", 0)
+    assert hidden.kind == "ffn", kinds
+    assert "skip" not in Axes(a).tags(Axes(a).p("up.weight", 0))
+    assert "skip" in Axes(a).tags(Axes(a).p("down.weight", 0))
+
+
+def test_glu_multiply_and_pointwise_adds_semantics():
+    for analysis in (glu(), multiply(), gelu_new_ffn()):
+        assert_verifies(analysis)

@@ -74,6 +74,14 @@ CASES = {  # name -> (f(self, h) on h of shape (2, 3, 12), n, m)
     "gather": (lambda s, h: h.gather(1, s.idx.view(1, 4, 1).expand(2, 4, 12)), 12, 12),
     "repeat_tokens": (lambda s, h: h.repeat(1, 2, 1), 12, 12),
     "repeat_channels": (lambda s, h: h.repeat(1, 1, 2), 12, 24),
+    # ViTMAE: an index of shape (B, L, 1) repeated over the channels is a broadcast
+    "gather_repeated_index": (
+        lambda s, h: h.gather(1, s.idx.view(1, 4, 1).repeat(2, 1, 12)),
+        12,
+        12,
+    ),
+    "repeat_interleave_tokens": (lambda s, h: h.repeat_interleave(2, dim=1), 12, 12),
+    "repeat_interleave_channels": (lambda s, h: h.repeat_interleave(2, dim=2), 12, 24),
     "stack": (lambda s, h: torch.stack([h, 2 * h], 1).amax(1), 12, 12),
     "unbind": (lambda s, h: sum(h.unbind(1)), 12, 12),
 }
@@ -229,17 +237,46 @@ def test_index_select_and_gather():
     assert ax.out(n, 2) == ax.p("a.weight", 0) and ax.movable(ax.out(n, 2))
 
 
-def test_repeat_blocks_tiled_dims_only():
+def test_repeat_lays_copies_end_to_end():
     a = between("repeat_tokens")
     ax = Axes(a)
     n = node(a, "repeat")
-    assert_fixed_by(ax, ax.out(n, 1), "repeat tiles")
+    assert ax.factors(ax.out(n, 1)) == [2, 3]
+    _copies, tokens = ax.t.factors(ax.out(n, 1))
+    assert tokens == ax.v("x", 1) and ax.fixed(tokens)
     assert ax.out(n, 2) == ax.p("a.weight", 0) and ax.movable(ax.out(n, 2))
 
     a = between("repeat_channels")
     ax = Axes(a)
-    assert_fixed_by(ax, ax.p("a.weight", 0), "repeat tiles")
-    assert_fixed_by(ax, ax.p("b.weight", 1), "repeat tiles")
+    n = node(a, "repeat")
+    assert ax.out(n, 2) == ax.p("b.weight", 1) and ax.factors(ax.out(n, 2)) == [2, 12]
+    assert ax.t.factors(ax.out(n, 2))[1] == ax.p("a.weight", 0)
+    assert ax.movable(ax.p("a.weight", 0)) and not a.coupling.unknown
+
+
+def test_repeat_of_a_size_one_axis_is_a_broadcast():
+    a = between("gather_repeated_index")
+    ax = Axes(a)
+    n = node(a, "repeat")
+    assert not ax.fixed(ax.out(n, 2))
+    assert ax.p("a.weight", 0) == ax.out(node(a, "gather"), 2) == ax.p("b.weight", 1)
+    assert ax.movable(ax.p("a.weight", 0))
+
+
+def test_repeat_interleave_repeats_each_element_in_place():
+    a = between("repeat_interleave_tokens")
+    ax = Axes(a)
+    n = node(a, "repeat_interleave")
+    assert ax.factors(ax.out(n, 1)) == [3, 2] and ax.t.factors(ax.out(n, 1))[0] == ax.v("x", 1)
+    assert ax.out(n, 2) == ax.p("a.weight", 0) and ax.movable(ax.out(n, 2))
+    assert not a.coupling.unknown
+
+    a = between("repeat_interleave_channels")
+    ax = Axes(a)
+    n = node(a, "repeat_interleave")
+    assert ax.out(n, 2) == ax.p("b.weight", 1) and ax.factors(ax.out(n, 2)) == [12, 2]
+    assert ax.t.factors(ax.out(n, 2))[0] == ax.p("a.weight", 0)
+    assert ax.movable(ax.p("a.weight", 0))
 
 
 def test_stack_and_unbind_block_the_new_axis():

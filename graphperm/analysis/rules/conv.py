@@ -8,7 +8,9 @@ group the channels can move freely (HuBERT's positional convolution has 16 group
 
 from __future__ import annotations
 
-from graphperm.analysis.context import RuleContext, TensorArg
+import math
+
+from graphperm.analysis.context import Axis, RuleContext, TensorArg
 from graphperm.analysis.rules import register
 
 _SLIDES = "convolution slides over it"
@@ -100,15 +102,66 @@ def pool(ctx: RuleContext) -> None:
         for t in (x, *ctx.outputs):
             ctx.block(*t.axes(), reason=f"{ctx.op} moves elements across axes")
         return
+    keep = _untouched(ctx, x, k) if len(ctx.outputs) == 1 else set()
     for out in ctx.outputs:
-        _pass_leading(ctx, x, out, k)
+        _pass_leading(ctx, x, out, k, keep)
 
 
-def _pass_leading(ctx: RuleContext, x: TensorArg, out: TensorArg, k: int) -> None:
+def _untouched(ctx: RuleContext, x: TensorArg, k: int) -> set[int]:
+    """Pooled axes the op leaves as they are: a window of 1 with stride 1 and no padding (Funnel
+    pools ``(stride, 1)`` windows over (positions, channels)), or an adaptive pool to the same
+    size. Max pooling with indices is excluded (the indices number positions)."""
+    op = ctx.op.rsplit(".", 1)[0]
+    out = ctx.out
+    first = x.ndim - k
+    if op.startswith("aten.adaptive_"):
+        return {d for d in range(first, x.ndim) if x.shape[d] == out.shape[d]}
+    if not op.startswith(("aten.avg_pool", "aten.max_pool")) or "indices" in op:
+        return set()
+    kernel = _per_axis(ctx.raw(1, "kernel_size"), k)
+    stride = _per_axis(ctx.raw(2, "stride") or kernel, k)
+    padding = _per_axis(ctx.raw(3, "padding", 0), k)
+    return {
+        first + i
+        for i in range(k)
+        if kernel[i] == 1
+        and stride[i] == 1
+        and padding[i] == 0
+        and x.shape[first + i] == out.shape[first + i]
+    }
+
+
+def _per_axis(value: object, k: int) -> list[int]:
+    values = [int(v) for v in value] if isinstance(value, (list, tuple)) else [int(value)]
+    return values * k if len(values) == 1 else values
+
+
+def _pass_leading(ctx: RuleContext, x: TensorArg, out: TensorArg, k: int, keep: set[int]) -> None:
     for d in range(x.ndim - k):
         ctx.tie(x[d], out[d])
+    for d in keep:
+        ctx.tie(x[d], out[d])
     ctx.block(
-        *x.axes()[x.ndim - k :],
-        *out.axes()[out.ndim - k :],
+        *(x[d] for d in range(x.ndim - k, x.ndim) if d not in keep),
+        *(out[d] for d in range(out.ndim - k, out.ndim) if d not in keep),
         reason=f"{ctx.op} mixes positions along it",
     )
+
+
+@register("aten.im2col")
+def im2col(ctx: RuleContext) -> None:
+    """``nn.Unfold``: (N, C, H, W) → (N, C·kh·kw, L). Each output row is one channel at one
+    kernel offset (channel outermost), so the row axis is ``C × offsets``: the channels move with
+    the input's, the offsets and the L window positions are blocked (ConvBERT's span conv)."""
+    x, out = ctx.arg(0), ctx.out
+    c = x.ndim - 3
+    if c:
+        ctx.tie(x[0], out[0])
+    ctx.block(x[c + 1], x[c + 2], out[c + 1], reason="im2col slides over it")
+    offsets = math.prod(int(s) for s in ctx.raw(1))
+    if offsets == 1:
+        ctx.tie(x[c], out[c])
+        return
+    kernel = Axis(out, c, "offsets", offsets)
+    ctx.split(out[c], [x[c], kernel])
+    ctx.block(kernel, reason="im2col lays kernel offsets along it")

@@ -128,6 +128,40 @@ def einsum(ctx: RuleContext) -> None:
         for a in sized[1:]:
             ctx.tie(sized[0], a)
         ctx.free(*(a for a in axes if a.size == 1))
+    if len(operands) == 2:
+        _tag_product(ctx, terms, operands, rhs)
+
+
+def _tag_product(ctx: RuleContext, terms: list[str], operands: list[TensorArg], rhs: str) -> None:
+    """Roles of a two-operand einsum, as for matmul: with one weight, the contracted axes are
+    read (``linear_in``) and the weight's own axes made (``linear_out``); with two activations
+    (attention's ``bind,bjnd->bnij`` and ``bnij,bjnd->bind``), letters shared by both and the
+    output are ``heads``, contracted ones ``qk``, the right operand's own ones ``vo``."""
+    a, b = operands
+    la, lb = (_expand_ellipsis(t, o.ndim) for t, o in zip(terms, operands))
+    lo = _expand_ellipsis(rhs, ctx.out.ndim)
+    wa, wb = _is_weight(ctx, a), _is_weight(ctx, b)
+    if wa and wb:
+        return
+    if wa or wb:
+        x, lx, lw = (b, lb, la) if wa else (a, la, lb)
+        for d, letter in enumerate(lx):
+            if letter in lw and letter not in lo:
+                ctx.tag(x[d], "linear_in")
+        for d, letter in enumerate(lo):
+            if letter in lw and letter not in lx:
+                ctx.tag(ctx.out[d], "linear_out")
+        return
+    for d, letter in enumerate(lo):
+        if ctx.out.shape[d] == 1:
+            continue
+        if letter in la and letter in lb:
+            ctx.tag(ctx.out[d], "heads")
+        elif letter in lb:
+            ctx.tag(ctx.out[d], "vo")
+    for d, letter in enumerate(la):
+        if letter in lb and letter not in lo and a.shape[d] > 1:
+            ctx.tag(a[d], "qk")
 
 
 def _expand_ellipsis(term: str, ndim: int) -> list[str]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from graphperm.analysis.context import RuleContext
+from graphperm.analysis.context import Axis, RuleContext
 from graphperm.analysis.rules import register
 
 #: Elementwise nonlinearities: where a ``pre`` activation site ends and ``post`` begins.
@@ -24,6 +24,7 @@ zero_ mul_ div_ abs_ neg_ exp_""".split()
 _BROADCAST = """add sub rsub mul div true_divide floor_divide remainder fmod pow maximum minimum
 fmax fmin eq ne lt le gt ge logical_and logical_or logical_xor bitwise_and bitwise_or
 bitwise_xor atan2 copysign hypot where masked_fill addcmul addcdiv lerp xlogy add_ sub_
+multiply divide subtract __and__ __or__ __xor__
 masked_fill_""".split()
 
 
@@ -67,7 +68,8 @@ def like_other(ctx: RuleContext) -> None:
 
 @register(*(f"aten.{n}" for n in _BROADCAST))
 def broadcast(ctx: RuleContext) -> None:
-    """Broadcasting map of several tensors; an ``add`` of two activations is a skip connection."""
+    """Broadcasting map of several tensors; an ``add`` of two activations that come from
+    different feature-making ops is a skip connection (tagged ``skip``)."""
     tensors = [t for t in ctx.inputs if t.ndim > 0]
     ctx.elementwise(tensors, ctx.out)
     if ctx.op.startswith("aten.add") and _is_skip(ctx, tensors):
@@ -76,8 +78,15 @@ def broadcast(ctx: RuleContext) -> None:
 
 
 def _is_skip(ctx: RuleContext, tensors: list) -> bool:
+    """Two same-shape activations whose origins differ: ``x + W(f(x))`` or a sum of embeddings,
+    not a pointwise function of one value (``x + 0.044715·x³`` in ``gelu_new``, ConvNeXt V2's
+    ``γ·(x·N(x)) + β + x``)."""
     acts = [t for t in tensors if not t.is_param and not t.is_constant and t.shape == ctx.out.shape]
-    return len(acts) >= 2
+    if len(acts) < 2:
+        return False
+    by_key = {n.name: n for n in ctx.node.all_input_nodes}
+    origins = {ctx.builder.origins(by_key[t.key.split("#")[0]]) for t in acts if t.key in by_key}
+    return len(origins) > 1
 
 
 @register("aten._assert_tensor_metadata", "aten._assert_async", "aten._functional_assert_async")
@@ -85,3 +94,20 @@ def assertion(ctx: RuleContext) -> None:
     """Runtime checks of metadata: indifferent to permutations."""
     for t in ctx.inputs:
         ctx.reduce(*t.axes())
+
+
+@register("aten.glu")
+def glu(ctx: RuleContext) -> None:
+    """``glu(x, dim) = a * sigmoid(b)`` with ``a``, ``b`` the two halves of ``x`` along ``dim``
+    (the conformer convolution module): that axis is the two halves laid end to end, and both are
+    tied to the output's axis, as ``a[i]`` is gated by ``b[i]``."""
+    x, out = ctx.arg(0), ctx.out
+    dim = int(ctx.raw(1, "dim", -1)) % x.ndim
+    half = x.shape[dim] // 2
+    a, b = Axis(x, dim, "glu0", half), Axis(x, dim, "glu1", half)
+    ctx.concat(x[dim], [a, b])
+    ctx.tie(a, out[dim])
+    ctx.tie(b, out[dim])
+    for d in range(x.ndim):
+        if d != dim:
+            ctx.tie(x[d], out[d])

@@ -8,7 +8,7 @@ block the looked-up axis and pass the others through.
 
 from __future__ import annotations
 
-from graphperm.analysis.context import RuleContext, TensorArg
+from graphperm.analysis.context import Axis, RuleContext, TensorArg
 from graphperm.analysis.rules import register
 
 _INT_MAX = 2**62
@@ -181,13 +181,36 @@ def _tie_broadcast(ctx: RuleContext, t: TensorArg, out: TensorArg, n: int) -> No
 
 @register("aten.repeat")
 def repeat(ctx: RuleContext) -> None:
-    """Repeating along an axis lays copies end to end: blocked where the repeat count is > 1."""
+    """``x.repeat(reps)`` lays ``reps[d]`` copies of ``x`` end to end along each axis: the output
+    axis is ``copies × x``'s axis (row-major), and the output is the same in every copy, so the
+    copies may be permuted at will; new leading axes and repeats of a size-1 axis are a plain
+    broadcast (ViTMAE's ``ids.unsqueeze(-1).repeat(1, 1, dim)``)."""
     x, out = ctx.arg(0), ctx.out
-    reps = list(ctx.raw(1))
+    reps = [int(r) for r in ctx.raw(1)]
     offset = out.ndim - x.ndim
-    ctx.block(*(out[d] for d in range(offset)), reason="repeat adds it")
+    ctx.free(*(out[d] for d in range(offset)))
     for d in range(x.ndim):
-        if reps[offset + d] == 1:
-            ctx.tie(x[d], out[offset + d])
+        o = out[offset + d]
+        if x.shape[d] == 1:
+            ctx.free(x[d], o)
+        elif reps[offset + d] == 1:
+            ctx.tie(x[d], o)
         else:
-            ctx.block(x[d], out[offset + d], reason="repeat tiles it")
+            ctx.split(o, [Axis(out, offset + d, "copies", reps[offset + d]), x[d]])
+
+
+@register("aten.repeat_interleave.self_int")
+def repeat_interleave(ctx: RuleContext) -> None:
+    """``x.repeat_interleave(r, dim)`` repeats each element ``r`` times in place: the output axis
+    is ``x``'s axis × ``r`` copies (row-major), the copies being equal (Funnel's and CANINE's
+    upsampling); without ``dim`` the input is flattened first, which is blocked."""
+    x, out = ctx.arg(0), ctx.out
+    reps, dim = int(ctx.raw(1)), ctx.raw(2, "dim")
+    if dim is None:
+        ctx.block(*x.axes(), *out.axes(), reason="repeat_interleave flattens it")
+        return
+    dim = int(dim) % x.ndim
+    for d in range(x.ndim):
+        if d != dim:
+            ctx.tie(x[d], out[d])
+    ctx.split(out[dim], [x[dim], Axis(out, dim, "copies", reps)])

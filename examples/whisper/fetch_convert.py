@@ -378,8 +378,10 @@ def main(argv: list[str] | None = None) -> int:
     tokenizer.save_pretrained(out)
     WhisperFeatureExtractor(feature_size=config.num_mel_bins).save_pretrained(out)
     n = sum(p.numel() for p in model.parameters())
-    print(f"wrote {out}: {n / 1e6:.1f} M parameters, {config.encoder_layers} encoder layers, "
-          f"d_model {config.d_model}, {config.encoder_attention_heads} heads")
+    print(
+        f"wrote {out}: {n / 1e6:.1f} M parameters, {config.encoder_layers} encoder layers, "
+        f"d_model {config.d_model}, {config.encoder_attention_heads} heads"
+    )
 
     if not args.no_check:
         files = sorted(SPEECH.glob("librivox-*.flac"))

@@ -115,8 +115,18 @@ def check(a_dir: Path, b_dir: Path, merged_dir: Path, report: Path) -> None:
     worst = max(per_tensor, key=lambda k: per_tensor[k]["max_abs"])
 
     feats = features(a_dir)
+    ffn_in: dict[int, list] = {}  # per layer and clip: A's largest |FFN hidden activation|
+    hooks = [
+        layer.fc2.register_forward_hook(
+            lambda _m, inp, _o, i=i: ffn_in.setdefault(i, []).append(inp[0][0].abs().amax(0))
+        )
+        for i, layer in enumerate(encoder.layers)
+    ]
     with torch.no_grad():
         out_a = [encoder(f).last_hidden_state for f in feats]
+    for h in hooks:
+        h.remove()
+    mismatched = mismatched_ffn_units(state_a, state_m, ffn_in)
     text_a = transcribe(a_dir, files, model)
     encoder.load_state_dict(state_m)
     with torch.no_grad():
@@ -146,6 +156,7 @@ def check(a_dir: Path, b_dir: Path, merged_dir: Path, report: Path) -> None:
         "worst_tensor": {"name": worst, **per_tensor[worst]},
         "tensors_differing": sorted(k for k, v in per_tensor.items() if v["max_abs"] > 0),
         "merged_weights_max_abs": per_tensor[worst]["max_abs"],
+        "mismatched_ffn_units": mismatched,
         "wer_merged_vs_a": wer(" ".join(text_a), " ".join(text_m)),
         "wer_b_vs_a": wer(" ".join(text_a), " ".join(text_b)),
         "wer_a_vs_reference": wer(" ".join(refs.get(f.stem, "") for f in files), " ".join(text_a)),
@@ -158,6 +169,29 @@ def check(a_dir: Path, b_dir: Path, merged_dir: Path, report: Path) -> None:
 
 
 # ------------------------------------------------------------------------------ helpers
+def mismatched_ffn_units(state_a: dict, state_m: dict, ffn_in: dict[int, list]) -> dict:
+    """Per encoder layer: the FFN units whose merged fc1 row is not A's (B's unit put in the
+    wrong place), and how strongly those units fire on the LibriVox clips (A's activations,
+    whole 30-s windows): the largest |activation| and how many exceed 0.01 anywhere."""
+    import torch
+
+    out = {}
+    for i, acts in sorted(ffn_in.items()):
+        key = f"layers.{i}.fc1.weight"
+        wrong = (state_m[key] - state_a[key]).abs().amax(dim=1) > 0
+        if not wrong.any():
+            continue
+        peak = torch.stack(acts).amax(dim=0)
+        out[f"layers.{i}.fc1"] = {
+            "units": int(wrong.sum()),
+            "of": int(wrong.numel()),
+            "max_abs_activation": float(peak[wrong].max()),
+            "units_firing_over_0.01": int((peak[wrong] > 0.01).sum()),
+            "median_max_abs_activation_of_matched_units": float(peak[~wrong].median()),
+        }
+    return out
+
+
 def features(a_dir: Path) -> list:
     """Log-mel features (one 30-s window each) of the shared LibriVox clips."""
     import soundfile as sf
@@ -241,6 +275,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", type=Path, default=HERE / "models" / "whisper-base")
     parser.add_argument("--out", type=Path, default=HERE / "out")
     parser.add_argument("--num-clips", type=int, default=32)
+    parser.add_argument(
+        "--steps",
+        default="trace,verify,make_b,merge,check",
+        help="comma-separated steps to run (default: all); results.json keeps the others",
+    )
     parser.add_argument("--step", choices=["make-b", "check"], help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     a_dir, out = args.model.resolve(), args.out.resolve()
@@ -272,8 +311,30 @@ def main(argv: list[str] | None = None) -> int:
         "merge": [*gp, *merge],
         "check": [*me, "--step", "check"],
     }
-    results: dict = {"model": os.path.relpath(a_dir, ROOT), "steps": {}}
+    wanted = args.steps.split(",")
+    if unknown := set(wanted) - set(steps):
+        print(f"error: unknown steps {sorted(unknown)}; choose from {list(steps)}", file=sys.stderr)
+        return 2
+    old = HERE / "results.json"
+    results: dict = json.loads(old.read_text()) if old.is_file() and len(wanted) < 5 else {}
+    import torch
+    import transformers
+
+    results.update(
+        {
+            "model": os.path.relpath(a_dir, ROOT),
+            "num_clips": args.num_clips,
+            "machine": {
+                "cpus": os.cpu_count(),
+                "torch": torch.__version__,
+                "transformers": transformers.__version__,
+            },
+        }
+    )
+    results.setdefault("steps", {})
     for name, cmd in steps.items():
+        if name not in wanted:
+            continue
         r = run_step(name, cmd, out, env)
         results["steps"][name] = r
         if r["exit_code"] not in (0,) and name != "verify":

@@ -139,8 +139,16 @@ def run_solve(args: argparse.Namespace) -> int:
         calibration["seconds"] = round(sum(m["calibration"]["seconds"] for _, m in loaded), 3)
     amount = f" ({calibration['seconds']:.1f} s)" if "seconds" in calibration else ""
     calibration["description"] = f"{stats.items} {item}{amount} in {len(loaded)} shard(s)"
+    # the weights break ties between units the statistics cannot separate, as in `align`
+    b = load_model(meta["model_b"], random_init=meta["random_init"], seed=meta["seed_b"])
     alignment = finish_alignment(
-        analysis, plan, stats, calibration, {}, (meta["model_a"], meta["model_b"])
+        analysis,
+        plan,
+        stats,
+        calibration,
+        {},
+        (meta["model_a"], meta["model_b"]),
+        states=[a.state_dict(), b.state_dict()],
     )
     with output_folder(args.out, force=args.force) as tmp:
         save_alignment(alignment, tmp)

@@ -1,0 +1,351 @@
+"""Loss barriers: merge two independently trained models at lambda = 0, 0.1, ..., 1 and
+evaluate the merged model's own loss on held-out data.
+
+    python examples/barrier/barrier.py                   # every pair and method
+    python examples/barrier/barrier.py --pair b --method plain --method paper
+
+lambda is the weight of A: merged = lambda * A + (1 - lambda) * B' (B' = B aligned to A).
+barrier(lambda) = loss(lambda) - [lambda * loss(1) + (1 - lambda) * loss(0)], the loss above
+the straight line between the end points; reported are its value at 0.5 and its maximum.
+Writes results/barrier.json (a list `runs`: pair, method, lambdas, losses, barrier_mid,
+barrier_max, and what the alignment found), results/barrier.md and results/barrier.png.
+
+Methods are pluggable: `METHODS` maps a name to a function (a, b, calib) -> Merger, whose
+`module(lam)` is the merged module at weight lam of A. Add one there and nothing else changes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import images  # noqa: E402
+import speech  # noqa: E402
+
+from graphperm.analysis import analyse  # noqa: E402
+from graphperm.merge import Alignment, align, merge_models  # noqa: E402
+from graphperm.merge.pipeline import finish_alignment  # noqa: E402
+from graphperm.policy import Policy, load_policy, resolve  # noqa: E402
+from graphperm.stats import ModelBatch, collect  # noqa: E402
+from graphperm.trace import LoadedModel, trace  # noqa: E402
+
+RESULTS = HERE / "results"
+LAMBDAS = [round(i / 10, 1) for i in range(11)]
+CALIBRATION: dict[str, Any] = {}  # policy calibration overrides for audio (default: 256 x 4 s)
+
+# A calibration set: audio files/folders (what graphperm's `align` reads today), or ready-made
+# model-input batches (one dict of tensors per forward pass, all of one shape).
+Calib = Sequence[str | Path] | Sequence[dict[str, torch.Tensor]]
+
+
+# ------------------------------------------------------------------------------ alignment glue
+def find_alignment(a: LoadedModel, b: LoadedModel, policy: Policy, calib: Calib) -> Alignment:
+    """B's permutations towards A under ``policy``, from ``calib``.
+
+    Audio goes through graphperm's own `align`. For ready-made batches (images), which graphperm
+    cannot calibrate from yet, the same steps run by hand through the public lower-level API:
+    trace A on the batch shape, analyse, resolve the policy, collect statistics of A and B at the
+    plan's sites, solve. This is the one function to swap for graphperm's batch calibration when
+    it lands.
+    """
+    if all(isinstance(c, str | Path) for c in calib):
+        return align(a, b, policy, list(calib), where=policy.description or "policy")
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    analysis = analyse(trace(a, calib[0]))
+    plan = resolve(policy, analysis)
+    timings["trace_analysis_s"] = time.perf_counter() - start
+    n = next(iter(calib[0].values())).shape[0]
+    batches = (
+        ModelBatch(inputs, valid=torch.ones(n), seconds=float(n), clips=n) for inputs in calib
+    )
+    stats = collect(
+        analysis, plan.sites(), a.state_dict(), b.state_dict(), batches, split_half=True
+    )
+    timings["statistics_s"] = stats.elapsed
+    info = {"clips": stats.clips, "description": f"{stats.clips} ready-made inputs"}
+    return finish_alignment(analysis, plan, stats, info, timings, (a.source, b.source))
+
+
+def kinds_of(a: LoadedModel, calib: Calib) -> set[str]:
+    """The group kinds graphperm finds in A (traced on a calibration-shaped input)."""
+    inputs = calib[0] if isinstance(calib[0], dict) else None
+    if inputs is None:
+        inputs = {"input_values": torch.randn(2, 16000) * 0.1}
+    return {g.kind for g in analyse(trace(a, inputs)).groups}
+
+
+def policy_for(rules: list[dict], kinds: set[str], description: str) -> Policy:
+    """A policy of the ``rules`` whose kind the model has (ViT has no conv group, and a rule
+    that selects nothing is an error), with calibration defaults."""
+    return load_policy(
+        {
+            "version": 1,
+            "description": description,
+            "align": [r for r in rules if r["kind"] in kinds],
+            "calibration": CALIBRATION,
+        }
+    )
+
+
+# ------------------------------------------------------------------------------------ methods
+class Merger(Protocol):
+    def module(self, lam: float) -> nn.Module:
+        """The merged module at weight ``lam`` of A."""
+        ...
+
+
+@dataclass
+class AlignedMerger:
+    """Interpolation of A and B' (B permuted by ``alignment``; no permutations = plain
+    averaging). graphperm checks B' against B on every merge."""
+
+    alignment: Alignment
+    a: LoadedModel
+    b: LoadedModel
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def module(self, lam: float) -> nn.Module:
+        return merge_models(self.alignment, self.a, self.b, weight_a=lam).module()
+
+
+def _aligned(rules: list[dict], description: str) -> Callable[..., AlignedMerger]:
+    def method(a: LoadedModel, b: LoadedModel, calib: Calib) -> AlignedMerger:
+        policy = policy_for(rules, kinds_of(a, calib), description)
+        start = time.perf_counter()
+        alignment = find_alignment(a, b, policy, calib)
+        info = {
+            "align_seconds": round(time.perf_counter() - start, 1),
+            "policy": [r.model_dump(exclude_defaults=True) for r in policy.align],
+            "calibration": alignment.calibration.get("description"),
+            "groups": {
+                r.name: {
+                    "kind": r.kind,
+                    "moved_fraction": _round(r.moved_fraction),
+                    "corr_before": _round(r.corr_before),
+                    "corr_after": _round(r.corr_after),
+                    "split_half_agreement": _round(r.split_half_agreement),
+                }
+                for r in alignment.reports
+            },
+        }
+        return AlignedMerger(alignment, a, b, info)
+
+    return method
+
+
+def _round(x: float | None) -> float | None:
+    return None if x is None else round(float(x), 4)
+
+
+def plain(a: LoadedModel, b: LoadedModel, calib: Calib) -> AlignedMerger:
+    """No alignment: lambda * A + (1 - lambda) * B."""
+    policy = load_policy({"version": 1, "description": "plain averaging", "align": []})
+    return AlignedMerger(find_alignment(a, b, policy, calib), a, b)
+
+
+PAPER_RULES = [  # specs/paper.yaml
+    {"kind": "conv", "site": "pre"},
+    {"kind": "attn", "parts": ["heads", "vo"], "site": "post"},
+    {"kind": "ffn", "site": "post"},
+]
+ALL_RULES = [  # every group but the heads' outputs ("other": class/unit logits)
+    {"kind": "conv"},
+    {"kind": "attn"},  # heads, qk and vo
+    {"kind": "ffn"},
+    {"kind": "residual"},
+]
+
+METHODS: dict[str, Callable[[LoadedModel, LoadedModel, Calib], Merger]] = {
+    "plain": plain,
+    "paper": _aligned(PAPER_RULES, "the paper policy: conv + attention heads/vo + FFN"),
+    "all": _aligned(ALL_RULES, "every group: conv + attention heads/qk/vo + FFN + residual"),
+}
+
+
+# -------------------------------------------------------------------------------------- pairs
+@dataclass
+class Pair:
+    name: str
+    description: str
+    load: Callable[[], tuple[LoadedModel, LoadedModel]]
+    loss: Callable[[nn.Module], float]
+    calib: Callable[[], Calib]
+    train_logs: Callable[[], list[Path]]
+
+
+def _speech_pair() -> Pair:
+    task = speech.SpeechTask()
+    return Pair(
+        "a",
+        "HuBERT-architecture speech encoders + unit heads (post-LN), seeds 1 and 2",
+        lambda: (speech.load(speech.checkpoint(1)), speech.load(speech.checkpoint(2))),
+        task.loss,
+        lambda: task.calib,
+        lambda: [speech.checkpoint(s) / "train_log.json" for s in (1, 2)],
+    )
+
+
+def _image_pair() -> Pair:
+    task = images.ImageTask()
+    return Pair(
+        "b",
+        "pre-LN ViT classifiers on drawn shapes, seeds 1 and 2",
+        lambda: (images.load(images.checkpoint(1)), images.load(images.checkpoint(2))),
+        task.loss,
+        task.calib,
+        lambda: [images.checkpoint(s) / "train_log.json" for s in (1, 2)],
+    )
+
+
+PAIRS: dict[str, Callable[[], Pair]] = {"a": _speech_pair, "b": _image_pair}
+
+
+# ------------------------------------------------------------------------------------ barrier
+def barrier(lambdas: list[float], losses: list[float]) -> list[float]:
+    """Loss minus the straight line between the end points (lambda = 0: B', 1: A)."""
+    first, last = losses[0], losses[-1]
+    return [loss - (lam * last + (1 - lam) * first) for lam, loss in zip(lambdas, losses)]
+
+
+def run(pair: Pair, method: str) -> dict:
+    torch.manual_seed(0)
+    a, b = pair.load()
+    calib = pair.calib()
+    start = time.perf_counter()
+    merger = METHODS[method](a, b, calib)
+    setup = time.perf_counter() - start
+    losses = [pair.loss(merger.module(lam)) for lam in LAMBDAS]
+    bar = barrier(LAMBDAS, losses)
+    out = {
+        "pair": pair.name,
+        "method": method,
+        "lambdas": LAMBDAS,
+        "losses": [round(x, 5) for x in losses],
+        "barrier": [round(x, 5) for x in bar],
+        "barrier_mid": round(bar[LAMBDAS.index(0.5)], 5),
+        "barrier_max": round(max(bar), 5),
+        "seconds": round(time.perf_counter() - start, 1),
+        "setup_seconds": round(setup, 1),
+    }
+    out |= getattr(merger, "info", {})
+    return out
+
+
+# ------------------------------------------------------------------------------------ reports
+def write_markdown(result: dict, path: Path) -> None:
+    lines = [
+        "# Loss barriers",
+        "",
+        "Merged model's own held-out loss at weight lambda of A (lambda = 1: A, 0: B');",
+        "barrier = loss minus the straight line between the end points. Written by",
+        "`python examples/barrier/barrier.py`.",
+        "",
+        "| pair | method | loss A | loss B | loss at 0.5 | barrier at 0.5 | max barrier |"
+        " vs plain at 0.5 |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    plain_mid = {r["pair"]: r["barrier_mid"] for r in result["runs"] if r["method"] == "plain"}
+    for r in result["runs"]:
+        base = plain_mid.get(r["pair"])
+        cut = f"{100 * (1 - r['barrier_mid'] / base):+.0f} % cut" if base else ""
+        if r["method"] == "plain":
+            cut = ""
+        lines.append(
+            f"| {r['pair']} | {r['method']} | {r['losses'][-1]:.4f} | {r['losses'][0]:.4f} | "
+            f"{r['losses'][LAMBDAS.index(0.5)]:.4f} | {r['barrier_mid']:.4f} | "
+            f"{r['barrier_max']:.4f} | {cut} |"
+        )
+    lines += ["", "Loss along lambda:", ""]
+    lines.append("| pair | method | " + " | ".join(f"{x:.1f}" for x in LAMBDAS) + " |")
+    lines.append("|---|---|" + "---|" * len(LAMBDAS))
+    for r in result["runs"]:
+        lines.append(
+            f"| {r['pair']} | {r['method']} | " + " | ".join(f"{x:.3f}" for x in r["losses"]) + " |"
+        )
+    lines += ["", "![loss along lambda](barrier.png)", ""]
+    path.write_text("\n".join(lines))
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pairs = sorted({r["pair"] for r in result["runs"]})
+    fig, axes = plt.subplots(1, len(pairs), figsize=(5.5 * len(pairs), 4), squeeze=False)
+    titles = result.get("pairs", {})
+    for ax, p in zip(axes[0], pairs, strict=True):
+        for r in result["runs"]:
+            if r["pair"] == p:
+                ax.plot(
+                    r["lambdas"],
+                    r["losses"],
+                    marker="o",
+                    label=f"{r['method']} (barrier@0.5 {r['barrier_mid']:.3f})",
+                )
+        ax.set_xlabel("λ (weight of A)")
+        ax.set_ylabel("held-out loss")
+        ax.set_title(f"pair {p}: {titles.get(p, '')}", fontsize=8)
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--pair", action="append", choices=sorted(PAIRS), help="default: all")
+    parser.add_argument("--method", action="append", choices=list(METHODS), help="default: all")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    torch.set_num_threads(args.threads)
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / "barrier.json"
+    result = json.loads(path.read_text()) if path.exists() else {"runs": []}
+    result.setdefault("pairs", {})
+    result.setdefault("training", {})
+    for name in args.pair or sorted(PAIRS):
+        pair = PAIRS[name]()
+        result["pairs"][name] = pair.description
+        result["training"][name] = [
+            {k: v for k, v in json.loads(p.read_text()).items() if k != "log"}
+            for p in pair.train_logs()
+        ]
+        for method in args.method or list(METHODS):
+            print(f"pair {name}, {method} ...", file=sys.stderr, flush=True)
+            r = run(pair, method)
+            print(
+                f"pair {name} {method}: barrier at 0.5 {r['barrier_mid']:.4f}, "
+                f"max {r['barrier_max']:.4f} ({r['seconds']} s)",
+                file=sys.stderr,
+                flush=True,
+            )
+            keep = [x for x in result["runs"] if (x["pair"], x["method"]) != (name, method)]
+            result["runs"] = sorted(
+                [*keep, r], key=lambda x: (x["pair"], list(METHODS).index(x["method"]))
+            )
+            path.write_text(json.dumps(result, indent=1))
+    write_markdown(result, args.out / "barrier.md")
+    plot(result, args.out / "barrier.png")
+    print(f"wrote {args.out}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -36,10 +36,11 @@ import images  # noqa: E402
 import speech  # noqa: E402
 
 from graphperm.analysis import analyse  # noqa: E402
-from graphperm.merge import Alignment, align, merge_models  # noqa: E402
-from graphperm.merge.pipeline import finish_alignment  # noqa: E402
+from graphperm.inputs import ModelBatch  # noqa: E402
+from graphperm.merge import Alignment, align, finish_alignment, merge_models  # noqa: E402
 from graphperm.policy import Policy, load_policy, resolve  # noqa: E402
-from graphperm.stats import ModelBatch, collect  # noqa: E402
+from graphperm.solve import get_method  # noqa: E402
+from graphperm.stats import collect  # noqa: E402
 from graphperm.trace import LoadedModel, trace  # noqa: E402
 
 RESULTS = HERE / "results"
@@ -68,16 +69,21 @@ def find_alignment(a: LoadedModel, b: LoadedModel, policy: Policy, calib: Calib)
     analysis = analyse(trace(a, calib[0]))
     plan = resolve(policy, analysis)
     timings["trace_analysis_s"] = time.perf_counter() - start
+    states = [a.state_dict(), b.state_dict()]
+    if "correlation" not in get_method(policy.method).needs:
+        return finish_alignment(
+            analysis, plan, None, {}, timings, (a.source, b.source), states=states
+        )
     n = next(iter(calib[0].values())).shape[0]
     batches = (
-        ModelBatch(inputs, valid=torch.ones(n), seconds=float(n), clips=n) for inputs in calib
+        ModelBatch(inputs, mask=torch.ones(n, 1, dtype=torch.bool), items=n) for inputs in calib
     )
-    stats = collect(
-        analysis, plan.sites(), a.state_dict(), b.state_dict(), batches, split_half=True
-    )
+    stats = collect(analysis, plan.sites(), states, batches, split_half=True)
     timings["statistics_s"] = stats.elapsed
-    info = {"clips": stats.clips, "description": f"{stats.clips} ready-made inputs"}
-    return finish_alignment(analysis, plan, stats, info, timings, (a.source, b.source))
+    info = {"images": stats.items, "description": f"{stats.items} ready-made inputs"}
+    return finish_alignment(
+        analysis, plan, stats, info, timings, (a.source, b.source), states=states
+    )
 
 
 def kinds_of(a: LoadedModel, calib: Calib) -> set[str]:
@@ -122,9 +128,12 @@ class AlignedMerger:
         return merge_models(self.alignment, self.a, self.b, weight_a=lam).module()
 
 
-def _aligned(rules: list[dict], description: str) -> Callable[..., AlignedMerger]:
+def _aligned(
+    rules: list[dict], description: str, how: str = "activations"
+) -> Callable[..., AlignedMerger]:
     def method(a: LoadedModel, b: LoadedModel, calib: Calib) -> AlignedMerger:
         policy = policy_for(rules, kinds_of(a, calib), description)
+        policy = policy.model_copy(update={"method": how})
         start = time.perf_counter()
         alignment = find_alignment(a, b, policy, calib)
         info = {
@@ -173,6 +182,9 @@ METHODS: dict[str, Callable[[LoadedModel, LoadedModel, Calib], Merger]] = {
     "plain": plain,
     "paper": _aligned(PAPER_RULES, "the paper policy: conv + attention heads/vo + FFN"),
     "all": _aligned(ALL_RULES, "every group: conv + attention heads/qk/vo + FFN + residual"),
+    "weights": _aligned(
+        ALL_RULES, "data-free weight matching (git re-basin) of every group", how="weights"
+    ),
 }
 
 

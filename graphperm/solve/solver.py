@@ -142,9 +142,10 @@ class _Solver:
                 )
                 continue
             total = sum(flat)
+            keep = total.float() if self.weights is not None else None  # for the tie-break only
             matcher.submit(
                 total,
-                lambda p, g=group, n=name, c=total: perm.set(g.name, n, self._settle(g, n, c, p)),
+                lambda p, g=group, n=name, c=keep: perm.set(g.name, n, self._settle(g, n, c, p)),
             )
 
     def _blocks(
@@ -191,14 +192,14 @@ class _Solver:
         self,
         group: PermutationGroup,
         part: str,
-        corr: torch.Tensor,
+        corr: torch.Tensor | None,
         p: torch.Tensor,
         heads: tuple[int, int] | None = None,
     ) -> torch.Tensor:
         """``p`` with the units the correlations leave undecided matched on weights."""
         counts = self.counts.setdefault(group.name, [0, 0])
         on_weights = 0
-        if self.weights is not None:
+        if self.weights is not None and corr is not None:
             fa = self._fingerprints(
                 self.weights[0], group, part, None if heads is None else heads[0]
             )

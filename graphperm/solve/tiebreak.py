@@ -73,8 +73,9 @@ def break_ties(
         return perm, 0
     rows = loose.nonzero().squeeze(1)
     cols = perm[rows]
-    score = corr.double()[rows][:, cols] + finger_a[rows] @ finger_b[cols].T
-    local = match(score)
+    score = corr[rows[:, None], cols[None, :]].double()  # one copy of the undecided block
+    local = match(score.addmm_(finger_a[rows].double(), finger_b[cols].double().T))
+    del score
     out = perm.clone()
     out[rows] = cols[local]
     return out, count

@@ -262,7 +262,7 @@ def run_step(name: str, cmd: list[str], log_dir: Path, env: dict[str, str]) -> d
         "wall_s": round(wall, 1),
         "cpu_s": round(usage.ru_utime + usage.ru_stime, 1),
         "peak_rss_mib": round(usage.ru_maxrss / 1024, 1),
-        "log": str(log.relative_to(ROOT)),
+        "log": os.path.relpath(log, ROOT),
     }
     print(
         f"   -> exit {proc.returncode}, {wall:.1f} s, peak {result['peak_rss_mib']} MiB", flush=True

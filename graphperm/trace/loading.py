@@ -57,8 +57,8 @@ def load_model(
 
     Raises :class:`~graphperm.errors.ModelLoadError` with a one-line fix for anything else.
     """
-    if isinstance(spec, nn.Module):
-        return _wrap(spec.eval(), type(spec).__name__)
+    if isinstance(spec, nn.Module):  # a module given as is is traced as is, head included
+        return _wrap(spec.eval(), type(spec).__name__, keep_head=True)
     text = str(spec)
     if text.startswith("builtin:"):
         name = text.removeprefix("builtin:")
@@ -188,14 +188,15 @@ def _from_config(config: tf.PretrainedConfig, seed: int) -> nn.Module:
     return model.eval()
 
 
-def _wrap(model: nn.Module, source: str) -> LoadedModel:
+def _wrap(model: nn.Module, source: str, *, keep_head: bool = False) -> LoadedModel:
     """The module to trace inside ``model``: its base model without a task head (a checkpoint
-    saved as ``HubertForCTC`` is traced as its ``HubertModel``), then, for an encoder-decoder
-    model, that model's encoder. The whole model is kept, to be saved back."""
+    saved as ``HubertForCTC`` is traced as its ``HubertModel``; not with ``keep_head``), then,
+    for an encoder-decoder model, that model's encoder. The whole model is kept, to be saved
+    back."""
     config = getattr(model, "config", None)
     module = model
     base = getattr(model, "base_model", None)
-    if isinstance(base, nn.Module) and base is not model:
+    if isinstance(base, nn.Module) and base is not model and not keep_head:
         module = base
     if config is not None and getattr(config, "is_encoder_decoder", False):
         module = module.get_encoder()

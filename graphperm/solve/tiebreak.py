@@ -50,11 +50,12 @@ def fingerprints(slices: list[torch.Tensor]) -> torch.Tensor:
     tensor, laid side by side, then each row scaled to unit norm."""
     parts = []
     for s in slices:
-        s = s.detach().double().reshape(s.shape[0], -1).sort(dim=1).values
+        s = s.detach().float().reshape(s.shape[0], -1).sort(dim=1).values
         norm = s.norm()
-        parts.append(s / norm if norm > 0 else s)
+        parts.append(s.div_(norm) if norm > 0 else s)
     f = torch.cat(parts, dim=1)
-    return f / f.norm(dim=1, keepdim=True).clamp_min(1e-30)
+    del parts
+    return f.div_(f.norm(dim=1, keepdim=True).clamp_min(1e-30))
 
 
 def break_ties(
@@ -73,8 +74,8 @@ def break_ties(
         return perm, 0
     rows = loose.nonzero().squeeze(1)
     cols = perm[rows]
-    score = corr[rows[:, None], cols[None, :]].double()  # one copy of the undecided block
-    local = match(score.addmm_(finger_a[rows].double(), finger_b[cols].double().T))
+    score = corr[rows[:, None], cols[None, :]].float()  # one copy of the undecided block
+    local = match(score.addmm_(finger_a[rows].float(), finger_b[cols].float().T))
     del score
     out = perm.clone()
     out[rows] = cols[local]

@@ -140,7 +140,7 @@ def test_cli_text_for_an_audio_model(tmp_path) -> None:
             "--calib",
             str(TEXT),
         ],
-        "audio",
+        "is a text file, but HubertModel reads audio",
         tmp_path / "o",
     )
 

@@ -35,6 +35,12 @@ __all__ = ["AudioAdapter", "LogMelAdapter", "SpectrogramAdapter", "WaveformAdapt
 
 log = logging.getLogger(__name__)
 
+#: File endings that are surely not audio, named in the error when one is given to an audio model.
+NOT_AUDIO = {
+    **dict.fromkeys((".txt", ".jsonl", ".json", ".md"), "a text file"),
+    **dict.fromkeys((".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif"), "an image"),
+}
+
 #: Samples kept out of the statistics on each side of a boundary between two packed clips (two
 #: mel frames of STFT window plus the receptive field of Whisper's two convolutions).
 GUARD = 640
@@ -77,6 +83,13 @@ class AudioAdapter(InputAdapter):
         cal = self.settings
         if cal is None:
             raise CalibrationError("calibration needs the policy's calibration settings")
+        for source in sources:
+            kind = NOT_AUDIO.get(Path(source).suffix.lower())
+            if kind is not None and Path(source).is_file():
+                raise CalibrationError(
+                    f"--calib '{source}' is {kind}, but {self.describe_model()} reads audio; "
+                    "pass audio files or folders"
+                )
         data = CalibrationSet(
             sources,
             sample_rate=self.sample_rate,

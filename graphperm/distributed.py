@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import os
 
-__all__ = ["gather_calibration", "is_main", "world"]
+__all__ = ["finish", "gather_calibration", "is_main", "world"]
 
 log = logging.getLogger(__name__)
 
@@ -59,3 +59,14 @@ def gather_calibration(mine: dict, size: int) -> dict:
     out["description"] = f"{counts or 'data'}{amount} read by {size} processes"
     out["processes"] = size
     return out
+
+
+def finish() -> None:
+    """Leave the process group together: every process waits until all arrive, then the group
+    is destroyed. (A process that simply exits while another still holds the group can die in
+    gloo's teardown with "terminate called without an active exception".)"""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()

@@ -17,7 +17,7 @@ from graphperm.cli.common import (
     print_alignment,
     say,
 )
-from graphperm.distributed import is_main
+from graphperm.distributed import finish, is_main
 from graphperm.errors import PolicyError
 from graphperm.merge import align_models, merge_all
 from graphperm.output import check_output, output_folder, save_alignment, save_merge
@@ -114,6 +114,13 @@ def _setup(args: argparse.Namespace):
 
 
 def run_merge(args: argparse.Namespace) -> int:
+    try:
+        return _merge(args)
+    finally:
+        finish()
+
+
+def _merge(args: argparse.Namespace) -> int:
     models, alignment, weights = _setup(args)
     if not is_main():
         return 0
@@ -138,11 +145,14 @@ def run_merge(args: argparse.Namespace) -> int:
 
 
 def run_align(args: argparse.Namespace) -> int:
-    _, alignment, _ = _setup(args)
-    if not is_main():
+    try:
+        _, alignment, _ = _setup(args)
+        if not is_main():
+            return 0
+        with output_folder(args.out, force=args.force) as tmp:
+            save_alignment(alignment, tmp)
+        print_alignment(alignment)
+        say(f"permutations written to {args.out / 'permutations.safetensors'}")
         return 0
-    with output_folder(args.out, force=args.force) as tmp:
-        save_alignment(alignment, tmp)
-    print_alignment(alignment)
-    say(f"permutations written to {args.out / 'permutations.safetensors'}")
-    return 0
+    finally:
+        finish()

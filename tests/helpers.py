@@ -42,3 +42,31 @@ def analysis_of(name: str):
     from graphperm.trace import load_model, trace
 
     return analyse(trace(load_model(f"builtin:{name}")))
+
+
+def merge_oracle(a, policy, calib=(), seed: int = 5):
+    """B = A's weights permuted over exactly the parts ``policy`` aligns; merged with A at 0.5
+    it must give back A. Returns the largest difference from A and the alignment."""
+    import torch
+
+    from graphperm.apply import Indexer, Permutation, permute_state, random_permutation
+    from graphperm.merge import align, merge_models, prepare
+    from graphperm.policy import load_policy
+    from graphperm.trace import load_model
+
+    policy = load_policy(policy)
+    _, analysis, plan = prepare(a, policy)
+    indexer = Indexer(analysis)
+    every = random_permutation(indexer.shapes(), seed=seed)
+    secret = Permutation()
+    for t in plan.targets:
+        secret.set(t.group, t.part, every.get(t.group, t.part))
+    assert secret.perms, "the policy must align something"
+    b = load_model(a.source)
+    b.module.load_state_dict(permute_state(indexer, a.state_dict(), secret))
+    changed = [k for k, v in a.state_dict().items() if not torch.equal(v, b.state_dict()[k])]
+    assert changed  # B really is scrambled
+    alignment = align(a, b, policy, list(calib))
+    result = merge_models(alignment, a, b, weight_a=0.5)
+    worst = max(float((result.state[k] - v).abs().max()) for k, v in a.state_dict().items())
+    return worst, alignment

@@ -11,12 +11,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from graphperm.apply import Indexer, Permutation, permute_state, random_permutation
+from graphperm.apply import Indexer, permute_state, random_permutation
 from graphperm.data.synth import write_clips
 from graphperm.errors import VerificationError
 from graphperm.merge import align, merge_models, prepare
 from graphperm.policy import load_policy
 from graphperm.trace import load_model
+from tests.helpers import merge_oracle
 
 
 @pytest.fixture(scope="module")
@@ -26,24 +27,9 @@ def audio(tmp_path_factory) -> Path:
     return folder
 
 
-def _oracle(name: str, policy, audio: Path, seed: int = 5) -> float:
-    """B = A permuted over exactly the parts the policy aligns; merge at 0.5; distance to A."""
-    a = load_model(f"builtin:{name}")
-    policy = load_policy(policy)
-    _, analysis, plan = prepare(a, policy)
-    indexer = Indexer(analysis)
-    every = random_permutation(indexer.shapes(), seed=seed)
-    secret = Permutation()
-    for t in plan.targets:
-        secret.set(t.group, t.part, every.get(t.group, t.part))
-    assert secret.perms, "the policy must align something"
-    b = load_model(f"builtin:{name}")
-    b.module.load_state_dict(permute_state(indexer, a.state_dict(), secret))
-    changed = [k for k, v in a.state_dict().items() if not torch.equal(v, b.state_dict()[k])]
-    assert changed  # B really is scrambled
-    result = merge_models(align(a, b, policy, [audio]), a, b, weight_a=0.5)
-    state = a.state_dict()
-    return max(float((result.state[k] - v).abs().max()) for k, v in state.items())
+def _oracle(name: str, policy, audio: Path) -> float:
+    """The merge oracle (tests/helpers.py) on builtin:NAME: distance of the merge to A."""
+    return merge_oracle(load_model(f"builtin:{name}"), policy, [audio])[0]
 
 
 ONE_SECOND = {"calibration": {"clip_seconds": 1.0, "num_clips": 16}}

@@ -8,13 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from graphperm.apply import Indexer, Permutation, permute_state, random_permutation
 from graphperm.data.synth import write_clips
-from graphperm.merge import align, merge_models, prepare
 from graphperm.policy import load_policy
 from graphperm.solve import match
 from graphperm.solve.tiebreak import break_ties, undecided
 from graphperm.trace import load_model
+from tests.helpers import merge_oracle
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 WHISPER = SHARED / "models" / "whisper-tiny.en"
@@ -42,23 +41,6 @@ def test_decided_units_keep_their_partners() -> None:
     assert torch.equal(q[:10], truth[:10])
 
 
-def _oracle(a, policy, calib):
-    """B = A permuted over the policy's parts; merged at 0.5 it must give back A. Returns the
-    largest difference from A and the alignment."""
-    _, analysis, plan = prepare(a, policy)
-    ix = Indexer(analysis)
-    every = random_permutation(ix.shapes(), seed=5)
-    secret = Permutation()
-    for t in plan.targets:
-        secret.set(t.group, t.part, every.get(t.group, t.part))
-    b = load_model(a.source)
-    b.module.load_state_dict(permute_state(ix, a.state_dict(), secret))  # A's weights, permuted
-    alignment = align(a, b, policy, calib)
-    result = merge_models(alignment, a, b, weight_a=0.5)
-    worst = max(float((result.state[k] - v).abs().max()) for k, v in a.state_dict().items())
-    return worst, alignment
-
-
 def test_dead_units_of_a_random_model_are_matched_on_weights(tmp_path) -> None:
     write_clips(tmp_path, count=8, seconds=1.0)
     a = load_model("builtin:hubert-tiny")
@@ -68,7 +50,7 @@ def test_dead_units_of_a_random_model_are_matched_on_weights(tmp_path) -> None:
             dense.weight[::3] *= 1e-3
             dense.bias[::3] = -30.0
     policy = load_policy({"align": [{"kind": "ffn"}], "calibration": {"clip_seconds": 1.0}})
-    worst, alignment = _oracle(a, policy, [tmp_path])
+    worst, alignment = merge_oracle(a, policy, [tmp_path])
     assert all(r.matched_on_weights >= 40 for r in alignment.reports)  # 43 dead of 128 each
     assert worst < 1e-4
 
@@ -79,6 +61,6 @@ def test_real_whisper_oracle_is_exact(spec: str) -> None:
     a = load_model(str(WHISPER))
     policy = load_policy(spec).model_dump()
     policy["calibration"].update(num_clips=4, split_half=False)
-    worst, alignment = _oracle(a, load_policy(policy), AUDIO)
+    worst, alignment = merge_oracle(a, load_policy(policy), AUDIO)
     assert worst < 1e-4
     assert any(r.matched_on_weights for r in alignment.reports)

@@ -8,12 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from graphperm.apply import Indexer, Permutation, permute_state, random_permutation
+from graphperm.apply import Indexer, permute_state
 from graphperm.data.synth import write_clips
-from graphperm.merge import align, merge_models, prepare
+from graphperm.merge import prepare
 from graphperm.policy import load_policy
 from graphperm.solve import Problem, get_method, weight_matching
 from graphperm.trace import load_model
+from tests.helpers import merge_oracle
 
 ALL = {"align": [{}], "method": "weights"}  # every group, residual stream included
 
@@ -24,25 +25,9 @@ def _with_method(spec: str, method: str) -> dict:
     return policy
 
 
-def _oracle(name: str, policy, calib: list[Path] = (), seed: int = 5) -> tuple[float, object]:
-    """B = A permuted over exactly the parts the policy aligns; merge at 0.5; distance to A."""
-    a = load_model(f"builtin:{name}")
-    policy = load_policy(policy)
-    _, analysis, plan = prepare(a, policy)
-    indexer = Indexer(analysis)
-    every = random_permutation(indexer.shapes(), seed=seed)
-    secret = Permutation()
-    for t in plan.targets:
-        secret.set(t.group, t.part, every.get(t.group, t.part))
-    assert secret.perms, "the policy must align something"
-    b = load_model(f"builtin:{name}")
-    b.module.load_state_dict(permute_state(indexer, a.state_dict(), secret))
-    changed = [k for k, v in a.state_dict().items() if not torch.equal(v, b.state_dict()[k])]
-    assert changed  # B really is scrambled
-    alignment = align(a, b, policy, list(calib))
-    result = merge_models(alignment, a, b, weight_a=0.5)
-    state = a.state_dict()
-    return max(float((result.state[k] - v).abs().max()) for k, v in state.items()), alignment
+def _oracle(name: str, policy, calib: list[Path] = ()) -> tuple[float, object]:
+    """The merge oracle (tests/helpers.py) on builtin:NAME: distance to A, and the alignment."""
+    return merge_oracle(load_model(f"builtin:{name}"), policy, calib)
 
 
 @pytest.mark.parametrize(

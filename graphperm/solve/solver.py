@@ -216,11 +216,10 @@ class _Solver:
         self, state: dict, group: PermutationGroup, part: str, head: int | None
     ) -> torch.Tensor | None:
         """Weight fingerprints of a part's units (of one head's channels for inner parts)."""
-        leaf = next(self.table.find(p.cls) for p in group.parts if p.name == part)
-        outer = next((p for p in group.parts if p.name == part), None)
-        outer_cls = None
-        if outer is not None and outer.outer is not None:
-            outer_cls = next(self.table.find(p.cls) for p in group.parts if p.name == outer.outer)
+        classes = {p.name: self.table.find(p.cls) for p in group.parts}
+        this = next(p for p in group.parts if p.name == part)
+        leaf = classes[part]
+        outer_cls = classes[this.outer] if this.outer is not None else None
         slices = []
         for name, dim in group.tensors:
             key = self._by_target.get(name)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from graphperm.analysis.coupling import Coupling, couple
 from graphperm.analysis.groups import FixedAxis, PermutationGroup, build_groups
 from graphperm.analysis.sites import find_sites
+from graphperm.analysis.symmetry import Symmetry, find_symmetries
 from graphperm.errors import PolicyError
 from graphperm.trace.export import Traced
 
@@ -36,6 +37,18 @@ class Analysis:
     deps: dict[int, int]  # inner leaf class -> outer leaf class its permutation is indexed by
     warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    symmetries: dict[tuple[str, str], Symmetry] = field(default_factory=dict)
+
+    def symmetry(self, group: str, part: str) -> Symmetry:
+        """The widest family of exact transforms of one part (see :mod:`.symmetry`)."""
+        return self.symmetries.get((group, part), Symmetry("perm", why="not analysed"))
+
+    def families(self) -> dict[str, dict[str, str]]:
+        """``group -> part -> "perm" | "orth"`` for every part."""
+        return {
+            g.name: {p.name: self.symmetry(g.name, p.name).family for p in g.parts}
+            for g in self.groups
+        }
 
     def group(self, name: str) -> PermutationGroup:
         """The group called ``name``; a :class:`PolicyError` with suggestions if there is none."""
@@ -67,7 +80,12 @@ class Analysis:
                     **({"heads": g.heads} if g.heads else {}),
                     "structure": g.structure,
                     "parts": [
-                        {"name": p.name, "size": p.size, **({"per": p.outer} if p.outer else {})}
+                        {
+                            "name": p.name,
+                            "size": p.size,
+                            **({"per": p.outer} if p.outer else {}),
+                            **_family(self.symmetry(g.name, p.name)),
+                        }
                         for p in g.parts
                     ],
                     "tensors": [f"{k}:{d}" for k, d in g.tensors],
@@ -103,9 +121,22 @@ def analyse(traced: Traced) -> Analysis:
     warnings = _warnings(coupling, traced, fixed)
     for w in warnings:
         log.info("%s", w)
+    symmetries = find_symmetries(coupling, groups)
     seconds = time.perf_counter() - start
     log.info("analysed %d groups in %.2f s", len(groups), seconds)
-    return Analysis(traced, coupling, groups, fixed, deps, warnings, seconds)
+    return Analysis(traced, coupling, groups, fixed, deps, warnings, seconds, symmetries)
+
+
+def _family(s: Symmetry) -> dict:
+    out: dict = {"family": s.family}
+    if s.family == "orth":
+        if s.keeps_ones:
+            out["keeps_ones"] = True
+        if s.folds:
+            out["folds"] = len(s.folds)
+    elif s.why:
+        out["why"] = s.why
+    return out
 
 
 def _warnings(coupling: Coupling, traced: Traced, fixed: list[FixedAxis]) -> list[str]:

@@ -1,10 +1,17 @@
-"""Applying permutations to weights, and checking that the result computes the same function."""
+"""Applying permutations (and rotations) to weights, and checking that the result computes the
+same function."""
 
 from __future__ import annotations
 
 from graphperm.apply.apply import permute_state
+from graphperm.apply.fold import fold_state, folds_for
 from graphperm.apply.indexer import Indexer
-from graphperm.apply.permutation import Permutation, random_permutation
+from graphperm.apply.permutation import (
+    Permutation,
+    ones_basis,
+    random_orthogonal,
+    random_permutation,
+)
 from graphperm.apply.verify import (
     OutputCheck,
     VerifyReport,
@@ -25,8 +32,12 @@ __all__ = [
     "check_permuted",
     "compare_outputs",
     "flat_outputs",
+    "fold_state",
+    "folds_for",
+    "ones_basis",
     "outputs",
     "permute_state",
+    "random_orthogonal",
     "random_permutation",
     "verify",
 ]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import torch
 
+from graphperm.apply.fold import fold_state, folds_for
 from graphperm.apply.indexer import Indexer
 from graphperm.apply.permutation import Permutation
 
@@ -33,8 +34,13 @@ def permute_state(
     By default a new state dict (tensors the traced graph does not read are shared, unchanged);
     with ``inplace`` each tensor is overwritten one at a time, so permuting a module's
     ``state_dict()`` costs no second copy of the model.
+
+    Rotated parts first fold the norms they pass through (:mod:`graphperm.apply.fold`).
     """
     coupling = indexer.analysis.coupling
+    folds = folds_for(indexer.analysis, perm.rotated)
+    if folds:
+        state = fold_state(state, folds, inplace=inplace)
     by_target = {target: key for key, target in coupling.state.items()}
     out = {}
     with torch.no_grad():

@@ -54,9 +54,17 @@ class Indexer:
         return self.permute(tensor, self.analysis.coupling.classes(key), perm)
 
     def permute(self, tensor: torch.Tensor, classes: list[int], perm: Permutation) -> torch.Tensor:
-        """Gather ``tensor`` whose dim ``d`` has axis class ``classes[d]``."""
+        """Transform ``tensor`` whose dim ``d`` has axis class ``classes[d]``: gather along the
+        permuted parts, then multiply by the rotated parts' matrices."""
         if tensor.ndim != len(classes):
             raise ValueError(f"tensor has {tensor.ndim} dims, classes given for {len(classes)}")
+        out = self._gather(tensor, classes, perm)
+        if perm.rotated:
+            for d, c in enumerate(classes):
+                out = self._rotate(out, d, c, classes, perm)
+        return out
+
+    def _gather(self, tensor: torch.Tensor, classes: list[int], perm: Permutation) -> torch.Tensor:
         ndim = tensor.ndim
         news = [self._arange(n, d, ndim, tensor.device) for d, n in enumerate(tensor.shape)]
         env: dict[int, torch.Tensor] = {}
@@ -138,7 +146,7 @@ class Indexer:
     ) -> torch.Tensor | None:
         where = self._part_of.get(c)
         p = perm.get(*where) if where else None
-        if p is None:
+        if p is None or p.is_floating_point():  # rotations are applied after the gathers
             return None
         p = p.to(idx.device)
         if p.ndim == 1:
@@ -147,3 +155,74 @@ class Indexer:
         if outer is None:
             raise RuntimeError(f"part {where} depends on a part this tensor does not hold")
         return p[outer, idx]
+
+    # ------------------------------------------------------------ rotations
+    def _rotate(
+        self, x: torch.Tensor, d: int, c: int, classes: list[int], perm: Permutation
+    ) -> torch.Tensor:
+        """Multiply axis ``d`` (class ``c``) of ``x`` by the matrices of the rotated leaves in it.
+
+        A per-block rotation (shape ``(outer, n, n)``) is picked by the outer part's new index:
+        a sibling factor of the same product, or another axis of the tensor of that class.
+        """
+        c = self.table.find(c)
+        dec = self.table.decomp(c)
+        if dec is None:
+            r = self._matrix(c, perm)
+            if r is None:
+                return x
+            if r.ndim == 2:
+                return _times(x, d, r)
+            outer = self.table.find(self.deps[c])
+            axes = [e for e, k in enumerate(classes) if self.table.find(k) == outer]
+            if not axes:
+                raise RuntimeError(
+                    f"part {self._part_of[c]} rotates per block of a part this tensor does not hold"
+                )
+            return _times(x, d, r, batch=axes[0])
+        if not any(self._matrix(f, perm) is not None for f in self._leaves(c)):
+            return x
+        if isinstance(dec, Concat):
+            pieces, offset = [], 0
+            for s in dec.segments:
+                n = self.table.size(s)
+                piece = x.narrow(d, offset, n)
+                pieces.append(self._rotate(piece, d, s, [*classes[:d], s, *classes[d + 1 :]], perm))
+                offset += n
+            return torch.cat(pieces, dim=d)
+        assert isinstance(dec, Product)
+        sizes = [self.table.size(f) for f in dec.factors]
+        shape = list(x.shape)
+        y = x.reshape(*shape[:d], *sizes, *shape[d + 1 :])
+        inner = [*classes[:d], *dec.factors, *classes[d + 1 :]]
+        for k, f in enumerate(dec.factors):
+            y = self._rotate(y, d + k, f, inner, perm)
+        return y.reshape(shape)
+
+    def _matrix(self, c: int, perm: Permutation) -> torch.Tensor | None:
+        where = self._part_of.get(self.table.find(c))
+        p = perm.get(*where) if where else None
+        return p if p is not None and p.is_floating_point() else None
+
+    def _leaves(self, c: int) -> list[int]:
+        c = self.table.find(c)
+        dec = self.table.decomp(c)
+        if dec is None:
+            return [c]
+        kids = dec.factors if isinstance(dec, Product) else dec.segments
+        return [leaf for k in kids for leaf in self._leaves(k)]
+
+
+def _times(x: torch.Tensor, d: int, r: torch.Tensor, batch: int | None = None) -> torch.Tensor:
+    """``x`` with axis ``d`` multiplied by ``r`` (``new[j] = Σ_i old[i] r[i, j]``), in float64;
+    with ``batch``, ``r[k]`` acts where axis ``batch`` is ``k``."""
+    if not x.is_floating_point():
+        raise TypeError(f"cannot rotate a {x.dtype} tensor")
+    r = r.to(device=x.device)
+    if batch is None:
+        y = x.movedim(d, -1).double() @ r
+        return y.movedim(-1, d).to(x.dtype)
+    y = x.movedim((batch, d), (0, -1))
+    shape = y.shape
+    out = torch.bmm(y.reshape(shape[0], -1, shape[-1]).double(), r).reshape(shape)
+    return out.movedim((0, -1), (batch, d)).to(x.dtype)

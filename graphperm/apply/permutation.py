@@ -1,8 +1,13 @@
-"""A permutation for every part of every group, and its file format.
+"""A permutation (or rotation) for every part of every group, and its file format.
 
 Convention: applying a permutation ``p`` to an axis gathers along it, ``new = old[p]``, so
 ``new[i]`` is old unit ``p[i]``. A part whose permutation may differ per block of an outer part
 (per-head channel orders) holds one row per *new* outer index: shape ``(outer, size)``.
+
+A part whose family is ``orth`` (:mod:`graphperm.analysis.symmetry`) may instead hold an
+orthogonal matrix ``R`` (float64, shape ``(size, size)`` or ``(outer, size, size)``): applying it
+mixes the units, ``new[..., j] = Σ_i old[..., i] R[i, j]``. A permutation ``p`` is the matrix with
+``R[p[j], j] = 1``, so both conventions agree.
 
 Example:
     >>> import torch
@@ -22,12 +27,13 @@ from safetensors.torch import load_file, save_file
 
 from graphperm.errors import MismatchError
 
-__all__ = ["Permutation", "random_permutation"]
+__all__ = ["Permutation", "ones_basis", "random_orthogonal", "random_permutation"]
 
 
 @dataclass
 class Permutation:
-    """``perms[group][part]`` is a LongTensor of shape ``(size,)`` or ``(outer, size)``."""
+    """``perms[group][part]`` is a LongTensor of shape ``(size,)`` or ``(outer, size)``, or a
+    float64 orthogonal matrix of shape ``(size, size)`` or ``(outer, size, size)``."""
 
     perms: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
 
@@ -40,12 +46,24 @@ class Permutation:
         return self.perms.get(group, {}).get(part)
 
     def set(self, group: str, part: str, perm: torch.Tensor) -> None:
-        self.perms.setdefault(group, {})[part] = perm.to(torch.long)
+        dtype = torch.float64 if perm.is_floating_point() else torch.long
+        self.perms.setdefault(group, {})[part] = perm.to(dtype)
+
+    @property
+    def rotated(self) -> set[tuple[str, str]]:
+        """The ``(group, part)`` entries that hold orthogonal matrices."""
+        return {(g, p) for g, p, t in self if t.is_floating_point()}
 
     def moved_fraction(self, group: str) -> float:
-        """Fraction of the group's units that leave their place (the paper's Table II)."""
+        """Fraction of the group's units that leave their place (the paper's Table II); a
+        rotated unit counts as moved unless it maps onto itself."""
         moved = total = 0
         for t in self.perms.get(group, {}).values():
+            if t.is_floating_point():
+                diag = t.diagonal(dim1=-2, dim2=-1)
+                moved += int((diag < 1 - 1e-9).sum())
+                total += diag.numel()
+                continue
             ident = torch.arange(t.shape[-1]).expand_as(t)
             moved += int((t != ident).sum())
             total += t.numel()
@@ -74,24 +92,82 @@ class Permutation:
                     "was it made for another architecture?"
                 )
             want = groups[g][p]
+            if t.is_floating_point():
+                want = (*want, want[-1])
             if tuple(t.shape) != want:
                 raise MismatchError(
                     f"permutation '{g}/{p}' has shape {tuple(t.shape)}, the model needs {want}"
                 )
+            if t.is_floating_point():
+                eye = torch.eye(t.shape[-1], dtype=t.dtype)
+                if not torch.allclose(t.transpose(-1, -2) @ t, eye.expand_as(t), atol=1e-6):
+                    raise MismatchError(f"'{g}/{p}' is not an orthogonal matrix")
+                continue
             rows = t.reshape(-1, t.shape[-1])
             if not torch.equal(rows.sort(dim=1).values, torch.arange(t.shape[-1]).expand_as(rows)):
                 raise MismatchError(f"'{g}/{p}' is not a permutation")
 
 
-def random_permutation(shapes: dict[str, dict[str, tuple[int, ...]]], seed: int = 0) -> Permutation:
-    """A uniformly random permutation of every part (``shapes`` as in :meth:`Permutation.check`)."""
+def random_permutation(
+    shapes: dict[str, dict[str, tuple[int, ...]]],
+    seed: int = 0,
+    *,
+    rotate: dict[tuple[str, str], bool] | None = None,
+) -> Permutation:
+    """A uniformly random permutation of every part (``shapes`` as in :meth:`Permutation.check`);
+    the parts in ``rotate`` get a random orthogonal matrix instead (``rotate[(group, part)]``:
+    whether it must keep the all-ones direction).
+
+    Example:
+        >>> p = random_permutation({"g": {"a": (3,), "b": (4,)}}, rotate={("g", "b"): True})
+        >>> sorted(p.rotated), p.get("g", "b").sum(0)  # columns of R sum to 1: R keeps 1
+        ([('g', 'b')], tensor([1.0000, 1.0000, 1.0000, 1.0000], dtype=torch.float64))
+    """
     g = torch.Generator().manual_seed(seed)
+    rotate = rotate or {}
     out = Permutation()
     for group, parts in shapes.items():
         for part, shape in parts.items():
-            rows = [torch.randperm(shape[-1], generator=g) for _ in range(_rows(shape))]
+            n = _rows(shape)
+            if (group, part) in rotate:
+                keep = rotate[(group, part)]
+                mats = [random_orthogonal(shape[-1], g, keeps_ones=keep) for _ in range(n)]
+                out.set(group, part, torch.stack(mats).reshape(*shape, shape[-1]))
+                continue
+            rows = [torch.randperm(shape[-1], generator=g) for _ in range(n)]
             out.set(group, part, torch.stack(rows).reshape(shape))
     return out
+
+
+def random_orthogonal(
+    n: int, generator: torch.Generator | None = None, *, keeps_ones: bool = False
+) -> torch.Tensor:
+    """A Haar-random ``n × n`` orthogonal matrix (float64); with ``keeps_ones``, uniform among
+    those with ``R @ 1 = 1`` (a rotation of the directions orthogonal to the all-ones vector).
+
+    Example:
+        >>> r = random_orthogonal(5, torch.Generator().manual_seed(0), keeps_ones=True)
+        >>> torch.allclose(r @ torch.ones(5, dtype=r.dtype), torch.ones(5, dtype=r.dtype))
+        True
+    """
+    if keeps_ones:
+        if n == 1:
+            return torch.ones(1, 1, dtype=torch.float64)
+        basis = ones_basis(n)
+        inner = random_orthogonal(n - 1, generator)
+        return torch.full((n, n), 1.0 / n, dtype=torch.float64) + basis @ inner @ basis.T
+    a = torch.randn(n, n, generator=generator, dtype=torch.float64)
+    q, r = torch.linalg.qr(a)
+    return q * torch.sign(torch.diagonal(r)).where(torch.diagonal(r) != 0, 1.0)
+
+
+def ones_basis(n: int) -> torch.Tensor:
+    """An orthonormal basis (``n × (n − 1)``, float64) of the directions orthogonal to the
+    all-ones vector."""
+    a = torch.eye(n, dtype=torch.float64)
+    a[:, 0] = 1.0
+    q, _ = torch.linalg.qr(a)
+    return q[:, 1:]
 
 
 def _rows(shape: tuple[int, ...]) -> int:

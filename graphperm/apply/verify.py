@@ -34,6 +34,7 @@ __all__ = [
     "compare_outputs",
     "flat_outputs",
     "outputs",
+    "random_rotations",
     "verify",
 ]
 
@@ -64,6 +65,7 @@ class VerifyReport:
 
     outputs: list[OutputCheck] = field(default_factory=list)
     permuted_groups: int = 0
+    rotated_parts: int = 0
 
     @property
     def ok(self) -> bool:
@@ -78,10 +80,20 @@ class VerifyReport:
         return max((o.max_rel for o in self.outputs), default=float("nan"))
 
 
-def verify(analysis: Analysis, *, seed: int = 0, perm: Permutation | None = None) -> VerifyReport:
-    """Permute every part of every group at random (or by ``perm``) and compare outputs."""
+def verify(
+    analysis: Analysis,
+    *,
+    seed: int = 0,
+    perm: Permutation | None = None,
+    rotations: bool = True,
+) -> VerifyReport:
+    """Transform every part of every group by a random member of its family (a random
+    orthogonal matrix for ``orth`` parts unless ``rotations=False``, a random permutation
+    otherwise), or by ``perm``, and compare outputs."""
     indexer = Indexer(analysis)
-    perm = perm if perm is not None else random_permutation(indexer.shapes(), seed=seed)
+    if perm is None:
+        rotate = random_rotations(analysis) if rotations else {}
+        perm = random_permutation(indexer.shapes(), seed=seed, rotate=rotate)
     loaded = analysis.traced.loaded
     module = loaded.module
     permuted = copy.deepcopy(module)
@@ -93,6 +105,7 @@ def verify(analysis: Analysis, *, seed: int = 0, perm: Permutation | None = None
     got = _run_seeded(permuted, inputs, seed)
     report = compare_outputs(analysis, indexer, perm, ref, got)
     report.permuted_groups = len(perm.perms)
+    report.rotated_parts = len(perm.rotated)
     if not report.ok:
         again = _run_seeded(module, inputs, seed)
         if len(again) != len(ref) or any(not torch.equal(a, b) for a, b in zip(ref, again)):
@@ -102,6 +115,17 @@ def verify(analysis: Analysis, *, seed: int = 0, perm: Permutation | None = None
                 "a permutation kept its function (the rules are not at fault)"
             )
     return report
+
+
+def random_rotations(analysis: Analysis) -> dict[tuple[str, str], bool]:
+    """Every ``orth`` part, and whether its rotations must keep the all-ones direction (the
+    ``rotate`` argument of :func:`random_permutation`)."""
+    return {
+        (g.name, p.name): s.keeps_ones
+        for g in analysis.groups
+        for p in g.parts
+        if (s := analysis.symmetry(g.name, p.name)).family == "orth"
+    }
 
 
 def _run_seeded(module: torch.nn.Module, inputs: dict, seed: int) -> list[torch.Tensor]:

@@ -26,7 +26,15 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from graphperm.analysis import Analysis, analyse
-from graphperm.apply import Indexer, check_inputs, check_permuted, outputs, permute_state
+from graphperm.apply import (
+    Indexer,
+    check_inputs,
+    check_permuted,
+    fold_state,
+    folds_for,
+    outputs,
+    permute_state,
+)
 from graphperm.distributed import gather_calibration, world
 from graphperm.errors import CalibrationError, PolicyError
 from graphperm.inputs import InputAdapter, adapter_for
@@ -240,7 +248,8 @@ def merge_all(
 ) -> MergeResult:
     """Permute every model after A into A's basis, check each still computes what it computed,
     and interpolate them all: ``Σ_m w_m · model_m`` (``weights``: A first; default the
-    policy's)."""
+    policy's). When parts are rotated, every model (A included) first has the norms those
+    rotations pass through folded into their readers, so the weights still line up."""
     if len(models) != alignment.models:
         raise PolicyError(
             f"the alignment is for {alignment.models} models, {len(models)} were given"
@@ -251,7 +260,9 @@ def merge_all(
     timings = {"permute_s": 0.0, "verify_s": 0.0}
     indexer = Indexer(alignment.analysis)
     inputs = check_inputs(alignment.analysis)
-    states, checks = [models[0].state_dict()], []
+    rotated = set().union(*(p.rotated for p in alignment.perms))
+    folds = folds_for(alignment.analysis, rotated)
+    states, checks = [fold_state(models[0].state_dict(), folds, inplace=inplace)], []
     for model, perm in zip(models[1:], alignment.perms):
         checking = policy.verify and bool(perm.perms)
         t = time.perf_counter()

@@ -50,6 +50,12 @@ class AlignRule(_Strict):
         "the nonlinearity; 'post' = the input of the consuming layer; 'auto' = the paper's "
         "choice (conv: pre, ffn: post, attention heads/vo: post, qk: pre, residual: post)",
     )
+    transform: Literal["perm", "orth"] = Field(
+        "perm",
+        description="'perm': permute units; 'orth': rotate them (any orthogonal matrix) where "
+        "the analysis proves it exact (`graphperm trace` shows each part's family), permute the "
+        "other parts",
+    )
 
     @field_validator("groups", mode="before")
     @classmethod

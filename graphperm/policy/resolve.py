@@ -36,6 +36,7 @@ class Target:
     part: str
     role: str  # pre | post
     sites: tuple[Site, ...]
+    transform: str = "perm"  # perm | orth (orth only where the part's family allows it)
 
 
 @dataclass
@@ -45,6 +46,7 @@ class Plan:
     policy: Policy
     targets: list[Target] = field(default_factory=list)
     unmeasured: list[str] = field(default_factory=list)
+    rotated: set[tuple[str, str]] = field(default_factory=set)  # (group, part) to rotate
 
     def by_group(self) -> dict[str, dict[str, Target]]:
         out: dict[str, dict[str, Target]] = {}
@@ -69,6 +71,7 @@ class Plan:
                     "kind": t.kind,
                     "part": t.part,
                     "role": t.role,
+                    **({"transform": t.transform} if t.transform != "perm" else {}),
                     "measured_at": sorted({s.module for s in t.sites}),
                 }
                 for t in self.targets
@@ -81,6 +84,7 @@ def resolve(policy: Policy, analysis: Analysis, *, where: str = "policy") -> Pla
     """Match the policy's ``align`` rules against ``analysis``'s groups."""
     plan = Plan(policy)
     chosen: dict[tuple[str, str], str] = {}
+    orth: set[tuple[str, str]] = set()
     names = [g.name for g in analysis.groups]
     for i, rule in enumerate(policy.align):
         matched = [
@@ -96,6 +100,12 @@ def resolve(policy: Policy, analysis: Analysis, *, where: str = "policy") -> Pla
             wanted = parts if rule.parts is None else [p for p in parts if p in rule.parts]
             for part in wanted:
                 chosen[(g.name, part)] = _role(rule.role, g.kind, part)
+                rotate = rule.transform == "orth"
+                if rotate and analysis.symmetry(g.name, part).family == "orth":
+                    orth.add((g.name, part))
+                else:
+                    orth.discard((g.name, part))
+    plan.rotated = orth
     groups = {g.name: g for g in analysis.groups}
     for (gname, part), role in chosen.items():
         g = groups[gname]
@@ -103,7 +113,8 @@ def resolve(policy: Policy, analysis: Analysis, *, where: str = "policy") -> Pla
         if not sites:
             plan.unmeasured.append(f"{gname}/{part}")
             continue
-        plan.targets.append(Target(gname, g.kind, part, role, tuple(sites)))
+        transform = "orth" if (gname, part) in orth else "perm"
+        plan.targets.append(Target(gname, g.kind, part, role, tuple(sites), transform))
     order = {n: i for i, n in enumerate(names)}
     plan.targets.sort(key=lambda t: (order[t.group], t.part))
     return plan

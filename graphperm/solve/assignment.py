@@ -17,7 +17,9 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
-__all__ = ["Matcher", "block_scores", "match"]
+from graphperm.apply import ones_basis
+
+__all__ = ["Matcher", "block_scores", "match", "procrustes", "rotation_score"]
 
 # Assignments at least this large go to worker processes (a 3072-unit one takes ~1 s; below
 # ~1000 units the transfer costs more than it saves).
@@ -34,6 +36,34 @@ def match(corr: torch.Tensor) -> torch.Tensor:
     NaNs (dead channels) count as zero correlation; ties keep the identity where possible.
     """
     return torch.from_numpy(_match_array(_clean(corr)))
+
+
+def procrustes(m: torch.Tensor, *, keeps_ones: bool = False) -> torch.Tensor:
+    """The orthogonal ``R`` maximising ``Σ_ij R[i, j] m[j, i]`` (``m[i, j]``: A's unit ``i``
+    against B's unit ``j``, as for :func:`match`; B′ = B ``@ R``), float64. With
+    ``keeps_ones``, the best among those with ``R @ 1 = 1``.
+
+    Example:
+        >>> r = procrustes(torch.tensor([[0.0, 2.0], [1.0, 0.0]]))
+        >>> r.round().tolist()  # the permutation [1, 0] as a matrix
+        [[0.0, 1.0], [1.0, 0.0]]
+    """
+    m = torch.nan_to_num(m.detach().double().cpu())
+    n = m.shape[0]
+    if keeps_ones:
+        if n == 1:
+            return torch.ones(1, 1, dtype=torch.float64)
+        basis = ones_basis(n)
+        inner = procrustes(basis.T @ m @ basis)
+        return torch.full((n, n), 1.0 / n, dtype=torch.float64) + basis @ inner @ basis.T
+    u, _, vh = torch.linalg.svd(m)
+    return vh.T @ u.T
+
+
+def rotation_score(m: torch.Tensor, r: torch.Tensor) -> float:
+    """``Σ_ij r[i, j] m[j, i]``: the objective :func:`procrustes` maximises (for a permutation
+    matrix, ``Σ_j m[j, p[j]]``, what :func:`match` maximises)."""
+    return float((r.double() * m.double().T).sum())
 
 
 def _match_array(m: np.ndarray) -> np.ndarray:

@@ -21,7 +21,7 @@ import torch
 from graphperm.analysis import Analysis, Part, PermutationGroup, Site
 from graphperm.apply import Indexer, Permutation
 from graphperm.policy import Plan, Target
-from graphperm.solve.assignment import Matcher, block_scores, match
+from graphperm.solve.assignment import Matcher, block_scores, match, procrustes
 from graphperm.solve.tiebreak import break_ties, fingerprints
 from graphperm.stats import Statistics
 
@@ -46,6 +46,7 @@ class GroupReport:
     matched_on_activations: int | None = None
     matched_on_weights: int | None = None
     sites: list[str] = field(default_factory=list)
+    rotated: list[str] = field(default_factory=list)  # parts transformed by orthogonal matrices
 
     def to_dict(self) -> dict:
         return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in self.__dict__.items()}
@@ -91,25 +92,32 @@ class _Solver:
         self.margin = 0.0
         self.counts: dict[str, list[int]] = {}  # group -> [on activations, on weights]
         self._by_target = {t: k for k, t in analysis.coupling.state.items()}
-        self._corr: dict[tuple[str, int], torch.Tensor] = {}
+        self._corr: dict[tuple[str, int, bool], torch.Tensor] = {}
 
-    def corr(self, site: Site) -> torch.Tensor:
-        key = (site.key, site.dim)
+    def corr(self, site: Site, *, covariance: bool = False) -> torch.Tensor:
+        """The site's correlation (or, for rotations, covariance) of A's against B's units."""
+        key = (site.key, site.dim, covariance)
         if key not in self._corr:
-            self._corr[key] = self.stats.correlation(key, self.pair)
+            how = self.stats.covariance if covariance else self.stats.correlation
+            self._corr[key] = how(key[:2], self.pair)
         return self._corr[key]
+
+    def keeps_ones(self, group: PermutationGroup, part: str) -> bool:
+        return self.analysis.symmetry(group.name, part).keeps_ones
 
     def factors(self, site: Site) -> list[int]:
         return self.table.factors(self.analysis.coupling.cls(site.key, site.dim))
 
-    def blocks(self, site: Site, outer: Part, inner: Part | None = None) -> torch.Tensor | None:
+    def blocks(
+        self, site: Site, outer: Part, inner: Part | None = None, *, covariance: bool = False
+    ) -> torch.Tensor | None:
         """The site's correlation if its channels are exactly ``outer × inner`` blocks."""
         f = self.factors(site)
         if len(f) != 2 or f[0] != self.table.find(outer.cls):
             return None
         if inner is not None and f[1] != self.table.find(inner.cls):
             return None
-        return self.corr(site)
+        return self.corr(site, covariance=covariance)
 
     def forget(self) -> None:
         """Drop the cached correlations."""
@@ -135,13 +143,23 @@ class _Solver:
             if name in done:
                 continue
             part_cls = self.table.find(parts[name].cls)
-            flat = [self.corr(s) for s in target.sites if self.factors(s) == [part_cls]]
+            rotate = target.transform == "orth"
+            flat = [
+                self.corr(s, covariance=rotate)
+                for s in target.sites
+                if self.factors(s) == [part_cls]
+            ]
             if not flat:
                 log.warning(
                     "%s/%s: no site measures it on its own; left in place", group.name, name
                 )
                 continue
             total = sum(flat)
+            if rotate:  # orthogonal Procrustes on the cross-covariance
+                perm.set(
+                    group.name, name, procrustes(total, keeps_ones=self.keeps_ones(group, name))
+                )
+                continue
             keep = total.float() if self.weights is not None else None  # for the tie-break only
             matcher.submit(
                 total,
@@ -169,10 +187,11 @@ class _Solver:
                     "%s/%s: no site measures whole blocks; left in place", group.name, outer.name
                 )
         for inner in wanted:
+            rotate = targets[inner.name].transform == "orth"
             views = [
                 v
                 for s in targets[inner.name].sites
-                if (v := self.blocks(s, outer, inner)) is not None
+                if (v := self.blocks(s, outer, inner, covariance=rotate)) is not None
             ]
             if not views:
                 log.warning(
@@ -185,7 +204,11 @@ class _Solver:
             rows = []
             for i, r in enumerate(rho.tolist()):
                 block = total[i * d : (i + 1) * d, r * d : (r + 1) * d]
-                rows.append(self._settle(group, inner.name, block, match(block), (i, r)))
+                if rotate:
+                    ones = self.keeps_ones(group, inner.name)
+                    rows.append(procrustes(block, keeps_ones=ones))
+                else:
+                    rows.append(self._settle(group, inner.name, block, match(block), (i, r)))
             perm.set(group.name, inner.name, torch.stack(rows))
 
     def _settle(
@@ -245,12 +268,15 @@ class _Solver:
                 continue
             sites = {(s.key, s.dim): s for t in targets.values() for s in t.sites}
             before, after = [], []
+            rotated = sorted(p for gg, p in perm.rotated if gg == g.name)
             for s in sites.values():
                 c = self.corr(s)
                 idx = torch.arange(c.shape[0])
+                before.append(float(c[idx, idx].mean()))
+                if rotated:  # a rotated B′'s correlations need B's own covariance: not kept
+                    continue
                 cls = self.analysis.coupling.cls(s.key, s.dim)
                 p = indexer.permute(idx, [cls], perm)
-                before.append(float(c[idx, idx].mean()))
                 after.append(float(c[idx, p].mean()))
             self.forget()
             out.append(
@@ -266,6 +292,7 @@ class _Solver:
                     matched_on_activations=self.counts.get(g.name, [None, None])[0],
                     matched_on_weights=self.counts.get(g.name, [None, None])[1],
                     sites=sorted({s.module for s in sites.values()}),
+                    rotated=rotated,
                 )
             )
         return out

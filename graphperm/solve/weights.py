@@ -8,7 +8,10 @@ product of A's slice for ``i`` with B′'s slice for ``j``, where B′ is B with
 coordinate's current permutation applied (through the :class:`~graphperm.apply.Indexer`, so any
 axis structure the analysis proved is honoured). One linear assignment per coordinate (blocks:
 whole blocks first on block scores, then the channels inside each matched pair); coordinates are
-visited in random order, round after round, until no coordinate improves its cost.
+visited in random order, round after round, until no coordinate improves its cost. A part the
+plan rotates (``transform: orth``) gets an orthogonal Procrustes solve on the same cost instead
+of an assignment (blocks are then scored by the best rotation's value, the nuclear norm), on
+weights whose norms have been folded into their readers.
 
 ``hybrid`` adds the activations method's correlations to the (normalised) weight cost.
 
@@ -27,9 +30,9 @@ import torch
 
 from graphperm.analysis import Analysis, Part, PermutationGroup
 from graphperm.analysis.classes import Concat, Product
-from graphperm.apply import Indexer, Permutation
+from graphperm.apply import Indexer, Permutation, fold_state, folds_for, ones_basis
 from graphperm.errors import PolicyError
-from graphperm.solve.assignment import block_scores, match
+from graphperm.solve.assignment import block_scores, match, procrustes, rotation_score
 from graphperm.solve.methods import AlignmentMethod, Problem, Solution, register_method
 from graphperm.solve.solver import GroupReport
 
@@ -193,7 +196,12 @@ class _Descent:
         if len(problem.states) <= problem.model:
             raise PolicyError("weight matching needs the models' weights (Problem.states)")
         self.analysis = analysis = problem.analysis
-        self.costs = _WeightCosts(analysis, problem.states[0], problem.states[problem.model])
+        self.rotated = set(problem.plan.rotated)
+        a, b = problem.states[0], problem.states[problem.model]
+        folds = folds_for(analysis, self.rotated)
+        if folds:  # rotations pass through norms only once their gains are folded
+            a, b = fold_state(a, folds), fold_state(b, folds)
+        self.costs = _WeightCosts(analysis, a, b)
         wanted: dict[str, set[str]] = {}
         for t in problem.plan.targets:
             wanted.setdefault(t.group, set()).add(t.part)
@@ -252,10 +260,16 @@ class _Descent:
             if m is None:
                 return False
             old = perm.get(g, part.name)
-            old = torch.arange(part.size) if old is None else old
-            new = match(m)
-            idx = torch.arange(part.size)
-            if float(m[idx, new].sum()) > float(m[idx, old].sum()) + 1e-9 * float(m.abs().sum()):
+            if (g, part.name) in self.rotated:
+                old = torch.eye(part.size, dtype=torch.float64) if old is None else old
+                new = procrustes(m, keeps_ones=self._keeps_ones(g, part.name))
+                gain = rotation_score(m, new) - rotation_score(m, old)
+            else:
+                old = torch.arange(part.size) if old is None else old
+                new = match(m)
+                idx = torch.arange(part.size)
+                gain = float(m[idx, new].sum()) - float(m[idx, old].sum())
+            if gain > 1e-9 * float(m.abs().sum()):
                 perm.set(g, part.name, new)
                 return True
             return False
@@ -274,7 +288,9 @@ class _Descent:
             m = inner_m.get(p.name)
             if m is None:
                 continue
-            if p.name in c.targets:
+            if (g, p.name) in self.rotated:
+                scores += _rotation_scores(m, h, self._keeps_ones(g, p.name))
+            elif p.name in c.targets:
                 scores += block_scores(m, h)
             else:  # the channels inside a block stay in place
                 scores += m.reshape(h, p.size, h, p.size).diagonal(dim1=1, dim2=3).sum(-1)
@@ -289,12 +305,23 @@ class _Descent:
         for p in c.parts:
             m = inner_m.get(p.name)
             d = p.size
-            ident = torch.arange(d).expand(h, d)
+            turn = (g, p.name) in self.rotated
+            ident = torch.eye(d, dtype=torch.float64) if turn else torch.arange(d)
+            ident = ident.expand(h, *ident.shape)
             old_sigma = perm.get(g, p.name)
             old_sigma = ident if old_sigma is None else old_sigma
             if m is None:
                 continue
-            if p.name in c.targets:
+            if turn:
+                ones = self._keeps_ones(g, p.name)
+                sigma = torch.stack(
+                    [
+                        procrustes(m[i * d : (i + 1) * d, r * d : (r + 1) * d], keeps_ones=ones)
+                        for i, r in enumerate(rho)
+                    ]
+                )
+                new[p.name] = sigma
+            elif p.name in c.targets:
                 sigma = torch.stack(
                     [match(m[i * d : (i + 1) * d, r * d : (r + 1) * d]) for i, r in enumerate(rho)]
                 )
@@ -312,6 +339,9 @@ class _Descent:
                 perm.set(g, name, sigma)
             return True
         return False
+
+    def _keeps_ones(self, group: str, part: str) -> bool:
+        return self.analysis.symmetry(group, part).keeps_ones
 
     def run(self, max_rounds: int = MAX_ROUNDS) -> Permutation:
         perm = Permutation()
@@ -352,8 +382,30 @@ class _Descent:
         return perm
 
 
+def _rotation_scores(m: torch.Tensor, h: int, keeps_ones: bool) -> torch.Tensor:
+    """``(h, h)``: for A's block ``i`` and B's block ``r``, the value of the best rotation
+    between them (the nuclear norm of their cost block; restricted to rotations keeping the
+    all-ones direction with ``keeps_ones``)."""
+    d = m.shape[0] // h
+    blocks = m.double().reshape(h, d, h, d).permute(0, 2, 1, 3)  # [i, r] -> (d, d)
+    if d == 1:
+        return blocks[..., 0, 0] if keeps_ones else blocks[..., 0, 0].abs()
+    if not keeps_ones:
+        return torch.linalg.svdvals(blocks).sum(-1)
+    basis = ones_basis(d)
+    ones = blocks.sum((-1, -2)) / d  # the all-ones direction maps to itself: tr(J m)
+    return ones + torch.linalg.svdvals(basis.T @ blocks @ basis).sum(-1)
+
+
 def _block_total(m: torch.Tensor, rho: torch.Tensor, sigma: torch.Tensor) -> float:
-    """``Σ_i Σ_c m[i·d + c, rho[i]·d + sigma[i, c]]``."""
+    """``Σ_i Σ_c m[i·d + c, rho[i]·d + sigma[i, c]]`` (for rotations ``sigma[i]``, the
+    :func:`rotation_score` of each block pair)."""
+    if sigma.is_floating_point():
+        d = sigma.shape[-1]
+        return sum(
+            rotation_score(m[i * d : (i + 1) * d, r * d : (r + 1) * d], sigma[i])
+            for i, r in enumerate(rho.tolist())
+        )
     h, d = sigma.shape
     rows = (torch.arange(h)[:, None] * d + torch.arange(d)[None, :]).reshape(-1)
     cols = (rho[:, None] * d + sigma).reshape(-1)

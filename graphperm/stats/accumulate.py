@@ -165,6 +165,19 @@ class SiteStats:
         mean = self.sums[model] / n
         return (self.squares[model] / n - mean.square()).clamp_min(0).sqrt()
 
+    def covariance(self, pair: Pair = (0, 1)) -> torch.Tensor:
+        """Cross-covariance of model ``i``'s channel r with model ``j``'s channel c, float64,
+        (C, C), for ``pair = (i, j)`` (what an orthogonal Procrustes solve needs)."""
+        i, j = pair
+        if pair not in self.pairs:
+            if (j, i) in self.pairs:
+                return self.covariance((j, i)).T.contiguous()
+            raise KeyError(f"no cross statistics of models {pair} (have {self.pairs})")
+        n = max(self.n, 1.0)
+        p = self.pairs.index(pair)
+        cov = self.cross[p].to(torch.float64, copy=True).div_(n)
+        return cov.addr_(self.sums[i] / n, self.sums[j] / n, alpha=-1.0)
+
     def correlation(self, pair: Pair = (0, 1)) -> torch.Tensor:
         """Pearson correlation of model ``i``'s channel r with model ``j``'s channel c, float64,
         (C, C), for ``pair = (i, j)``. Dead channels (constant, or varying less than

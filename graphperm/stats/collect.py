@@ -62,6 +62,9 @@ class Statistics:
     def correlation(self, key: SiteKey, pair: Pair = (0, 1)) -> torch.Tensor:
         return self.site(key).correlation(pair)
 
+    def covariance(self, key: SiteKey, pair: Pair = (0, 1)) -> torch.Tensor:
+        return self.site(key).covariance(pair)
+
     def half(self, i: int) -> Statistics:
         """One of the two halves, as statistics of their own."""
         if len(self.parts) != 2:

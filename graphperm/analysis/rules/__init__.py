@@ -21,10 +21,28 @@ from collections.abc import Callable
 
 from graphperm.analysis.context import RuleContext
 
-__all__ = ["RULES", "Rule", "register", "rule_for"]
+__all__ = ["ROTATION_KINDS", "RULES", "Rule", "register", "rotates", "rotation_of", "rule_for"]
 
 Rule = Callable[[RuleContext], None]
 RULES: dict[str, Rule] = {}
+
+#: How an op treats an axis whose units are mixed by an orthogonal matrix (not just permuted);
+#: :mod:`graphperm.analysis.symmetry` turns these into each part's family of exact transforms.
+#: An op declared nowhere is ``"mix"``: it breaks rotations of every axis it touches (safe).
+ROTATION_KINDS = {
+    "move": "moves values between positions, never combines them (views, copies, slicing)",
+    "linear": "multilinear (matmul, linear, conv, embedding lookup, attention): an axis is kept "
+    "if it is on one input (or contracted between exactly two) and not a batch axis of two",
+    "add": "sums its operands: an axis every operand carries is kept; one another operand "
+    "broadcasts along (or a scalar) needs the all-ones direction kept",
+    "scale": "multiplies or divides by values constant along the axis (one operand carries it)",
+    "sum": "sums or averages over axes: those need the all-ones direction kept",
+    "norm": "normalises over axes (LayerNorm, RMSNorm): kept when the all-ones direction is kept "
+    "and its gain and bias can be folded into the linear layers that read it",
+    "fill": "a constant tensor: a non-zero constant needs the all-ones direction kept",
+    "mix": "anything else: breaks rotations of every axis it touches",
+}
+ROTATIONS: dict[str, str] = {}
 
 
 def register(*names: str) -> Callable[[Rule], Rule]:
@@ -38,6 +56,29 @@ def register(*names: str) -> Callable[[Rule], Rule]:
         return fn
 
     return deco
+
+
+def rotates(kind: str, *names: str) -> None:
+    """Declare how ops (names as in :func:`register`) treat rotated axes (see ROTATION_KINDS).
+
+    Example:
+        >>> rotation_of("aten.linear.default"), rotation_of("aten.gelu.default")
+        ('linear', 'mix')
+    """
+    if kind not in ROTATION_KINDS:
+        raise ValueError(f"unknown rotation kind {kind!r}; one of {sorted(ROTATION_KINDS)}")
+    for name in names:
+        if name in ROTATIONS:
+            raise ValueError(f"two rotation kinds declared for {name}")
+        ROTATIONS[name] = kind
+
+
+def rotation_of(op: str) -> str:
+    """How ``op`` treats rotated axes: the exact overload first, then the op's packet."""
+    if op in ROTATIONS:
+        return ROTATIONS[op]
+    packet = op.rsplit(".", 1)[0] if op.count(".") >= 2 else op
+    return ROTATIONS.get(packet, "mix")
 
 
 def rule_for(op: str) -> Rule | None:

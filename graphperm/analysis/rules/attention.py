@@ -9,7 +9,7 @@ axis class, and the channels inside each head may be permuted differently per he
 from __future__ import annotations
 
 from graphperm.analysis.context import RuleContext
-from graphperm.analysis.rules import register
+from graphperm.analysis.rules import register, rotates
 
 
 @register("aten.scaled_dot_product_attention")
@@ -46,3 +46,6 @@ def sdpa(ctx: RuleContext) -> None:
 def softmax(ctx: RuleContext) -> None:
     """Softmax along a dim is equivariant to permuting that dim (and maps the others through)."""
     ctx.same(ctx.arg(0), ctx.out)
+
+
+rotates("linear", "aten.scaled_dot_product_attention")

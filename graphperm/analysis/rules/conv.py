@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 
 from graphperm.analysis.context import Axis, RuleContext, TensorArg
-from graphperm.analysis.rules import register
+from graphperm.analysis.rules import register, rotates
 
 _SLIDES = "convolution slides over it"
 
@@ -165,3 +165,8 @@ def im2col(ctx: RuleContext) -> None:
     kernel = Axis(out, c, "offsets", offsets)
     ctx.split(out[c], [x[c], kernel])
     ctx.block(kernel, reason="im2col lays kernel offsets along it")
+
+
+rotates(
+    "linear", "aten.conv1d", "aten.conv2d", "aten.conv3d", "aten.convolution", "aten._convolution"
+)

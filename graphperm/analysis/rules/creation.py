@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from graphperm.analysis.context import RuleContext
-from graphperm.analysis.rules import register
+from graphperm.analysis.rules import register, rotates
 
 
 @register(
@@ -51,3 +51,25 @@ def varying(ctx: RuleContext) -> None:
         ctx.block(*t.axes(), reason=f"{ctx.op} makes values that depend on the position")
     for t in ctx.outputs:
         ctx.block(*t.axes(), reason=f"{ctx.op} makes values that depend on the position")
+
+
+rotates(
+    "move",
+    "aten.zeros",
+    "aten.empty",
+    "aten.zeros_like",
+    "aten.empty_like",
+    "aten.new_zeros",
+    "aten.new_empty",
+    "aten.empty_strided",
+)
+rotates(
+    "fill",
+    "aten.ones",
+    "aten.full",
+    "aten.scalar_tensor",
+    "aten.ones_like",
+    "aten.full_like",
+    "aten.new_ones",
+    "aten.new_full",
+)

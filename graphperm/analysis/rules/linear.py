@@ -11,7 +11,7 @@ from __future__ import annotations
 from torch import fx
 
 from graphperm.analysis.context import Axis, RuleContext, TensorArg, op_name
-from graphperm.analysis.rules import register
+from graphperm.analysis.rules import register, rotates
 
 #: Ops after which a saved weight is still that weight (``x @ W.t()``, ``x @ W.to(dtype)``).
 _SAME_WEIGHT = frozenset(
@@ -170,3 +170,16 @@ def _expand_ellipsis(term: str, ndim: int) -> list[str]:
     head, tail = term.split("...")
     n = ndim - len(head) - len(tail)
     return [*head, *(f"...{i}" for i in range(n)), *tail]
+
+
+rotates(
+    "linear",
+    "aten.linear",
+    "aten.addmm",
+    "aten.mm",
+    "aten.matmul",
+    "aten.bmm",
+    "aten.baddbmm",
+    "aten.addbmm",
+    "aten.einsum",
+)

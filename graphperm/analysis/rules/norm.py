@@ -9,7 +9,7 @@ are tied through to the output and to the affine weight and bias. ``group_norm``
 from __future__ import annotations
 
 from graphperm.analysis.context import RuleContext
-from graphperm.analysis.rules import register
+from graphperm.analysis.rules import register, rotates
 
 
 @register("aten.layer_norm", "aten.native_layer_norm", "aten.rms_norm", "aten._fused_rms_norm")
@@ -65,3 +65,8 @@ def batch_norm(ctx: RuleContext) -> None:
             ctx.tie(extra[0], x[1])
         else:
             ctx.free(*extra.axes())
+
+
+rotates(
+    "norm", "aten.layer_norm", "aten.native_layer_norm", "aten.rms_norm", "aten._fused_rms_norm"
+)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from graphperm.analysis.context import Axis, RuleContext
-from graphperm.analysis.rules import register
+from graphperm.analysis.rules import register, rotates
 
 #: Elementwise nonlinearities: where a ``pre`` activation site ends and ``post`` begins.
 NONLINEAR = frozenset(
@@ -111,3 +111,49 @@ def glu(ctx: RuleContext) -> None:
     for d in range(x.ndim):
         if d != dim:
             ctx.tie(x[d], out[d])
+
+
+rotates(
+    "move",
+    "aten.dropout",
+    "aten.alpha_dropout",
+    "aten.feature_dropout",
+    "aten.feature_alpha_dropout",
+    "aten.native_dropout",
+    "aten.contiguous",
+    "aten.clone",
+    "aten.detach",
+    "aten.alias",
+    "aten.lift_fresh_copy",
+    "aten._to_copy",
+    "aten.to",
+    "aten.positive",
+    "aten.type_as",
+    "aten._assert_tensor_metadata",
+    "aten._assert_async",
+    "aten._functional_assert_async",
+)
+rotates(
+    "add",
+    "aten.add",
+    "aten.sub",
+    "aten.rsub",
+    "aten.add_",
+    "aten.sub_",
+    "aten.subtract",
+    "aten.where",
+    "aten.masked_fill",
+    "aten.masked_fill_",
+)
+rotates(
+    "scale",
+    "aten.mul",
+    "aten.div",
+    "aten.true_divide",
+    "aten.multiply",
+    "aten.divide",
+    "aten.mul_",
+    "aten.div_",
+    "aten.neg",
+    "aten.neg_",
+)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from graphperm.analysis.context import RuleContext
-from graphperm.analysis.rules import register
+from graphperm.analysis.rules import register, rotates
 
 _REDUCE = """sum mean amax amin max min prod var std var_mean std_mean logsumexp norm
 linalg_vector_norm any all count_nonzero nansum nanmean""".split()
@@ -98,3 +98,6 @@ def positional(ctx: RuleContext) -> None:
             ctx.block(*(x[d] for d in dims), reason=reason)
             for i, d in enumerate(kept[: out.ndim]):
                 ctx.tie(x[d], out[i])
+
+
+rotates("sum", "aten.sum", "aten.mean", "aten.nansum", "aten.nanmean")

@@ -9,7 +9,7 @@ block the looked-up axis and pass the others through.
 from __future__ import annotations
 
 from graphperm.analysis.context import Axis, RuleContext, TensorArg
-from graphperm.analysis.rules import register
+from graphperm.analysis.rules import register, rotates
 
 _INT_MAX = 2**62
 
@@ -214,3 +214,34 @@ def repeat_interleave(ctx: RuleContext) -> None:
         if d != dim:
             ctx.tie(x[d], out[d])
     ctx.split(out[dim], [x[dim], Axis(out, dim, "copies", reps)])
+
+
+rotates(
+    "move",
+    "getitem",
+    "aten.cat",
+    "aten.concat",
+    "aten.concatenate",
+    "aten.split",
+    "aten.split_with_sizes",
+    "aten.chunk",
+    "aten.tensor_split",
+    "aten.unsafe_split",
+    "aten.unsafe_chunk",
+    "aten.split_copy",
+    "aten.unbind",
+    "aten.stack",
+    "aten.hstack",
+    "aten.vstack",
+    "aten.slice",
+    "aten.narrow",
+    "aten.slice_copy",
+    "aten.select",
+    "aten.select_copy",
+    "aten.index_select",
+    "aten.gather",
+    "aten.index",
+    "aten.repeat",
+    "aten.repeat_interleave.self_int",
+)
+rotates("linear", "aten.embedding")  # a row lookup: linear in the table

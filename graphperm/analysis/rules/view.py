@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 
 from graphperm.analysis.context import Axis, RuleContext, TensorArg
-from graphperm.analysis.rules import register
+from graphperm.analysis.rules import register, rotates
 
 
 @register(
@@ -131,3 +131,33 @@ def expand(ctx: RuleContext) -> None:
     other = ctx.arg(1)
     if other is not None:  # expand_as: the other tensor only lends its shape
         ctx.reduce(*other.axes())
+
+
+rotates(
+    "move",
+    "aten.view",
+    "aten.reshape",
+    "aten._unsafe_view",
+    "aten.flatten",
+    "aten.unflatten",
+    "aten.squeeze",
+    "aten.unsqueeze",
+    "aten.view_copy",
+    "aten._reshape_alias",
+    "aten.unsqueeze_copy",
+    "aten.squeeze_copy",
+    "aten.transpose",
+    "aten.swapaxes",
+    "aten.swapdims",
+    "aten.t",
+    "aten.numpy_T",
+    "aten.mT",
+    "aten.permute",
+    "aten.movedim",
+    "aten.expand",
+    "aten.broadcast_to",
+    "aten.expand_as",
+    "aten.expand_copy",
+    "aten.view_as",
+    "aten.reshape_as",
+)

@@ -168,3 +168,24 @@ def test_rotated_heads_of_a_speech_encoder_merge_back(tmp_path: Path) -> None:
     err, alignment = function_oracle(load_model("builtin:hubert-tiny"), policy, clips)
     assert err <= 1e-4
     assert {part for _, part in alignment.perms[0].rotated} == {"vo"}  # the paper skips qk
+
+
+def test_merge_command_writes_rotations(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    out = tmp_path / "merged"
+    cmd = [sys.executable, "-m", "graphperm", "merge", "builtin:bert-tiny", "builtin:bert-tiny"]
+    cmd += ["--random-init", "--policy", "weights", "--transform", "orth", "--out", str(out)]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    perms = load_file(out / "permutations.safetensors")
+    rotated = {k for k, v in perms.items() if v.is_floating_point()}
+    assert "encoder.layer.0.attention/qk" in rotated and "residual/channels" not in rotated
+    r = perms["encoder.layer.0.attention/vo"]
+    eye = torch.eye(r.shape[-1], dtype=r.dtype).expand_as(r)
+    assert torch.allclose(r.transpose(-1, -2) @ r, eye, atol=1e-9)
+    assert transformers.AutoModel.from_pretrained(out) is not None
+    assert load_policy("orth").align[0].transform == "orth"

@@ -18,7 +18,6 @@ from graphperm.apply import (
     fold_state,
     folds_for,
     outputs,
-    permute_state,
     random_orthogonal,
     verify,
 )

@@ -188,7 +188,7 @@ def print_alignment(alignment: Alignment) -> None:
             [
                 r.name,
                 r.kind,
-                ",".join(r.parts),
+                ",".join(f"{p} (orth)" if p in r.rotated else p for p in r.parts),
                 f"{100 * r.moved_fraction:.1f}%",
                 f"{r.corr_before:.3f}" if r.corr_before is not None else "-",
                 f"{r.corr_after:.3f}" if r.corr_after is not None else "-",

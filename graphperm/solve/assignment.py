@@ -12,6 +12,7 @@ import multiprocessing
 import os
 from collections.abc import Callable
 from concurrent.futures import Executor, ProcessPoolExecutor
+from typing import Any
 
 import numpy as np
 import torch
@@ -75,6 +76,16 @@ def _match_array(m: np.ndarray) -> np.ndarray:
     return perm
 
 
+def _match_tensor(m: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(_match_array(m))
+
+
+def _run(item: tuple[Callable[[np.ndarray], Any], np.ndarray]) -> Any:
+    torch.set_num_threads(1)  # a forked worker: the parent's thread pool is not its own
+    job, m = item
+    return job(m)
+
+
 class Matcher:
     """Runs :func:`match` on many matrices, the large ones a few at a time in worker processes.
 
@@ -97,15 +108,26 @@ class Matcher:
             workers = 1
         self.workers = max(1, workers)
         self._pool: Executor | None = None
-        self._pending: list[tuple[np.ndarray, Callable[[torch.Tensor], None]]] = []
+        self._pending: list[tuple[Callable[[np.ndarray], Any], np.ndarray, Callable]] = []
 
-    def submit(self, corr: torch.Tensor, done: Callable[[torch.Tensor], None]) -> None:
-        """Match ``corr``; ``done(perm)`` is called with the result (maybe later, in order)."""
+    def submit(
+        self,
+        corr: torch.Tensor,
+        done: Callable[[Any], None],
+        job: Callable[[np.ndarray], Any] | None = None,
+    ) -> None:
+        """Match ``corr``; ``done(perm)`` is called with the result (maybe later, in order).
+
+        ``job`` (a picklable function of the cleaned float64 matrix) runs instead of the plain
+        assignment, in the worker, and ``done`` gets what it returns: work that follows the
+        assignment (the tie-break) runs in parallel too.
+        """
         m = _clean(corr)
+        job = job or _match_tensor
         if self.workers == 1 or m.shape[0] < PARALLEL_MIN_SIZE:
-            done(torch.from_numpy(_match_array(m)))
+            done(job(m))
             return
-        self._pending.append((m, done))
+        self._pending.append((job, m, done))
         if len(self._pending) >= self.workers:
             self.flush()
 
@@ -115,14 +137,14 @@ class Matcher:
             return
         jobs, self._pending = self._pending, []
         if len(jobs) == 1:
-            results = [_match_array(jobs[0][0])]
+            results = [jobs[0][0](jobs[0][1])]
         else:
             if self._pool is None:
                 context = multiprocessing.get_context("fork")
                 self._pool = ProcessPoolExecutor(self.workers, mp_context=context)
-            results = list(self._pool.map(_match_array, [m for m, _ in jobs]))
-        for (_, done), perm in zip(jobs, results, strict=True):
-            done(torch.from_numpy(perm))
+            results = list(self._pool.map(_run, [(job, m) for job, m, _ in jobs]))
+        for (_, _, done), result in zip(jobs, results, strict=True):
+            done(result)
 
     def __enter__(self) -> Matcher:
         return self

@@ -243,10 +243,13 @@ def valid_frames(
     ok = valid[:rows] if valid.shape[0] >= rows else torch.ones_like(valid[:1]).expand(rows, -1)
     shape = [1] * (x.ndim - 1)
     shape[b] = rows
+    if tm is not None:
+        ok = ok[:, ::stride][:, : x.shape[tm]]
+    if bool(ok.all()):  # nothing padded: the same frames in the same order, without a mask
+        return x.reshape(-1, channels)
     if tm is None:
         keep = ok.any(1).reshape(shape).expand(x.shape[:-1])
     else:
-        ok = ok[:, ::stride][:, : x.shape[tm]]
         shape[tm] = ok.shape[1]
         keep = (ok.T if b > tm else ok).reshape(shape).expand(x.shape[:-1])
     return x[keep]

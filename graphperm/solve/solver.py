@@ -155,7 +155,7 @@ class _Solver:
                     "%s/%s: no site measures it on its own; left in place", group.name, name
                 )
                 continue
-            total = sum(flat)
+            total = flat[0] if len(flat) == 1 else sum(flat)  # no copy of a lone site's
             if rotate:  # orthogonal Procrustes on the cross-covariance
                 perm.set(
                     group.name, name, procrustes(total, keeps_ones=self.keeps_ones(group, name))

@@ -45,13 +45,12 @@ class SiteRunner:
         outs = []
         for k in keys:
             dim, step = (strides or {}).get(k, (0, 1))
-            if step > 1:
+            if step > 1:  # a copy of the kept steps, not a view that would keep them all
                 with graph.inserting_before(output):
-                    outs.append(
-                        graph.call_function(
-                            torch.ops.aten.slice.Tensor, (nodes[k], dim, 0, 2**62, step)
-                        )
+                    kept = graph.call_function(
+                        torch.ops.aten.slice.Tensor, (nodes[k], dim, 0, 2**62, step)
                     )
+                    outs.append(graph.call_function(torch.ops.aten.clone.default, (kept,)))
             else:
                 outs.append(nodes[k])
         output.args = (tuple(outs),)

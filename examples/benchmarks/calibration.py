@@ -1,6 +1,7 @@
 """graphperm's performance on HuBERT base (random weights), against the issue's targets.
 
     python examples/benchmarks/calibration.py [--quick] [--json] [--out results.json]
+    python examples/benchmarks/calibration.py --job [--clips 128] [--keep DIR] [--out F]
 
 Measures, on this machine:
 
@@ -15,6 +16,11 @@ Measures, on this machine:
 - ``peak_rss_mb_by_scale``: peak memory of a whole ``graphperm merge`` at 1×, 4× and 16× the
   calibration data (fresh processes); the 16× run is also the end-to-end job
   (``end_to_end_s``: 128 clips of 4 s in the full run).
+
+``--job`` measures only the issue's end-to-end job (``--clips`` clips, the policy's defaults)
+and A's and B's plain forwards over the same audio, in wall and CPU seconds (CPU seconds and
+ratios stay meaningful on a shared, loaded machine); ``--keep`` keeps the merged folder (its
+``permutations.safetensors`` compares runs).
 
 ``--quick`` (under 3 minutes) uses fewer clips, skips the 4× merge, and runs the fresh-process
 merges without split halves (so no agreement curve, and their peak RSS is the no-halves

@@ -304,7 +304,8 @@ def test_unreadable_files_are_skipped_and_counted(audio, tmp_path) -> None:
 
 def test_split_half_agreement_is_reported_and_perfect_for_an_oracle(audio: Path) -> None:
     a = load_model("builtin:hubert-tiny")
-    policy = load_policy({"align": [{"kind": "ffn"}], **ONE_SECOND})
+    halves = {"calibration": {**ONE_SECOND["calibration"], "split_half": True}}
+    policy = load_policy({"align": [{"kind": "ffn"}], **halves})
     _, analysis, _ = prepare(a, policy)
     indexer = Indexer(analysis)
     b = load_model("builtin:hubert-tiny")
@@ -313,6 +314,9 @@ def test_split_half_agreement_is_reported_and_perfect_for_an_oracle(audio: Path)
     )
     alignment = align(a, b, policy, [audio])
     assert [r.split_half_agreement for r in alignment.reports] == [1.0, 1.0]
+    unasked = align(a, b, load_policy({"align": [{"kind": "ffn"}], **ONE_SECOND}), [audio])
+    assert [r.split_half_agreement for r in unasked.reports] == [None, None]
+    assert "split_half_s" not in unasked.timings
 
 
 def test_enough_data_stops_calibration_early(audio: Path) -> None:

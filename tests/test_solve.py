@@ -48,3 +48,14 @@ def test_matcher_in_worker_processes_gives_what_match_gives() -> None:
     assert sorted(got) == [0, 1, 2, 3]
     for i, m in enumerate(mats):
         assert torch.equal(got[i], match(m))
+
+
+def _fails(m) -> None:
+    raise ValueError("no luck")
+
+
+def test_a_failing_worker_says_why() -> None:
+    import pytest
+
+    with pytest.raises(RuntimeError, match="ValueError: no luck"), Matcher(workers=2) as matcher:
+        matcher.submit(torch.rand(1100, 1100, dtype=torch.float64), print, job=_fails)

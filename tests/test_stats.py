@@ -114,6 +114,16 @@ def test_frames_keep_every_strided_unpadded_step() -> None:
     # row 0: steps 0, 4, 8; row 1 has 6 real steps: 0, 4
     want = torch.stack([t[0, :, 0], t[0, :, 4], t[0, :, 8], t[1, :, 0], t[1, :, 4]])
     assert torch.equal(frames, want)
+    # nothing padded (the fast path, no mask): every strided step, in the same order
+    full = valid_frames(
+        strided, FrameLayout(channel=1, batch=0, time=2), step_mask(mask[:1].expand(2, -1), 12), 4
+    )
+    want = torch.stack([t[r, :, s] for r in range(2) for s in (0, 4, 8)])
+    assert torch.equal(full, want)
+    layout = FrameLayout(channel=2, batch=1, time=0)  # (time, batch, channels)
+    tbc = t.permute(2, 0, 1)
+    whole = valid_frames(tbc, layout, torch.ones(2, 12, dtype=torch.bool))
+    assert torch.equal(whole, torch.stack([t[r, :, s] for s in range(12) for r in range(2)]))
 
 
 def test_halves_sum_to_the_whole() -> None:

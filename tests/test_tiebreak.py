@@ -3,6 +3,7 @@ and only those: a unit whose activations decide its partner keeps it."""
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,8 @@ import torch
 from graphperm.data.synth import write_clips
 from graphperm.policy import load_policy
 from graphperm.solve import match
-from graphperm.solve.tiebreak import break_ties, undecided
+from graphperm.solve.assignment import Matcher
+from graphperm.solve.tiebreak import break_ties, settle, undecided
 from graphperm.trace import load_model
 from tests.helpers import merge_oracle
 
@@ -39,6 +41,30 @@ def test_decided_units_keep_their_partners() -> None:
     assert count == 10
     assert torch.equal(q[10:], p[10:])
     assert torch.equal(q[:10], truth[:10])
+
+
+def test_tie_break_in_worker_processes_gives_what_it_gives_in_place() -> None:
+    # large parts are settled (assignment + tie-break) in Matcher workers: same answer
+    g = torch.Generator().manual_seed(3)
+    n = 1100  # above the size that goes to workers
+    truth = torch.randperm(n, generator=g)
+    jobs = []
+    for k in range(3):
+        corr = torch.rand(n, n, generator=g, dtype=torch.float64) * 0.5
+        corr[torch.arange(n), truth] = 0.9
+        corr[: 100 * (k + 1)] = 0.0  # dead units: undecided
+        fa = torch.randn(n, 6, generator=g)
+        jobs.append((corr, fa, fa[truth.argsort()]))
+    got: dict[int, tuple[torch.Tensor, int]] = {}
+    with Matcher(workers=2) as matcher:
+        for i, (corr, fa, fb) in enumerate(jobs):
+            job = partial(settle, finger_a=fa, finger_b=fb, margin=1e-3)
+            matcher.submit(corr, lambda r, i=i: got.__setitem__(i, r), job=job)
+    for i, (corr, fa, fb) in enumerate(jobs):
+        p, count = break_ties(corr.float(), match(corr), fa, fb, margin=1e-3)
+        assert count >= 100 * (i + 1)
+        assert torch.equal(got[i][0], p) and got[i][1] == count
+        assert torch.equal(p, truth)  # the weights placed the dead units
 
 
 def test_dead_units_of_a_random_model_are_matched_on_weights(tmp_path) -> None:

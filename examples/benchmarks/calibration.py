@@ -1,6 +1,7 @@
 """graphperm's performance on HuBERT base (random weights), against the issue's targets.
 
     python examples/benchmarks/calibration.py [--quick] [--json] [--out results.json]
+    python examples/benchmarks/calibration.py --job [--clips 128] [--keep DIR] [--out F]
 
 Measures, on this machine:
 
@@ -16,6 +17,11 @@ Measures, on this machine:
   calibration data (fresh processes); the 16× run is also the end-to-end job
   (``end_to_end_s``: 128 clips of 4 s in the full run).
 
+``--job`` measures only the issue's end-to-end job (``--clips`` clips, the policy's defaults)
+and A's and B's plain forwards over the same audio, in wall and CPU seconds (CPU seconds and
+ratios stay meaningful on a shared, loaded machine); ``--keep`` keeps the merged folder (its
+``permutations.safetensors`` compares runs).
+
 ``--quick`` (under 3 minutes) uses fewer clips, skips the 4× merge, and runs the fresh-process
 merges without split halves (so no agreement curve, and their peak RSS is the no-halves
 figure). Uses ``../shared/data/audio`` (speech and music).
@@ -27,6 +33,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -58,10 +65,23 @@ def main() -> None:
     parser.add_argument("--model", default=MODEL, help="(smoke tests: builtin:hubert-tiny)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (forwards and statistics)")
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    parser.add_argument(
+        "--job",
+        action="store_true",
+        help="only the end-to-end job (--clips clips, the policy's defaults) and the plain "
+        "forwards of A and B over the same audio, with CPU seconds (for a loaded machine)",
+    )
+    parser.add_argument("--clips", type=int, default=128, help="--job: clips of 4 s")
+    parser.add_argument("--keep", type=Path, help="--job: copy the merge's output folder here")
+    parser.add_argument(
+        "--split-half", action="store_true", help="fresh-process merges with split halves"
+    )
     args = parser.parse_args()
     model = args.model
     if not all(p.is_dir() for p in AUDIO):
         sys.exit(f"needs the shared audio in {AUDIO[0].parent} (set GRAPHPERM_SHARED)")
+    if args.job:
+        return _job(args)
 
     quick = args.quick
     clips = 4 if quick else 32  # in-process measurements
@@ -185,7 +205,7 @@ def main() -> None:
             model,
             n,
             cal.batch_size,
-            split_half=not quick,
+            split_half=args.split_half,
             device=args.device,
             precision=cal.precision,
         )
@@ -193,7 +213,7 @@ def main() -> None:
         wall[f"{scale}x"] = elapsed
         timings[f"{scale}x"] = report["timings_s"]
         halves = [g["split_half_agreement"] for g in report["groups"]]
-        curve[n] = None if quick else round(min(halves), 4)
+        curve[n] = round(min(halves), 4) if args.split_half else None
         _say(f"{n} clips: peak RSS {peak} MB, {elapsed} s, lowest split-half agreement {curve[n]}")
     result["peak_rss_mb_by_scale"] = rss
     result["rss_growth_16x"] = round(rss["16x"] / rss["1x"] - 1, 3)
@@ -216,22 +236,73 @@ def main() -> None:
             print(f"{k:32s} {v}")
 
 
+def _job(args: argparse.Namespace) -> None:
+    """The end-to-end job, and the plain forwards of A and B over the same audio: wall and CPU
+    seconds of both (on a shared machine, compare ratios and CPU seconds, not wall times)."""
+    policy = load_policy("paper")
+    a, b = load_model(args.model, seed=0), load_model(args.model, seed=1)
+    cal = policy.calibration.model_copy(update={"num_clips": args.clips})
+    adapter = adapter_for(a, cal)
+    batches = list(adapter.calibration(AUDIO).batches(cal.batch_size))
+    with torch.no_grad():
+        for m in (a.module, b.module):  # warm-up
+            m(**batches[0].inputs)
+        t, cpu = time.perf_counter(), time.process_time()
+        for x in batches:
+            for m in (a.module, b.module):
+                m(**x.inputs)
+        forwards = (time.perf_counter() - t, time.process_time() - cpu)
+    a = b = batches = None
+    before = _children_cpu()
+    report, peak, elapsed = _merge_process(args.model, args.clips, cal.batch_size, keep=args.keep)
+    merge_cpu = _children_cpu() - before
+    timings = report["timings_s"]
+    result = {
+        "date": date.today().isoformat(),
+        "machine": _machine(),
+        "load_average": os.getloadavg(),
+        "clips": args.clips,
+        "forwards_s": round(forwards[0], 1),
+        "forwards_cpu_s": round(forwards[1], 1),
+        "end_to_end_s": elapsed,
+        "end_to_end_cpu_s": round(merge_cpu, 1),
+        "peak_rss_mb": peak,
+        "timings_s": timings,
+        "statistics_over_forwards": round(timings["statistics_s"] / forwards[0], 3),
+        "end_to_end_over_forwards": round(elapsed / forwards[0], 3),
+        "cpu_end_to_end_over_forwards": round(merge_cpu / forwards[1], 3),
+    }
+    text = json.dumps(result, indent=2)
+    if args.out:
+        args.out.write_text(text + "\n")
+    print(text)
+
+
+def _children_cpu() -> float:
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
 def _merge_process(
     model: str,
     clips: int,
     batch_size: int,
-    split_half: bool,
+    split_half: bool | None = None,
     device: str = "cpu",
     precision: str = "fp32",
+    keep: Path | None = None,
 ) -> tuple[dict, float, float]:
     """A whole `graphperm merge` of two HuBERT-base models in a fresh process:
-    (merge report, peak RSS in MB, wall seconds)."""
+    (merge report, peak RSS in MB, wall seconds). ``split_half=None``: the policy's default;
+    ``keep``: copy the output folder there."""
     with tempfile.TemporaryDirectory() as tmp:
         policy = Path(tmp) / "policy.yaml"
         base = load_policy("paper").model_dump(mode="json")
-        base["calibration"].update(
-            num_clips=clips, batch_size=batch_size, split_half=split_half, precision=precision
-        )
+        base["calibration"].update(num_clips=clips, batch_size=batch_size, precision=precision)
+        if split_half is not None:
+            base["calibration"]["split_half"] = split_half
         policy.write_text(json.dumps(base))
         out = Path(tmp) / "merged"
         rss_file = Path(tmp) / "rss"
@@ -261,6 +332,8 @@ def _merge_process(
             raise SystemExit(f"graphperm merge failed: {proc.stderr[-2000:]}")
         report = json.loads((out / "merge_report.json").read_text())
         peak_kb = int(rss_file.read_text())
+        if keep is not None:
+            shutil.copytree(out, keep, dirs_exist_ok=True)
     return report, round(peak_kb / 1024, 1), round(elapsed, 1)
 
 

@@ -112,9 +112,10 @@ class Calibration(_Strict):
         "first conv layers, at up to 3200 Hz) are subsampled evenly (null: keep every frame)",
     )
     split_half: bool = Field(
-        True,
+        False,
         description="keep the statistics in two halves (alternate batches), solve each, and "
-        "report how far the two permutations agree per group (enough data?)",
+        "report how far the two permutations agree per group (enough data?); costs two more "
+        "solves and twice the statistics' memory, so it is off unless asked for",
     )
     stop_agreement: float | None = Field(
         None,

@@ -8,10 +8,11 @@ Example:
 
 from __future__ import annotations
 
+import io
 import multiprocessing
 import os
 from collections.abc import Callable
-from concurrent.futures import Executor, ProcessPoolExecutor
+from typing import Any
 
 import numpy as np
 import torch
@@ -97,13 +98,19 @@ def _match_array(m: np.ndarray) -> np.ndarray:
     return perm
 
 
-class Matcher:
-    """Runs :func:`match` on many matrices, the large ones a few at a time in worker processes.
+def _match_tensor(m: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(_match_array(m))
 
-    scipy's solver holds the GIL, so threads do not help; forked workers do (only numpy arrays
-    cross). ``workers`` defaults to the CPUs this process may use (``GRAPHPERM_SOLVE_WORKERS``
-    overrides it; 1 runs everything here). At most ``workers`` matrices wait at a time, so
-    memory stays at a few matrices. Results are identical to calling :func:`match` in turn.
+
+class Matcher:
+    """Runs :func:`match` on many matrices, the large ones in forked worker processes.
+
+    scipy's solver holds the GIL, so threads do not help; forked workers do. Each large
+    matrix gets a worker of its own, forked when it is submitted: the worker sees the matrix
+    without a copy (nothing is pickled on the way in) and the caller may drop it at once, so
+    this process holds no matrix for a worker. At most ``workers`` run at a time
+    (default: the CPUs this process may use; ``GRAPHPERM_SOLVE_WORKERS`` overrides it; 1 runs
+    everything here). Results are identical to calling :func:`match` in turn.
 
     Example:
         >>> with Matcher() as m:
@@ -118,33 +125,50 @@ class Matcher:
         if "fork" not in multiprocessing.get_all_start_methods():
             workers = 1
         self.workers = max(1, workers)
-        self._pool: Executor | None = None
-        self._pending: list[tuple[np.ndarray, Callable[[torch.Tensor], None]]] = []
+        self._running: list[tuple[Any, Any, Callable[[Any], None]]] = []
 
-    def submit(self, corr: torch.Tensor, done: Callable[[torch.Tensor], None]) -> None:
-        """Match ``corr``; ``done(perm)`` is called with the result (maybe later, in order)."""
-        m = _clean(corr)
-        if self.workers == 1 or m.shape[0] < PARALLEL_MIN_SIZE:
-            done(torch.from_numpy(_match_array(m)))
+    def submit(
+        self,
+        corr: torch.Tensor,
+        done: Callable[[Any], None],
+        job: Callable[[np.ndarray], Any] | None = None,
+    ) -> None:
+        """Match ``corr``; ``done(perm)`` is called with the result (maybe later, in order).
+
+        ``job`` (a function of the cleaned float64 matrix) runs instead of the plain
+        assignment, in the worker, and ``done`` gets what it returns: work that follows the
+        assignment (the tie-break) runs in parallel too. ``corr`` is not modified.
+        """
+        job = job or _match_tensor
+        if self.workers == 1 or corr.shape[0] < PARALLEL_MIN_SIZE:
+            done(job(_clean(corr)))
             return
-        self._pending.append((m, done))
-        if len(self._pending) >= self.workers:
-            self.flush()
+        while len(self._running) >= self.workers:
+            self._finish_oldest()
+        context = multiprocessing.get_context("fork")
+        receive, send = context.Pipe(duplex=False)
+        worker = context.Process(target=_work, args=(job, corr, send), daemon=True)
+        worker.start()  # forked: the worker has corr (copy on write); nothing is pickled
+        send.close()
+        self._running.append((worker, receive, done))
 
     def flush(self) -> None:
-        """Solve everything waiting."""
-        if not self._pending:
-            return
-        jobs, self._pending = self._pending, []
-        if len(jobs) == 1:
-            results = [_match_array(jobs[0][0])]
-        else:
-            if self._pool is None:
-                context = multiprocessing.get_context("fork")
-                self._pool = ProcessPoolExecutor(self.workers, mp_context=context)
-            results = list(self._pool.map(_match_array, [m for m, _ in jobs]))
-        for (_, done), perm in zip(jobs, results, strict=True):
-            done(torch.from_numpy(perm))
+        """Wait for every running assignment (their ``done`` calls, in order)."""
+        while self._running:
+            self._finish_oldest()
+
+    def _finish_oldest(self) -> None:
+        worker, receive, done = self._running.pop(0)
+        try:
+            ok, result = torch.load(io.BytesIO(receive.recv_bytes()), weights_only=True)
+        except EOFError:
+            ok, result = False, f"the worker process died (exit code {worker.exitcode})"
+        finally:
+            receive.close()
+            worker.join()
+        if not ok:
+            raise RuntimeError(f"linear assignment failed in a worker process: {result}")
+        done(result)
 
     def __enter__(self) -> Matcher:
         return self
@@ -154,9 +178,27 @@ class Matcher:
             if exc[0] is None:
                 self.flush()
         finally:
-            if self._pool is not None:
-                self._pool.shutdown()
-                self._pool = None
+            for worker, receive, _ in self._running:
+                worker.kill()
+                worker.join()
+                receive.close()
+            self._running = []
+
+
+def _work(job: Callable[[np.ndarray], Any], corr: torch.Tensor, send: Any) -> None:
+    """A worker's whole life: clean, solve, send the result back (or why it failed)."""
+    try:
+        torch.set_num_threads(1)  # a forked worker: the parent's thread pool is not its own
+        result: tuple = (True, job(_clean(corr)))
+    except BaseException as err:  # the parent raises it
+        result = (False, f"{type(err).__name__}: {err}")
+    try:  # torch.save, not pickle: torch's reductions for multiprocessing would share the
+        # tensor through a file descriptor that dies with this process
+        buffer = io.BytesIO()
+        torch.save(result, buffer)
+        send.send_bytes(buffer.getvalue())
+    finally:
+        send.close()
 
 
 def block_scores(corr: torch.Tensor, blocks: int) -> torch.Tensor:

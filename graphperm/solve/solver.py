@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 
@@ -28,7 +29,7 @@ from graphperm.solve.assignment import (
     procrustes,
     rotation_block_scores,
 )
-from graphperm.solve.tiebreak import break_ties, fingerprints
+from graphperm.solve.tiebreak import break_ties, fingerprints, settle, undecided
 from graphperm.stats import Statistics
 
 __all__ = ["GroupReport", "solve"]
@@ -160,16 +161,22 @@ class _Solver:
                     "%s/%s: no site measures it on its own; left in place", group.name, name
                 )
                 continue
-            total = sum(flat)
+            total = flat[0] if len(flat) == 1 else sum(flat)  # no copy of a lone site's
             if rotate:  # orthogonal Procrustes on the cross-covariance
                 perm.set(
                     group.name, name, procrustes(total, keeps_ones=self.keeps_ones(group, name))
                 )
                 continue
-            keep = total.float() if self.weights is not None else None  # for the tie-break only
+            job = None
+            if self.weights is not None:  # the tie-break runs with the assignment, in a worker
+                fa = self._fingerprints(self.weights[0], group, name, None)
+                fb = self._fingerprints(self.weights[1], group, name, None)
+                if fa is not None and fb is not None:
+                    job = partial(settle, finger_a=fa, finger_b=fb, margin=self.margin)
             matcher.submit(
                 total,
-                lambda p, g=group, n=name, c=keep: perm.set(g.name, n, self._settle(g, n, c, p)),
+                lambda r, g=group, n=name: perm.set(g.name, n, self._count(g, r)),
+                job=job,
             )
 
     def _blocks(
@@ -242,14 +249,14 @@ class _Solver:
         self,
         group: PermutationGroup,
         part: str,
-        corr: torch.Tensor | None,
+        corr: torch.Tensor,
         p: torch.Tensor,
         heads: tuple[int, int] | None = None,
     ) -> torch.Tensor:
-        """``p`` with the units the correlations leave undecided matched on weights."""
-        counts = self.counts.setdefault(group.name, [0, 0])
+        """``p`` with the units the correlations leave undecided matched on weights
+        (fingerprints are only taken when at least two units are undecided)."""
         on_weights = 0
-        if self.weights is not None and corr is not None:
+        if self.weights is not None and int(undecided(corr, p, self.margin).sum()) >= 2:
             fa = self._fingerprints(
                 self.weights[0], group, part, None if heads is None else heads[0]
             )
@@ -258,6 +265,14 @@ class _Solver:
             )
             if fa is not None and fb is not None:
                 p, on_weights = break_ties(corr, p, fa, fb, margin=self.margin)
+        return self._count(group, (p, on_weights))
+
+    def _count(
+        self, group: PermutationGroup, result: torch.Tensor | tuple[torch.Tensor, int]
+    ) -> torch.Tensor:
+        """Count a part's units as matched on activations or on weights; its permutation."""
+        p, on_weights = result if isinstance(result, tuple) else (result, 0)
+        counts = self.counts.setdefault(group.name, [0, 0])
         counts[0] += p.numel() - on_weights
         counts[1] += on_weights
         return p

@@ -21,11 +21,12 @@ Example:
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from graphperm.solve.assignment import match
 
-__all__ = ["break_ties", "fingerprints", "undecided"]
+__all__ = ["break_ties", "fingerprints", "settle", "undecided"]
 
 
 def undecided(corr: torch.Tensor, perm: torch.Tensor, margin: float) -> torch.Tensor:
@@ -80,3 +81,21 @@ def break_ties(
     out = perm.clone()
     out[rows] = cols[local]
     return out, count
+
+
+def settle(
+    m: np.ndarray, *, finger_a: torch.Tensor, finger_b: torch.Tensor, margin: float
+) -> tuple[torch.Tensor, int]:
+    """The assignment on correlations ``m`` followed by :func:`break_ties`: one job for a
+    :class:`~graphperm.solve.assignment.Matcher` worker, so that the tie-break of large parts
+    runs in parallel too. Returns the permutation and how many units were matched on weights.
+
+    Example:
+        >>> m = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
+        >>> fa = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+        >>> p, on_weights = settle(m, finger_a=fa, finger_b=fa[[0, 2, 1]], margin=1e-3)
+        >>> p.tolist(), on_weights
+        ([0, 2, 1], 2)
+    """
+    corr = torch.from_numpy(m).float()
+    return break_ties(corr, match(torch.from_numpy(m)), finger_a, finger_b, margin=margin)

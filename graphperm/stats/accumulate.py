@@ -32,6 +32,9 @@ Pair = tuple[int, int]
 #: A channel whose standard deviation is below this fraction of its site's largest is dead.
 DEAD = 1e-5
 
+#: Rows of a correlation's denominator computed at a time (bounds its extra memory).
+_ROWS = 256
+
 
 class NonFinite(ValueError):
     """Activations held NaN or inf (the message is the model's index)."""
@@ -190,19 +193,20 @@ class SiteStats:
             raise KeyError(f"no cross statistics of models {pair} (have {self.pairs})")
         n = max(self.n, 1.0)
         ma, mb = self.sums[i] / n, self.sums[j] / n
-        # in place on one float64 copy (plus the denominator): two (C, C) matrices at a time
+        # in place on one float64 copy; the denominator a block of rows at a time
         p = self.pairs.index(pair)
         corr = self.cross[p].to(torch.float64, copy=True).div_(n).addr_(ma, mb, alpha=-1.0)
         sa, sb = self.std(i), self.std(j)
         dead_a = sa <= DEAD * float(sa.max()) if sa.numel() else sa.bool()
         dead_b = sb <= DEAD * float(sb.max()) if sb.numel() else sb.bool()
-        denom = torch.outer(sa, sb)
         top = float(sa.max()) * float(sb.max()) if sa.numel() else 0.0
         tiny = max(1e-12 * top, 1e-30)
-        dead = (denom <= tiny) | dead_a[:, None] | dead_b[None, :]
-        corr.div_(denom.clamp_min_(tiny))
-        del denom
-        return corr.masked_fill_(dead, 0.0).clamp_(-1.0, 1.0).nan_to_num_(nan=0.0)
+        for r in range(0, corr.shape[0], _ROWS):
+            rows = corr[r : r + _ROWS]
+            denom = torch.outer(sa[r : r + _ROWS], sb)
+            dead = (denom <= tiny) | dead_a[r : r + _ROWS, None] | dead_b[None, :]
+            rows.div_(denom.clamp_min_(tiny)).masked_fill_(dead, 0.0)
+        return corr.clamp_(-1.0, 1.0).nan_to_num_(nan=0.0)
 
     def to_tensors(self, prefix: str) -> dict[str, torch.Tensor]:
         return {

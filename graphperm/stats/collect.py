@@ -23,7 +23,7 @@ from graphperm.analysis import Analysis, Site
 from graphperm.errors import CalibrationError
 from graphperm.inputs import ModelBatch, step_mask
 from graphperm.stats.accumulate import NonFinite, Pair, SiteStats, reference_pairs
-from graphperm.stats.runner import SiteRunner
+from graphperm.stats.runner import InterleavedRunner
 
 __all__ = ["FrameLayout", "SiteKey", "Statistics", "collect", "frame_layout", "valid_frames"]
 
@@ -179,32 +179,45 @@ def collect(
     for (key, _), lay in layouts.items():  # a value's sites share one time axis and stride
         if strides[(key, _)] > 1:
             in_graph.setdefault(key, (lay.time, strides[(key, _)]))
-    runner = SiteRunner(analysis.traced.program, keys, in_graph, device=device)
+    runner = InterleavedRunner(analysis.traced.program, keys, len(states), in_graph, device=device)
+    by_value: dict[str, list[SiteKey]] = {}
+    for k in layouts:
+        by_value.setdefault(k[0], []).append(k)
+    now: dict = {}  # this batch: its mask, step masks per time-axis length, the half it feeds
+
+    def visit(i: int, values: list[torch.Tensor]) -> None:
+        """Every model's value at site value ``keys[i]``: into the statistics (then freed)."""
+        steps = now["steps"]
+        for k in by_value[keys[i]]:
+            layout = layouts[k]
+            step = in_graph.get(k[0], (0, 1))[1]
+            full = shapes[k][layout.time] if layout.time is not None else 0
+            if full not in steps:  # no time axis (0): a row counts if any of it is real
+                mask = now["mask"]
+                steps[full] = step_mask(mask, full) if full else mask.any(1, keepdim=True)
+            frames = [valid_frames(v, layout, steps[full], step) for v in values]
+            try:
+                with torch.autocast(device.type, enabled=False):  # products at `product`
+                    now["part"][k].update(
+                        *frames, product=None if k in float64_sites else product
+                    )
+            except NonFinite as err:
+                raise CalibrationError(
+                    f"model {'ABCDEFGHIJKLMNOPQRSTUVWXYZ'[int(str(err))]} produced NaN or inf "
+                    f"activations at {where[k]} ({k[0]}); check the model's weights and the "
+                    "input data"
+                ) from None
+
     start = time.perf_counter()
     bar = tqdm(total=total, unit="item", desc="statistics", disable=not progress)
     with bar:
         for batch in batches:
             inputs = {k: v.to(device) for k, v in batch.inputs.items()}
-            mask = batch.mask.to(device)
+            now.update(
+                mask=batch.mask.to(device), steps={}, part=stats.parts[stats.batches % halves]
+            )
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-                acts = [dict(zip(keys, runner(state, inputs))) for state in states]
-            steps: dict[int, torch.Tensor] = {}  # step masks per time-axis length
-            for k, layout in layouts.items():
-                step = in_graph.get(k[0], (0, 1))[1]
-                full = shapes[k][layout.time] if layout.time is not None else 0
-                if full not in steps:  # no time axis (0): a row counts if any of it is real
-                    steps[full] = step_mask(mask, full) if full else mask.any(1, keepdim=True)
-                frames = [valid_frames(a[k[0]], layout, steps[full], step) for a in acts]
-                try:
-                    part = stats.parts[stats.batches % halves]
-                    part[k].update(*frames, product=None if k in float64_sites else product)
-                except NonFinite as err:
-                    raise CalibrationError(
-                        f"model {'ABCDEFGHIJKLMNOPQRSTUVWXYZ'[int(str(err))]} produced NaN or inf "
-                        f"activations at {where[k]} ({k[0]}); check the model's weights and the "
-                        "input data"
-                    ) from None
-            del acts
+                runner(list(states), inputs, visit)
             stats.positions += batch.positions
             stats.batches += 1
             stats.items += batch.items
@@ -251,10 +264,13 @@ def valid_frames(
     ok = valid[:rows] if valid.shape[0] >= rows else torch.ones_like(valid[:1]).expand(rows, -1)
     shape = [1] * (x.ndim - 1)
     shape[b] = rows
+    if tm is not None:
+        ok = ok[:, ::stride][:, : x.shape[tm]]
+    if bool(ok.all()):  # nothing padded: the same frames in the same order, without a mask
+        return x.reshape(-1, channels)
     if tm is None:
         keep = ok.any(1).reshape(shape).expand(x.shape[:-1])
     else:
-        ok = ok[:, ::stride][:, : x.shape[tm]]
         shape[tm] = ok.shape[1]
         keep = (ok.T if b > tm else ok).reshape(shape).expand(x.shape[:-1])
     return x[keep]

@@ -15,13 +15,14 @@ Example:
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 
 import torch
 from torch import fx
 from torch.export import ExportedProgram
 from torch.export.graph_signature import InputKind
 
-__all__ = ["SiteRunner"]
+__all__ = ["InterleavedRunner", "SiteRunner"]
 
 
 class SiteRunner:
@@ -45,13 +46,12 @@ class SiteRunner:
         outs = []
         for k in keys:
             dim, step = (strides or {}).get(k, (0, 1))
-            if step > 1:
+            if step > 1:  # a copy of the kept steps, not a view that would keep them all
                 with graph.inserting_before(output):
-                    outs.append(
-                        graph.call_function(
-                            torch.ops.aten.slice.Tensor, (nodes[k], dim, 0, 2**62, step)
-                        )
+                    kept = graph.call_function(
+                        torch.ops.aten.slice.Tensor, (nodes[k], dim, 0, 2**62, step)
                     )
+                    outs.append(graph.call_function(torch.ops.aten.clone.default, (kept,)))
             else:
                 outs.append(nodes[k])
         output.args = (tuple(outs),)
@@ -86,3 +86,132 @@ class SiteRunner:
                 args.append(self._constants[spec.target])
         with torch.no_grad():
             return list(self.module(*args))
+
+
+class InterleavedRunner:
+    """Every model's forward in one graph, interleaved site by site, handing each site's values
+    to ``visit`` as soon as every model has computed them.
+
+    Model 0 runs up to the first site, then model 1 up to the same site, ..., then
+    ``visit(i, values)`` gets ``keys[i]``'s value of every model; then on to the next site. A
+    site's values are freed once visited (unless the forward still needs them), so memory holds
+    about one site's activations per model instead of every site's: the same operations on the
+    same inputs as :class:`SiteRunner` called once per model, in another order.
+
+    Example:
+        >>> from graphperm.trace import load_model, trace
+        >>> traced = trace(load_model("builtin:hubert-tiny"))
+        >>> seen = []
+        >>> runner = InterleavedRunner(traced.program, ["gelu"], models=2)
+        >>> state = traced.loaded.state_dict()
+        >>> runner([state, state], traced.inputs, lambda i, v: seen.append(torch.equal(*v)))
+        >>> seen
+        [True]
+    """
+
+    def __init__(
+        self,
+        program: ExportedProgram,
+        keys: list[str],
+        models: int,
+        strides: dict[str, tuple[int, int]] | None = None,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        graph = copy.deepcopy(program.graph)
+        nodes = {n.name: n for n in graph.nodes}
+        missing = [k for k in keys if k not in nodes]
+        if missing:
+            raise KeyError(f"no graph values named {missing}")
+        sites = []
+        for k in keys:
+            dim, step = (strides or {}).get(k, (0, 1))
+            node = nodes[k]
+            if step > 1:  # a copy of the kept steps, right after the value (see SiteRunner)
+                with graph.inserting_after(node):
+                    kept = graph.call_function(
+                        torch.ops.aten.slice.Tensor, (node, dim, 0, 2**62, step)
+                    )
+                with graph.inserting_after(kept):
+                    node = graph.call_function(torch.ops.aten.clone.default, (kept,))
+            sites.append(node)
+        output = next(n for n in graph.nodes if n.op == "output")
+        output.args = (tuple(sites),)
+        for node in list(graph.nodes):
+            if node.target is torch.ops.aten._assert_tensor_metadata.default and not node.users:
+                graph.erase_node(node)
+        graph.eliminate_dead_code()
+        specs = list(program.graph_signature.input_specs)
+        own = {  # placeholders each model has its own of (weights), the rest shared
+            s.arg.name
+            for s in specs
+            if s.kind in (InputKind.PARAMETER, InputKind.BUFFER) and s.target is not None
+        }
+        order = {n: i for i, n in enumerate(graph.nodes)}
+        new = fx.Graph()
+        envs: list[dict[fx.Node, fx.Node]] = [{} for _ in range(models)]
+        self._args: list[tuple[int | None, object]] = []  # (model or None: shared, spec)
+        by_name = {s.arg.name: s for s in specs}
+        body = []
+        for node in graph.nodes:
+            if node.op == "placeholder":
+                spec = by_name[node.name]
+                if node.name in own:
+                    for m in range(models):
+                        envs[m][node] = new.placeholder(f"{node.name}_m{m}")
+                        self._args.append((m, spec))
+                else:
+                    shared = new.placeholder(node.name)
+                    for m in range(models):
+                        envs[m][node] = shared
+                    self._args.append((None, spec))
+            elif node.op != "output":
+                body.append(node)
+        self._visit: Callable[[int, list[torch.Tensor]], None] | None = None
+        start = 0
+        for site in sorted(set(sites), key=order.__getitem__):
+            end = body.index(site) + 1
+            for m in range(models):
+                for node in body[start:end]:
+                    envs[m][node] = new.node_copy(node, lambda n, m=m: envs[m][n])
+            start = end
+            for i, s in enumerate(sites):
+                if s is site:
+                    new.call_function(self._call_visit, (i, [envs[m][site] for m in range(models)]))
+        new.output(())
+        device = torch.device(device)
+        if device.type != "cpu":
+            for node in new.nodes:
+                node.args = tuple(device if isinstance(a, torch.device) else a for a in node.args)
+                if isinstance(node.kwargs.get("device"), torch.device):
+                    node.kwargs = {**node.kwargs, "device": device}
+        self.module = fx.GraphModule(torch.nn.Module(), new)
+        self.keys = list(keys)
+        self._constants = {
+            k: v.to(device) if isinstance(v, torch.Tensor) else v
+            for k, v in program.constants.items()
+        }
+
+    def _call_visit(self, i: int, values: list[torch.Tensor]) -> None:
+        assert self._visit is not None
+        self._visit(i, values)
+
+    def __call__(
+        self,
+        states: list[dict[str, torch.Tensor]],
+        inputs: dict[str, torch.Tensor],
+        visit: Callable[[int, list[torch.Tensor]], None],
+    ) -> None:
+        args = []
+        for model, spec in self._args:
+            if spec.kind == InputKind.USER_INPUT:
+                args.append(inputs[spec.arg.name])
+            elif model is not None and spec.target in states[model]:
+                args.append(states[model][spec.target])
+            else:
+                args.append(self._constants[spec.target])
+        self._visit = visit
+        try:
+            with torch.no_grad():
+                self.module(*args)
+        finally:
+            self._visit = None

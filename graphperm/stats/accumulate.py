@@ -165,6 +165,11 @@ class SiteStats:
         mean = self.sums[model] / n
         return (self.squares[model] / n - mean.square()).clamp_min(0).sqrt()
 
+    def live(self, model: int) -> torch.Tensor:
+        """Bool (C,): model ``model``'s channels that are not dead (see :meth:`correlation`)."""
+        s = self.std(model)
+        return s > DEAD * float(s.max()) if s.numel() else s.bool()
+
     def correlation(self, pair: Pair = (0, 1)) -> torch.Tensor:
         """Pearson correlation of model ``i``'s channel r with model ``j``'s channel c, float64,
         (C, C), for ``pair = (i, j)``. Dead channels (constant, or varying less than

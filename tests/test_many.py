@@ -326,3 +326,48 @@ def test_consensus_alone_recovers_two_permuted_copies(audio: Path, method: str) 
     for model, perm in zip(models[1:], perms):
         state = permute_state(indexer, model.state_dict(), perm)
         assert max(float((state[k] - v).abs().max()) for k, v in a.state_dict().items()) < 1e-6
+
+
+# ------------------------------------------- a model with no input recipe, calibrated from tensors
+
+
+class _CustomEncoder(torch.nn.Module):
+    """No transformers config, no input recipe: only a .safetensors file can feed it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.up = torch.nn.Linear(8, 32)
+        self.down = torch.nn.Linear(32, 8)
+        self.norm = torch.nn.LayerNorm(8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(x + self.down(torch.nn.functional.gelu(self.up(x))))
+
+
+def test_a_model_with_no_recipe_is_traced_and_merged_from_calibration_tensors(
+    tmp_path: Path,
+) -> None:
+    from safetensors.torch import save_file
+
+    from graphperm.errors import ModelLoadError
+    from graphperm.inputs import TensorAdapter
+
+    torch.manual_seed(0)
+    batches = tmp_path / "batches.safetensors"
+    save_file({"x": torch.randn(24, 5, 8)}, str(batches))
+    policy = load_policy({"align": [{"kind": "ffn"}], "calibration": {"batch_size": 4}})
+    a = load_model(_CustomEncoder())
+    with pytest.raises(ModelLoadError, match="no example-input recipe"):
+        prepare(a, policy)  # nothing to trace it on
+    adapter, analysis, plan = prepare(a, policy, calib=[batches])
+    assert isinstance(adapter, TensorAdapter) and [t.kind for t in plan.targets] == ["ffn"]
+    secret = Permutation({"up": {"channels": torch.randperm(32, generator=torch.Generator())}})
+    b = load_model(_CustomEncoder())
+    b.module.load_state_dict(permute_state(Indexer(analysis), a.state_dict(), secret))
+    models = [a, b, load_model(_CustomEncoder())]
+    models[2].module.load_state_dict(b.state_dict())
+    alignment = align_models(models, policy, [batches])
+    assert alignment.calibration["items"] == 24
+    result = merge_all(alignment, models, weights=[0.5, 0.25, 0.25])
+    err = max(float((result.state[k] - v).abs().max()) for k, v in a.state_dict().items())
+    assert err < 1e-6

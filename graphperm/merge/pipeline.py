@@ -29,7 +29,7 @@ from graphperm.analysis import Analysis, analyse
 from graphperm.apply import Indexer, check_inputs, check_permuted, outputs, permute_state
 from graphperm.distributed import gather_calibration, world
 from graphperm.errors import CalibrationError, PolicyError
-from graphperm.inputs import InputAdapter, adapter_for
+from graphperm.inputs import InputAdapter, calibration_adapter
 from graphperm.merge.checks import check_same_architecture
 from graphperm.merge.interpolate import interpolate
 from graphperm.merge.results import Alignment, MergeResult
@@ -60,17 +60,18 @@ log = logging.getLogger(__name__)
 
 
 def prepare(
-    a: LoadedModel, policy: Policy, *, where: str = "policy"
+    a: LoadedModel, policy: Policy, *, where: str = "policy", calib: Sequence[str | Path] = ()
 ) -> tuple[InputAdapter | None, Analysis, Plan]:
     """Trace A on inputs of the calibration batch's shape, analyse it, resolve the policy.
 
     Returns the input adapter (None when the model has no calibration recipe and none is
     needed: the policy aligns nothing, or its method reads only weights), the analysis and the
-    plan.
+    plan. A model with no input recipe of its own is traced on the first items of ``calib``
+    when those are ``.safetensors`` batches.
     """
     method = get_method(policy.method, where=where)
     try:
-        adapter = adapter_for(a, policy.calibration)
+        adapter = calibration_adapter(a, policy.calibration, calib)
         inputs = adapter.example(policy.calibration.batch_size)
     except CalibrationError:
         if policy.align and "correlation" in method.needs:
@@ -120,7 +121,7 @@ def align_models(
     timings: dict[str, float] = {}
     start = time.perf_counter()
     check_same_architecture(*models)
-    adapter, analysis, plan = prepare(models[0], policy, where=where)
+    adapter, analysis, plan = prepare(models[0], policy, where=where, calib=calib)
     timings["trace_analysis_s"] = time.perf_counter() - start
     sources = tuple(m.source for m in models)
     if not plan.targets:

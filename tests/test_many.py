@@ -268,6 +268,7 @@ def test_consensus_on_the_command_line(audio: Path, tmp_path: Path) -> None:
     rounds = report["consensus"]
     assert [r["round"] for r in rounds][:2] == [0, 1] and len(rounds) <= 3
     assert "consensus_s" in report["timings_s"]
+    assert "- consensus refinement" in (out / "README.md").read_text()
     saved = (out / "policy.yaml").read_text()
     assert "consensus_rounds: 2" in saved and "0.25" in saved  # reproducible as written
 

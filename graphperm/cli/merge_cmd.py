@@ -33,6 +33,14 @@ def _add_more(p: argparse.ArgumentParser) -> None:
         metavar="MODEL_C",
         help="more models (three or more are aligned into A's basis, each against A)",
     )
+    p.add_argument(
+        "--consensus-rounds",
+        type=int,
+        metavar="N",
+        help="three or more models: N rounds re-aligning each model to the weighted average "
+        "of the others after the alignment against A (overrides the policy's "
+        "consensus_rounds; needs every pair's statistics)",
+    )
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -96,6 +104,14 @@ def _setup(args: argparse.Namespace):
     specs = _specs(args)
     weights = _weights(args, len(specs))  # a bad weight fails before any model is loaded
     policy = policy_from_args(args)
+    rounds = getattr(args, "consensus_rounds", None)
+    if rounds is not None:
+        if rounds < 0:
+            raise PolicyError(f"--consensus-rounds must be 0 or more, not {rounds}")
+        policy = policy.model_copy(update={"consensus_rounds": rounds})
+    if policy.consensus_rounds > 0 and len(specs) > 2:
+        # the consensus averages the others with the merge weights: hand them over
+        policy = policy.with_weights(weights) if weights else policy
     try:  # the policy's own model_weights must fit the models too
         (policy.with_weights(weights) if weights else policy).base_weights(len(specs))
     except ValueError as err:

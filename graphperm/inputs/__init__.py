@@ -21,7 +21,12 @@ from graphperm.inputs.base import (
     register_adapter,
     step_mask,
 )
-from graphperm.inputs.tensors import is_tensor_source, tensor_calibration
+from graphperm.inputs.tensors import (
+    TensorAdapter,
+    calibration_adapter,
+    is_tensor_source,
+    tensor_calibration,
+)
 
 __all__ = [
     "ADAPTERS",
@@ -30,8 +35,10 @@ __all__ = [
     "InputAdapter",
     "LogMelAdapter",
     "ModelBatch",
+    "TensorAdapter",
     "WaveformAdapter",
     "adapter_for",
+    "calibration_adapter",
     "is_tensor_source",
     "main_input_name",
     "register_adapter",

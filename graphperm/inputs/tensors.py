@@ -7,6 +7,10 @@ config's image size). The statistics' validity mask is the optional key ``mask``
 positions)`` bool, not passed to the model), else ``attention_mask``, else one valid position
 per item. Several files are concatenated.
 
+A model with no input recipe of its own (a custom module, an unusual architecture) is traced on
+the file's first items too (:func:`calibration_adapter`), so ``--calib FILE.safetensors`` is all
+it needs.
+
 Example:
     >>> import tempfile, torch
     >>> from safetensors.torch import save_file
@@ -25,13 +29,25 @@ from __future__ import annotations
 import inspect
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
-from graphperm.errors import CalibrationError
+from graphperm.errors import CalibrationError, ModelLoadError
 from graphperm.inputs.base import CalibrationData, InputAdapter, ModelBatch, adapter_for
 
-__all__ = ["MASK_KEY", "adapter_for", "is_tensor_source", "tensor_calibration"]
+if TYPE_CHECKING:
+    from graphperm.policy import Calibration
+    from graphperm.trace import LoadedModel
+
+__all__ = [
+    "MASK_KEY",
+    "TensorAdapter",
+    "adapter_for",
+    "calibration_adapter",
+    "is_tensor_source",
+    "tensor_calibration",
+]
 
 MASK_KEY = "mask"
 
@@ -51,14 +67,8 @@ def _forward_arguments(adapter: InputAdapter) -> set[str] | None:
     return set(params)
 
 
-def tensor_calibration(
-    adapter: InputAdapter,
-    sources: Sequence[str | Path],
-    *,
-    shard: tuple[int, int] | None = None,
-) -> CalibrationData:
-    """The batches in the ``.safetensors`` ``sources``, checked against the inputs ``adapter``
-    exports the model on (names and per-item shapes), cut to ``calibration.num_clips`` items."""
+def read_tensors(sources: Sequence[str | Path]) -> dict[str, torch.Tensor]:
+    """Every tensor of the ``.safetensors`` ``sources``, files concatenated along dim 0."""
     from safetensors.torch import load_file
 
     tensors: dict[str, list[torch.Tensor]] = {}
@@ -72,7 +82,77 @@ def tensor_calibration(
             raise CalibrationError(f"'{src}' is not a safetensors file: {err}") from err
     if not tensors:
         raise CalibrationError("the calibration .safetensors files hold no tensor")
-    data = {k: torch.cat(v) if len(v) > 1 else v[0] for k, v in tensors.items()}
+    return {k: torch.cat(v) if len(v) > 1 else v[0] for k, v in tensors.items()}
+
+
+class TensorAdapter(InputAdapter):
+    """Inputs of a model with no recipe of its own: the ready-made batches themselves. The
+    model is exported on the first items of the files (repeated to fill a batch).
+
+    Example:
+        >>> import tempfile, torch
+        >>> from safetensors.torch import save_file
+        >>> from graphperm.trace import load_model
+        >>> path = tempfile.mkdtemp() + "/x.safetensors"
+        >>> save_file({"x": torch.randn(3, 5, 8)}, path)
+        >>> adapter = TensorAdapter(load_model(torch.nn.Linear(8, 8)), None, [path])
+        >>> tuple(adapter.example(4)["x"].shape)
+        (4, 5, 8)
+    """
+
+    kind = "tensors"
+
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        settings: Calibration | None,
+        sources: Sequence[str | Path],
+    ) -> None:
+        super().__init__(loaded, settings)
+        self.sources = list(sources)
+        self._data = read_tensors(self.sources)
+
+    def example(
+        self, batch_size: int = 1, length: int | None = None, seed: int = 0
+    ) -> dict[str, torch.Tensor]:
+        items = {int(v.shape[0]) for v in self._data.values()}
+        if len(items) != 1 or 0 in items:
+            raise CalibrationError(
+                "the calibration tensors differ in their first (item) dim or hold no item: "
+                + ", ".join(f"{k} {tuple(v.shape)}" for k, v in self._data.items())
+            )
+        index = torch.arange(batch_size) % items.pop()
+        return {k: v[index] for k, v in self._data.items() if k != MASK_KEY}
+
+    def calibration(
+        self, sources: Sequence[str | Path], *, shard: tuple[int, int] | None = None
+    ) -> CalibrationData:
+        return tensor_calibration(self, sources, shard=shard)
+
+
+def calibration_adapter(
+    loaded: LoadedModel, settings: Calibration | None, sources: Sequence[str | Path] = ()
+) -> InputAdapter:
+    """The adapter registered for ``loaded`` (:func:`adapter_for`); for a model with none, a
+    :class:`TensorAdapter` on ``sources`` when they are ``.safetensors`` batches (else the
+    one-line :class:`~graphperm.errors.ModelLoadError`)."""
+    try:
+        return adapter_for(loaded, settings)
+    except ModelLoadError:
+        if not is_tensor_source(sources):
+            raise
+    return TensorAdapter(loaded, settings, sources)
+
+
+def tensor_calibration(
+    adapter: InputAdapter,
+    sources: Sequence[str | Path],
+    *,
+    shard: tuple[int, int] | None = None,
+) -> CalibrationData:
+    """The batches in the ``.safetensors`` ``sources``, checked against the inputs ``adapter``
+    exports the model on (names and per-item shapes), cut to ``calibration.num_clips`` items."""
+    data = read_tensors(sources)
     example = adapter.example(1)
     given = set(data) - {MASK_KEY}
     forward = _forward_arguments(adapter)

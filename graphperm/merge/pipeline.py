@@ -37,13 +37,19 @@ from graphperm.apply import (
 )
 from graphperm.distributed import gather_calibration, world
 from graphperm.errors import CalibrationError, PolicyError
-from graphperm.inputs import InputAdapter, adapter_for
+from graphperm.inputs import InputAdapter, calibration_adapter
 from graphperm.merge.checks import check_same_architecture
 from graphperm.merge.interpolate import interpolate
 from graphperm.merge.results import Alignment, MergeResult
 from graphperm.policy import Plan, Policy, load_policy, resolve
 from graphperm.runtime import release_memory
-from graphperm.solve import Problem, get_method, split_half_agreement
+from graphperm.solve import (
+    Problem,
+    correlation_with_a,
+    get_method,
+    refine,
+    split_half_agreement,
+)
 from graphperm.stats import Statistics, calibrate
 from graphperm.stats.io import all_reduce
 from graphperm.trace import LoadedModel, trace
@@ -62,17 +68,18 @@ log = logging.getLogger(__name__)
 
 
 def prepare(
-    a: LoadedModel, policy: Policy, *, where: str = "policy"
+    a: LoadedModel, policy: Policy, *, where: str = "policy", calib: Sequence[str | Path] = ()
 ) -> tuple[InputAdapter | None, Analysis, Plan]:
     """Trace A on inputs of the calibration batch's shape, analyse it, resolve the policy.
 
     Returns the input adapter (None when the model has no calibration recipe and none is
     needed: the policy aligns nothing, or its method reads only weights), the analysis and the
-    plan.
+    plan. A model with no input recipe of its own is traced on the first items of ``calib``
+    when those are ``.safetensors`` batches.
     """
     method = get_method(policy.method, where=where)
     try:
-        adapter = adapter_for(a, policy.calibration)
+        adapter = calibration_adapter(a, policy.calibration, calib)
         inputs = adapter.example(policy.calibration.batch_size)
     except CalibrationError:
         if policy.align and "correlation" in method.needs:
@@ -126,7 +133,7 @@ def align_models(
     timings: dict[str, float] = {}
     start = time.perf_counter()
     check_same_architecture(*models)
-    adapter, analysis, plan = prepare(models[0], policy, where=where)
+    adapter, analysis, plan = prepare(models[0], policy, where=where, calib=calib)
     timings["trace_analysis_s"] = time.perf_counter() - start
     sources = tuple(m.source for m in models)
     folds = folds_for(analysis, plan.rotated)
@@ -159,6 +166,7 @@ def align_models(
             shard=shard,
             device=device,
             stop=stop,
+            every_pair=policy.consensus_rounds > 0 and len(models) > 2,
         )
         if size > 1:
             t = time.perf_counter()
@@ -205,9 +213,51 @@ def finish_alignment(
             for r in rows:
                 r.split_half_agreement = halves.get(r.name)
         timings["split_half_s"] = time.perf_counter() - t
+    consensus: list[dict] = []
+    if plan.policy.consensus_rounds > 0 and len(sources) > 2:
+        t = time.perf_counter()
+        perms, consensus = _consensus(analysis, plan, perms, reports, stats, list(states or []))
+        timings["consensus_s"] = time.perf_counter() - t
     return Alignment(
-        analysis, plan, perms, reports, stats, calibration, timings, sources, method.name
+        analysis,
+        plan,
+        perms,
+        reports,
+        stats,
+        calibration,
+        timings,
+        sources,
+        method.name,
+        consensus,
     )
+
+
+def _consensus(
+    analysis: Analysis,
+    plan: Plan,
+    perms: list,
+    reports: list,
+    stats: Statistics | None,
+    states: list,
+) -> tuple[list, list[dict]]:
+    """Consensus refinement (:func:`graphperm.solve.refine`) of every model's permutation; each
+    model's report rows are brought up to date (moved fraction; correlation with A after)."""
+    n = len(perms) + 1
+    perms, history = refine(
+        analysis,
+        plan,
+        perms,
+        stats=stats,
+        states=states,
+        weights=plan.policy.base_weights(n),
+        rounds=plan.policy.consensus_rounds,
+    )
+    for k, (perm, rows) in enumerate(zip(perms, reports)):
+        for r in rows:
+            r.moved_fraction = perm.moved_fraction(r.name)
+            if stats is not None and r.corr_after is not None:
+                r.corr_after = correlation_with_a(analysis, plan, stats, perm, r.name, k + 1)
+    return perms, [h.to_dict() for h in history]
 
 
 def enough_data(analysis: Analysis, plan: Plan, threshold: float):

@@ -45,6 +45,7 @@ class Alignment:
     timings: dict[str, float] = field(default_factory=dict)
     sources: tuple[str, ...] = ("", "")
     method: str = "activations"
+    consensus: list[dict] = field(default_factory=list)  # per round, with consensus_rounds
 
     @classmethod
     def unaligned(cls, analysis: Analysis, plan: Plan, sources: tuple[str, ...], **kw) -> Alignment:

@@ -115,6 +115,14 @@ def model_card(report: dict, command: str) -> str:
     ]
     if cal.get("description"):
         lines.append(f"- calibration data: {cal['description']}")
+    rounds = report.get("consensus")
+    if rounds:
+        first, last = rounds[0], rounds[-1]
+        lines.append(
+            f"- consensus refinement (each model re-aligned to the average of the others): "
+            f"{last['round']} round(s), objective ({first['measure']}) "
+            f"{first['objective']:.3f} → {last['objective']:.3f}"
+        )
     ver = report.get("verification")
     if ver is not None:
         state = "passed" if ver["ok"] else "FAILED"

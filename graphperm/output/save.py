@@ -74,6 +74,8 @@ def report_dict(alignment: Alignment, result: MergeResult | None = None) -> dict
         }
         if result is not None:
             out["weights"] = result.weights
+        if alignment.consensus:
+            out["consensus"] = alignment.consensus
     if result is not None:
         out["timings_s"].update({k: round(v, 3) for k, v in result.timings.items()})
         if result.check is not None:

@@ -157,6 +157,15 @@ class Policy(_Strict):
         description="units whose matched correlation is not ahead of every other candidate by "
         "this much (dead or duplicated units) are matched on their weights; 0: never",
     )
+    consensus_rounds: int = Field(
+        0,
+        ge=0,
+        le=100,
+        description="three or more models: after each is aligned against A, this many rounds "
+        "re-align each model to the weighted average of the others (git re-basin's MergeMany; "
+        "A stays fixed). With a correlation method it needs the statistics of every pair of "
+        "models (memory grows with the square of their number); 0: off",
+    )
     weight_a: float = Field(0.9, ge=0.0, le=1.0, description="interpolation weight of model A")
     model_weights: list[float] | None = Field(
         None,

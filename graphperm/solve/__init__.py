@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from graphperm.solve.agreement import agreement
 from graphperm.solve.assignment import block_scores, match
+from graphperm.solve.consensus import ConsensusRound, correlation_with_a, refine
 from graphperm.solve.methods import (
     METHODS,
     AlignmentMethod,
@@ -25,13 +26,16 @@ from graphperm.solve.weights import weight_matching  # registers methods weights
 __all__ = [
     "METHODS",
     "AlignmentMethod",
+    "ConsensusRound",
     "GroupReport",
     "Problem",
     "Solution",
     "agreement",
     "block_scores",
+    "correlation_with_a",
     "get_method",
     "match",
+    "refine",
     "register_method",
     "solve",
     "split_half_agreement",

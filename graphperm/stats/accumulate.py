@@ -181,6 +181,11 @@ class SiteStats:
         cov = self.cross[p].to(torch.float64, copy=True).div_(n)
         return cov.addr_(self.sums[i] / n, self.sums[j] / n, alpha=-1.0)
 
+    def live(self, model: int) -> torch.Tensor:
+        """Bool (C,): model ``model``'s channels that are not dead (see :meth:`correlation`)."""
+        s = self.std(model)
+        return s > DEAD * float(s.max()) if s.numel() else s.bool()
+
     def correlation(self, pair: Pair = (0, 1)) -> torch.Tensor:
         """Pearson correlation of model ``i``'s channel r with model ``j``'s channel c, float64,
         (C, C), for ``pair = (i, j)``. Dead channels (constant, or varying less than

@@ -198,9 +198,7 @@ def collect(
             frames = [valid_frames(v, layout, steps[full], step) for v in values]
             try:
                 with torch.autocast(device.type, enabled=False):  # products at `product`
-                    now["part"][k].update(
-                        *frames, product=None if k in float64_sites else product
-                    )
+                    now["part"][k].update(*frames, product=None if k in float64_sites else product)
             except NonFinite as err:
                 raise CalibrationError(
                     f"model {'ABCDEFGHIJKLMNOPQRSTUVWXYZ'[int(str(err))]} produced NaN or inf "

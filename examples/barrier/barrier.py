@@ -147,6 +147,7 @@ def _aligned(
                     "corr_before": _round(r.corr_before),
                     "corr_after": _round(r.corr_after),
                     "split_half_agreement": _round(r.split_half_agreement),
+                    **({"rotated": list(r.rotated)} if r.rotated else {}),
                 }
                 for r in alignment.reports
             },
@@ -178,12 +179,24 @@ ALL_RULES = [  # every group but the heads' outputs ("other": class/unit logits)
     {"kind": "residual"},
 ]
 
+# every group, the residual stream rotated (any orthogonal matrix) where the analysis proves it
+# exact (pre-LN: norm gains folded into their readers; the all-ones direction kept for LayerNorm's
+# centring); where it does not (post-LN HuBERT), the residual stream is permuted as in ``all``
+ORTH_RULES = [*ALL_RULES[:-1], {"kind": "residual", "transform": "orth"}]
+
 METHODS: dict[str, Callable[[LoadedModel, LoadedModel, Calib], Merger]] = {
     "plain": plain,
     "paper": _aligned(PAPER_RULES, "the paper policy: conv + attention heads/vo + FFN"),
     "all": _aligned(ALL_RULES, "every group: conv + attention heads/qk/vo + FFN + residual"),
     "weights": _aligned(
         ALL_RULES, "data-free weight matching (git re-basin) of every group", how="weights"
+    ),
+    "hybrid": _aligned(
+        ALL_RULES, "every group, activation correlation + weight cost", how="hybrid"
+    ),
+    "orth": _aligned(ORTH_RULES, "every group, residual stream rotated (activations)"),
+    "orth-weights": _aligned(
+        ORTH_RULES, "every group, residual stream rotated (data-free weights)", how="weights"
     ),
 }
 

@@ -70,3 +70,52 @@ def merge_oracle(a, policy, calib=(), seed: int = 5):
     result = merge_models(alignment, a, b, weight_a=0.5)
     worst = max(float((result.state[k] - v).abs().max()) for k, v in a.state_dict().items())
     return worst, alignment
+
+
+def function_oracle(a, policy, calib=(), seed: int = 5):
+    """B = A under a random member of the family of every part ``policy`` aligns (rotations
+    for the parts it rotates); merged with A at 0.5 it must compute A's function. Returns the
+    largest output difference relative to A's largest output, and the alignment.
+
+    Works for modules given as they are (``load_model(module)``): B is a deep copy.
+    """
+    import copy
+
+    import torch
+
+    from graphperm.apply import (
+        Indexer,
+        Permutation,
+        check_inputs,
+        outputs,
+        permute_state,
+        random_permutation,
+    )
+    from graphperm.merge import align, merge_models, prepare
+    from graphperm.policy import load_policy
+
+    policy = load_policy(policy)
+    _, analysis, plan = prepare(a, policy)
+    indexer = Indexer(analysis)
+    rotate = {
+        (t.group, t.part): analysis.symmetry(t.group, t.part).keeps_ones
+        for t in plan.targets
+        if t.transform == "orth"
+    }
+    every = random_permutation(indexer.shapes(), seed=seed, rotate=rotate)
+    secret = Permutation()
+    for t in plan.targets:
+        secret.set(t.group, t.part, every.get(t.group, t.part))
+    assert secret.perms, "the policy must align something"
+    b = copy.deepcopy(a)
+    b.module.load_state_dict(permute_state(indexer, a.state_dict(), secret))
+    alignment = align(a, b, policy, list(calib))
+    result = merge_models(alignment, a, b, weight_a=0.5)
+    merged = copy.deepcopy(a.module)
+    merged.load_state_dict(result.state)
+    inputs = check_inputs(analysis)
+    want, got = outputs(a.module, inputs), outputs(merged, inputs)
+    scale = max(float(w.abs().max()) for w in want)
+    worst = max(float((g.double() - w.double()).abs().max()) for g, w in zip(got, want))
+    assert all(torch.isfinite(g).all() for g in got)
+    return worst / scale, alignment

@@ -216,21 +216,55 @@ class _Walk:
             for i in _ADDITIVE_ARGS.get(family, ())
             if i < len(node.args) and isinstance(node.args[i], fx.Node)
         }
-        main = [self.carried(k) for k in ins if k not in additive]
+        main = [k for k in ins if k not in additive]
         out = frozenset().union(*(self.carried(k) for k in outs))
         if family.startswith(("aten.conv", "aten._conv")):
             pos = 8 if family.endswith("convolution") else 6
             groups = node.args[pos] if len(node.args) > pos else 1
             if groups != 1:
-                for leaf in frozenset().union(*main, out):
+                for leaf in frozenset().union(*(self.carried(k) for k in main), out):
                     self.breaks(leaf, f"{where} is a grouped convolution")
-        for leaf in frozenset().union(*main):
-            n = sum(leaf in m for m in main)
-            if n > 2 or (n == 2 and leaf in out):
-                self.breaks(leaf, f"{where} uses it as a batch axis of two operands")
+        for leaf in self._batch_leaves(node, family, main):
+            self.breaks(leaf, f"{where} uses it as a batch axis of two operands")
         for k in additive:
             for leaf in self.carried(k) - out:
                 self.breaks(leaf, f"{where} adds a tensor along it that the result does not carry")
+
+    def _batch_leaves(self, node: fx.Node, family: str, main: list[str]) -> frozenset[int]:
+        """Leaves on axes that two operands share as a batch (``bmm``'s leading axes, an
+        einsum index kept in the output): a rotation there would mix separate products."""
+        if family in (
+            "aten.linear",
+            "aten.addmm",
+            "aten.mm",
+            "aten.embedding",
+        ) or family.startswith(("aten.conv", "aten._conv")):
+            return frozenset()  # a weight has no batch axes
+        if family == "aten.einsum":
+            spec = str(node.args[0]).replace(" ", "")
+            lhs, _, rhs = spec.partition("->")
+            terms = lhs.split(",")
+            if "." in spec or len(terms) != len(main):
+                return frozenset().union(*(self.carried(k) for k in main))
+            found: dict[str, list[frozenset[int]]] = defaultdict(list)
+            for term, key in zip(terms, main):
+                for d, letter in enumerate(term):
+                    found[letter].append(self.carried(key, [d]))
+            shared = [
+                v for letter, v in found.items() if len(v) > 2 or (len(v) == 2 and letter in rhs)
+            ]
+            return frozenset().union(*(x for v in shared for x in v))
+        # matmul-like: everything but the last two axes of each operand is a batch axis
+        batch = []
+        for key in main:
+            t = self.c.tensors[key]
+            batch.append(self.carried(key, list(range(max(t.ndim - 2, 0)))))
+        seen: set[int] = set()
+        shared: set[int] = set()
+        for b in batch:
+            shared |= seen & b
+            seen |= b
+        return frozenset(shared)
 
     def _add(self, node, family, ins, outs, args, where) -> None:
         positions = _SELECTORS.get(family, ())

@@ -54,23 +54,34 @@ class Indexer:
         return self.permute(tensor, self.analysis.coupling.classes(key), perm)
 
     def permute(self, tensor: torch.Tensor, classes: list[int], perm: Permutation) -> torch.Tensor:
-        """Transform ``tensor`` whose dim ``d`` has axis class ``classes[d]``: gather along the
-        permuted parts, then multiply by the rotated parts' matrices."""
+        """Transform ``tensor`` whose dim ``d`` has axis class ``classes[d]`` (``None``: an axis
+        nothing moves): gather along the permuted parts, then multiply by the rotated parts'
+        matrices."""
         if tensor.ndim != len(classes):
             raise ValueError(f"tensor has {tensor.ndim} dims, classes given for {len(classes)}")
         out = self._gather(tensor, classes, perm)
         if perm.rotated:
             for d, c in enumerate(classes):
-                out = self._rotate(out, d, c, classes, perm)
+                if c is not None:
+                    out = self._rotate(out, d, c, classes, perm)
         return out
+
+    def matrix(self, cls: int, perm: Permutation) -> torch.Tensor:
+        """The ``n × n`` float64 matrix ``T`` of ``perm`` on an axis of class ``cls``:
+        ``new = old @ T`` (a permutation's ``T`` has ``T[p[j], j] = 1``)."""
+        eye = torch.eye(self.table.size(cls), dtype=torch.float64)
+        return self.permute(eye, [None, cls], perm)
 
     def _gather(self, tensor: torch.Tensor, classes: list[int], perm: Permutation) -> torch.Tensor:
         ndim = tensor.ndim
         news = [self._arange(n, d, ndim, tensor.device) for d, n in enumerate(tensor.shape)]
         env: dict[int, torch.Tensor] = {}
         for c, idx in zip(classes, news):
-            self._digits(c, idx, env)
-        olds = [self._old(c, idx, env, perm) for c, idx in zip(classes, news)]
+            if c is not None:
+                self._digits(c, idx, env)
+        olds = [
+            None if c is None else self._old(c, idx, env, perm) for c, idx in zip(classes, news)
+        ]
         if all(o is None for o in olds):
             return tensor
         if all(o is None or o.numel() == o.shape[d] for d, o in enumerate(olds)):
@@ -174,7 +185,9 @@ class Indexer:
             if r.ndim == 2:
                 return _times(x, d, r)
             outer = self.table.find(self.deps[c])
-            axes = [e for e, k in enumerate(classes) if self.table.find(k) == outer]
+            axes = [
+                e for e, k in enumerate(classes) if k is not None and self.table.find(k) == outer
+            ]
             if not axes:
                 raise RuntimeError(
                     f"part {self._part_of[c]} rotates per block of a part this tensor does not hold"

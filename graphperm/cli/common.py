@@ -142,6 +142,16 @@ def add_merge_args(p: argparse.ArgumentParser, out_help: str = "output folder") 
     )
     p.add_argument("--num-clips", type=int, metavar="N", help="override calibration.num_clips")
     p.add_argument(
+        "--method",
+        metavar="NAME",
+        help="override the policy's alignment method (activations, weights, hybrid)",
+    )
+    p.add_argument(
+        "--transform",
+        choices=["perm", "orth"],
+        help="override every align rule's transform ('orth': rotate the parts that admit it)",
+    )
+    p.add_argument(
         "--seed-b",
         type=int,
         default=1,
@@ -150,12 +160,17 @@ def add_merge_args(p: argparse.ArgumentParser, out_help: str = "output folder") 
 
 
 def policy_from_args(args: argparse.Namespace) -> Policy:
-    """The ``--policy`` with command-line overrides (``--num-clips``) applied."""
+    """The ``--policy`` with command-line overrides (``--num-clips``, ``--method``,
+    ``--transform``) applied, and validated again."""
     policy = load_policy(args.policy)
+    data = policy.model_dump()
     if getattr(args, "num_clips", None) is not None:
-        cal = policy.calibration.model_copy(update={"num_clips": args.num_clips})
-        policy = policy.model_copy(update={"calibration": cal})
-    return policy
+        data["calibration"]["num_clips"] = args.num_clips
+    if getattr(args, "method", None):
+        data["method"] = args.method
+    if getattr(args, "transform", None):
+        data["align"] = [{**rule, "transform": args.transform} for rule in data["align"]]
+    return load_policy(data) if data != policy.model_dump() else policy
 
 
 def print_alignment(alignment: Alignment) -> None:
@@ -173,7 +188,7 @@ def print_alignment(alignment: Alignment) -> None:
             [
                 r.name,
                 r.kind,
-                ",".join(r.parts),
+                ",".join(f"{p} (orth)" if p in r.rotated else p for p in r.parts),
                 f"{100 * r.moved_fraction:.1f}%",
                 f"{r.corr_before:.3f}" if r.corr_before is not None else "-",
                 f"{r.corr_after:.3f}" if r.corr_after is not None else "-",

@@ -9,22 +9,35 @@ from graphperm.apply.verify import ATOL, RTOL
 from graphperm.cli.common import add_model_args, analyse_model, load_cli_model, say
 from graphperm.report import format_table
 
-HELP = "check that random permutations of every group leave the model's outputs unchanged"
+HELP = (
+    "check that random permutations of every group (and random rotations of every part that "
+    "admits them) leave the model's outputs unchanged"
+)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser("verify", help=HELP, description=HELP + " (exit 0: they agree, 1: not)")
     add_model_args(p)
     p.add_argument("--seed", type=int, default=0, help="seed of the random permutations")
+    p.add_argument(
+        "--no-rotations",
+        action="store_true",
+        help="permute every part, never rotate (what `transform: perm` policies do)",
+    )
     p.set_defaults(func=run)
     return p
 
 
 def run(args: argparse.Namespace) -> int:
     analysis = analyse_model(args, load_cli_model(args, args.model))
-    report = verify(analysis, seed=args.seed)
+    report = verify(analysis, seed=args.seed, rotations=not args.no_rotations)
     parts = sum(len(g.parts) for g in analysis.groups)
-    say(f"permuted {len(analysis.groups)} groups ({parts} parts) at random (seed {args.seed})", "")
+    turned = f", {report.rotated_parts} of them rotated" if report.rotated_parts else ""
+    say(
+        f"transformed {len(analysis.groups)} groups ({parts} parts{turned}) at random "
+        f"(seed {args.seed})",
+        "",
+    )
     rows = [
         [
             o.name,

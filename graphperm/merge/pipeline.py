@@ -113,7 +113,11 @@ def align_models(
     device: str = "auto",
 ) -> Alignment:
     """Find the permutations that bring every model after the first into the first's basis,
-    from one pass over the calibration data (each model's statistics against A)."""
+    from one pass over the calibration data (each model's statistics against A).
+
+    When the plan rotates parts, every model first has the norms those rotations pass through
+    folded into their readers, in place (:mod:`graphperm.apply.fold`: the same function, gains
+    1 and biases 0), so that what is measured differs between models by a rotation only."""
     if len(models) < 2:
         raise PolicyError("aligning needs at least two models")
     where = where or (str(policy) if isinstance(policy, (str, Path)) else "policy")
@@ -125,6 +129,11 @@ def align_models(
     adapter, analysis, plan = prepare(models[0], policy, where=where)
     timings["trace_analysis_s"] = time.perf_counter() - start
     sources = tuple(m.source for m in models)
+    folds = folds_for(analysis, plan.rotated)
+    if folds:
+        for m in models:
+            fold_state(m.state_dict(), folds, inplace=True)
+        log.info("folded %d norms into the linear layers that read them", len(folds))
     if not plan.targets:
         return Alignment.unaligned(analysis, plan, sources, timings=timings, method=method.name)
     stats, calibration = None, {}

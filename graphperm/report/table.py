@@ -54,9 +54,22 @@ def groups_table(analysis: Analysis) -> str:
                 g.structure,
                 str(len(g.tensors)),
                 measured_at(g),
+                rotatable(analysis, g),
             ]
         )
-    return format_table(rows, ["group", "kind", "size", "structure", "tensors", "measured at"])
+    header = ["group", "kind", "size", "structure", "tensors", "measured at", "rotations"]
+    return format_table(rows, header)
+
+
+def rotatable(analysis: Analysis, group: PermutationGroup) -> str:
+    """The parts that also admit any orthogonal transform (``orth``; ``orth·1``: keeping the
+    all-ones direction), or ``-`` when every part is permutation-only."""
+    out = []
+    for p in group.parts:
+        s = analysis.symmetry(group.name, p.name)
+        if s.family == "orth":
+            out.append(f"{p.name} orth" + ("·1" if s.keeps_ones else ""))
+    return ", ".join(out) or "-"
 
 
 def summary_lines(analysis: Analysis) -> list[str]:
@@ -64,6 +77,13 @@ def summary_lines(analysis: Analysis) -> list[str]:
     kinds = ", ".join(f"{n} {k}" for k, n in sorted(counts.items(), key=lambda kv: -kv[1]))
     moved = sum(len(g.tensors) for g in analysis.groups)
     out = [f"{len(analysis.groups)} groups ({kinds}); {moved} tensor axes can move"]
+    orth = [(g.name, p.name) for g in analysis.groups for p in g.parts]
+    orth = [k for k in orth if analysis.symmetry(*k).family == "orth"]
+    folds = {f.node for k in orth for f in analysis.symmetry(*k).folds}
+    out.append(
+        f"{len(orth)} parts also admit rotations (any orthogonal matrix, `transform: orth`)"
+        + (f", after folding {len(folds)} norm gains into their readers" if folds else "")
+    )
     by_reason: dict[str, list[str]] = defaultdict(list)
     for f in analysis.fixed:
         if f.size > 1:

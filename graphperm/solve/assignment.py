@@ -19,7 +19,14 @@ from scipy.optimize import linear_sum_assignment
 
 from graphperm.apply import ones_basis
 
-__all__ = ["Matcher", "block_scores", "match", "procrustes", "rotation_score"]
+__all__ = [
+    "Matcher",
+    "block_scores",
+    "match",
+    "procrustes",
+    "rotation_block_scores",
+    "rotation_score",
+]
 
 # Assignments at least this large go to worker processes (a 3072-unit one takes ~1 s; below
 # ~1000 units the transfer costs more than it saves).
@@ -64,6 +71,21 @@ def rotation_score(m: torch.Tensor, r: torch.Tensor) -> float:
     """``Σ_ij r[i, j] m[j, i]``: the objective :func:`procrustes` maximises (for a permutation
     matrix, ``Σ_j m[j, p[j]]``, what :func:`match` maximises)."""
     return float((r.double() * m.double().T).sum())
+
+
+def rotation_block_scores(m: torch.Tensor, h: int, *, keeps_ones: bool = False) -> torch.Tensor:
+    """``(h, h)``: for A's block ``i`` and B's block ``r``, the value of the best rotation
+    between them (the nuclear norm of their cost block; restricted to rotations keeping the
+    all-ones direction with ``keeps_ones``)."""
+    d = m.shape[0] // h
+    blocks = m.double().reshape(h, d, h, d).permute(0, 2, 1, 3)  # [i, r] -> (d, d)
+    if d == 1:
+        return blocks[..., 0, 0] if keeps_ones else blocks[..., 0, 0].abs()
+    if not keeps_ones:
+        return torch.linalg.svdvals(blocks).sum(-1)
+    basis = ones_basis(d)
+    ones = blocks.sum((-1, -2)) / d  # the all-ones direction maps to itself: tr(J m)
+    return ones + torch.linalg.svdvals(basis.T @ blocks @ basis).sum(-1)
 
 
 def _match_array(m: np.ndarray) -> np.ndarray:

@@ -21,7 +21,13 @@ import torch
 from graphperm.analysis import Analysis, Part, PermutationGroup, Site
 from graphperm.apply import Indexer, Permutation
 from graphperm.policy import Plan, Target
-from graphperm.solve.assignment import Matcher, block_scores, match, procrustes
+from graphperm.solve.assignment import (
+    Matcher,
+    block_scores,
+    match,
+    procrustes,
+    rotation_block_scores,
+)
 from graphperm.solve.tiebreak import break_ties, fingerprints
 from graphperm.stats import Statistics
 
@@ -178,9 +184,13 @@ class _Solver:
         rho = torch.arange(outer.size)
         if outer.name in targets:
             sites = targets[outer.name].sites
-            views = [v for s in sites if (v := self.blocks(s, outer)) is not None]
-            if views:
-                rho = match(sum(block_scores(v, outer.size) for v in views))
+            scores = [
+                score
+                for s in sites
+                if (score := self._block_scores(group, s, outer, targets)) is not None
+            ]
+            if scores:
+                rho = match(sum(scores))
                 perm.set(group.name, outer.name, rho)
             else:
                 log.warning(
@@ -210,6 +220,23 @@ class _Solver:
                 else:
                     rows.append(self._settle(group, inner.name, block, match(block), (i, r)))
             perm.set(group.name, inner.name, torch.stack(rows))
+
+    def _block_scores(
+        self, group: PermutationGroup, site: Site, outer: Part, targets: dict[str, Target]
+    ) -> torch.Tensor | None:
+        """How well each of A's blocks matches each of B's at ``site``: the best inner
+        assignment's correlation, or, when the inner part is rotated, the best rotation's
+        covariance (rotations scramble correlations, not covariances)."""
+        f = self.factors(site)
+        if len(f) != 2 or f[0] != self.table.find(outer.cls):
+            return None
+        inner = next((p for p in group.parts if self.table.find(p.cls) == f[1]), None)
+        target = targets.get(inner.name) if inner is not None else None
+        if target is not None and target.transform == "orth":
+            ones = self.keeps_ones(group, inner.name)
+            cov = self.corr(site, covariance=True)
+            return rotation_block_scores(cov, outer.size, keeps_ones=ones)
+        return block_scores(self.corr(site), outer.size)
 
     def _settle(
         self,

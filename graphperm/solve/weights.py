@@ -30,9 +30,15 @@ import torch
 
 from graphperm.analysis import Analysis, Part, PermutationGroup
 from graphperm.analysis.classes import Concat, Product
-from graphperm.apply import Indexer, Permutation, fold_state, folds_for, ones_basis
+from graphperm.apply import Indexer, Permutation, fold_state, folds_for
 from graphperm.errors import PolicyError
-from graphperm.solve.assignment import block_scores, match, procrustes, rotation_score
+from graphperm.solve.assignment import (
+    block_scores,
+    match,
+    procrustes,
+    rotation_block_scores,
+    rotation_score,
+)
 from graphperm.solve.methods import AlignmentMethod, Problem, Solution, register_method
 from graphperm.solve.solver import GroupReport
 
@@ -289,7 +295,7 @@ class _Descent:
             if m is None:
                 continue
             if (g, p.name) in self.rotated:
-                scores += _rotation_scores(m, h, self._keeps_ones(g, p.name))
+                scores += rotation_block_scores(m, h, keeps_ones=self._keeps_ones(g, p.name))
             elif p.name in c.targets:
                 scores += block_scores(m, h)
             else:  # the channels inside a block stay in place
@@ -382,21 +388,6 @@ class _Descent:
         return perm
 
 
-def _rotation_scores(m: torch.Tensor, h: int, keeps_ones: bool) -> torch.Tensor:
-    """``(h, h)``: for A's block ``i`` and B's block ``r``, the value of the best rotation
-    between them (the nuclear norm of their cost block; restricted to rotations keeping the
-    all-ones direction with ``keeps_ones``)."""
-    d = m.shape[0] // h
-    blocks = m.double().reshape(h, d, h, d).permute(0, 2, 1, 3)  # [i, r] -> (d, d)
-    if d == 1:
-        return blocks[..., 0, 0] if keeps_ones else blocks[..., 0, 0].abs()
-    if not keeps_ones:
-        return torch.linalg.svdvals(blocks).sum(-1)
-    basis = ones_basis(d)
-    ones = blocks.sum((-1, -2)) / d  # the all-ones direction maps to itself: tr(J m)
-    return ones + torch.linalg.svdvals(basis.T @ blocks @ basis).sum(-1)
-
-
 def _block_total(m: torch.Tensor, rho: torch.Tensor, sigma: torch.Tensor) -> float:
     """``Σ_i Σ_c m[i·d + c, rho[i]·d + sigma[i, c]]`` (for rotations ``sigma[i]``, the
     :func:`rotation_score` of each block pair)."""
@@ -474,9 +465,9 @@ class HybridMatching(AlignmentMethod):
 
 
 def _correlations(problem: Problem) -> dict[tuple[str, str], torch.Tensor]:
-    """Per (group, part): the mean correlation over the sites that measure exactly that part's
-    channels — a part on its own, or an inner part as ``outer × inner`` blocks (which is also
-    what scores whole blocks)."""
+    """Per (group, part): the mean correlation (for rotated parts, the scaled covariance) over
+    the sites that measure exactly that part's channels — a part on its own, or an inner part
+    as ``outer × inner`` blocks (which is also what scores whole blocks)."""
     analysis, table = problem.analysis, problem.analysis.coupling.table
     by_group = problem.plan.by_group()
     out: dict[tuple[str, str], torch.Tensor] = {}
@@ -492,9 +483,18 @@ def _correlations(problem: Problem) -> dict[tuple[str, str], torch.Tensor]:
         views: dict[str, list[torch.Tensor]] = {}
         for s in sites.values():
             name = shapes.get(tuple(table.factors(analysis.coupling.cls(s.key, s.dim))))
-            if name is not None:
+            if name is None:
+                continue
+            if (g.name, name) in problem.plan.rotated:
+                # rotations scramble correlations: the covariance, scaled like one
+                site = problem.stats.site((s.key, s.dim))
+                c = site.covariance(problem.pair)
+                i, j = problem.pair
+                scale = (site.std(i).square().mean() * site.std(j).square().mean()).sqrt()
+                c = c / max(float(scale), 1e-30)
+            else:
                 c = problem.stats.correlation((s.key, s.dim), problem.pair)
-                views.setdefault(name, []).append(torch.nan_to_num(c).double())
+            views.setdefault(name, []).append(torch.nan_to_num(c).double())
         for name, vs in views.items():
             out[(g.name, name)] = sum(vs) / len(vs)
     return out

@@ -73,6 +73,9 @@ def calibrate(
         stop=stop,
         check_every=max(1, -(-cal.check_every // cal.batch_size)) if stop is not None else 0,
         device=device,
+        float64_sites={
+            (s.key, s.dim) for t in plan.targets if t.transform == "orth" for s in t.sites
+        },
     )
     info = {adapter.item: stats.items, f"{adapter.item}_planned": len(data)}
     if adapter.unit == "s":

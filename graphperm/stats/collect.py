@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -129,6 +129,7 @@ def collect(
     stop: Callable[[Statistics], bool] | None = None,
     check_every: int = 0,
     device: torch.device | str = "cpu",
+    float64_sites: Collection[SiteKey] = (),
 ) -> Statistics:
     """Run every model (``states[0]`` is the reference A) on every batch and accumulate
     statistics at ``sites``.
@@ -141,7 +142,8 @@ def collect(
     frame. ``split_half`` alternates batches between two halves. Every ``check_every`` batches,
     ``stop(stats)`` may end the pass early (enough data). ``total`` (items) sizes the progress
     bar. On ``device="cuda"`` the forwards and the sums run on the GPU; the statistics come back
-    on the CPU.
+    on the CPU. ``float64_sites`` accumulate in float64 whatever the precision (sites of rotated
+    parts: a Procrustes solve amplifies rounding by the covariance's condition number).
     """
     device = torch.device(device)
     if device.type != "cpu":
@@ -156,7 +158,13 @@ def collect(
     stats = Statistics(
         [
             {
-                k: SiteStats.empty(shapes[k][k[1]], accum, device, models=len(states), pairs=pairs)
+                k: SiteStats.empty(
+                    shapes[k][k[1]],
+                    torch.float64 if k in float64_sites else accum,
+                    device,
+                    models=len(states),
+                    pairs=pairs,
+                )
                 for k in layouts
             }
             for _ in range(halves)
@@ -189,7 +197,7 @@ def collect(
                 frames = [valid_frames(a[k[0]], layout, steps[full], step) for a in acts]
                 try:
                     part = stats.parts[stats.batches % halves]
-                    part[k].update(*frames, product=product)
+                    part[k].update(*frames, product=None if k in float64_sites else product)
                 except NonFinite as err:
                     raise CalibrationError(
                         f"model {'ABCDEFGHIJKLMNOPQRSTUVWXYZ'[int(str(err))]} produced NaN or inf "

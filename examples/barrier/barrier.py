@@ -213,6 +213,9 @@ METHODS: dict[str, Callable[[LoadedModel, LoadedModel, Calib], Merger]] = {
     "orth-all-weights": _aligned(
         ORTH_ALL_RULES, "every group, every exact rotation (data-free weights)", how="weights"
     ),
+    "orth-all-hybrid": _aligned(
+        ORTH_ALL_RULES, "every group, every exact rotation (activations + weights)", how="hybrid"
+    ),
 }
 
 

@@ -8,10 +8,10 @@ The task: 10 classes of shapes (disk, ring, square, square outline, triangle, pl
 disk, two disks, ellipse, star) drawn with numpy at 32x32 in random colours, sizes, positions and
 rotations, light on a dark background with a faint gradient and noise (`draw`). 30,000 training
 images (seed 0) and 2,000 held-out images (seed 1), the same for both models; the training
-seed sets the initialisation and the batch order. `transformers.ViTForImageClassification` is pre-LN (each block reads the
-stream through a LayerNorm and adds its output back; nothing nonlinear writes the stream), and
-carries its linear head on the final LayerNorm of the [CLS] token, so graphperm traces encoder
-and head as one module. The loss of the barrier is the cross-entropy on the held-out images.
+seed sets the initialisation and the batch order. `transformers.ViTForImageClassification` is
+pre-LN (each block reads the stream through a LayerNorm and adds its output back; nothing
+nonlinear writes the stream), and carries its linear head on the final LayerNorm of the [CLS]
+token, so graphperm traces encoder and head as one module. The loss of the barrier is the cross-entropy on the held-out images.
 """
 
 from __future__ import annotations

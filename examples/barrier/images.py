@@ -11,7 +11,8 @@ images (seed 0) and 2,000 held-out images (seed 1), the same for both models; th
 seed sets the initialisation and the batch order. `transformers.ViTForImageClassification` is
 pre-LN (each block reads the stream through a LayerNorm and adds its output back; nothing
 nonlinear writes the stream), and carries its linear head on the final LayerNorm of the [CLS]
-token, so graphperm traces encoder and head as one module. The loss of the barrier is the cross-entropy on the held-out images.
+token, so graphperm traces encoder and head as one module. The loss of the barrier is the
+cross-entropy on the held-out images.
 """
 
 from __future__ import annotations

@@ -36,6 +36,7 @@ import images  # noqa: E402
 import speech  # noqa: E402
 
 from graphperm.analysis import analyse  # noqa: E402
+from graphperm.apply import fold_state, folds_for  # noqa: E402
 from graphperm.inputs import ModelBatch  # noqa: E402
 from graphperm.merge import Alignment, align, finish_alignment, merge_models  # noqa: E402
 from graphperm.policy import Policy, load_policy, resolve  # noqa: E402
@@ -58,9 +59,10 @@ def find_alignment(a: LoadedModel, b: LoadedModel, policy: Policy, calib: Calib)
 
     Audio goes through graphperm's own `align`. For ready-made batches (images), which graphperm
     cannot calibrate from yet, the same steps run by hand through the public lower-level API:
-    trace A on the batch shape, analyse, resolve the policy, collect statistics of A and B at the
-    plan's sites, solve. This is the one function to swap for graphperm's batch calibration when
-    it lands.
+    trace A on the batch shape, analyse, resolve the policy, fold the norms the plan's rotations
+    pass through (both models, in place, as `align_models` does), collect statistics of A and B
+    at the plan's sites (float64 where rotated), solve. This is the one function to swap for
+    graphperm's calibration from in-memory batches if it gets one.
     """
     if all(isinstance(c, str | Path) for c in calib):
         return align(a, b, policy, list(calib), where=policy.description or "policy")
@@ -68,6 +70,9 @@ def find_alignment(a: LoadedModel, b: LoadedModel, policy: Policy, calib: Calib)
     start = time.perf_counter()
     analysis = analyse(trace(a, calib[0]))
     plan = resolve(policy, analysis)
+    folds = folds_for(analysis, plan.rotated)
+    for m in (a, b):
+        fold_state(m.state_dict(), folds, inplace=True)
     timings["trace_analysis_s"] = time.perf_counter() - start
     states = [a.state_dict(), b.state_dict()]
     if "correlation" not in get_method(policy.method).needs:
@@ -78,7 +83,8 @@ def find_alignment(a: LoadedModel, b: LoadedModel, policy: Policy, calib: Calib)
     batches = (
         ModelBatch(inputs, mask=torch.ones(n, 1, dtype=torch.bool), items=n) for inputs in calib
     )
-    stats = collect(analysis, plan.sites(), states, batches, split_half=True)
+    rotated = {(s.key, s.dim) for t in plan.targets if t.transform == "orth" for s in t.sites}
+    stats = collect(analysis, plan.sites(), states, batches, split_half=True, float64_sites=rotated)
     timings["statistics_s"] = stats.elapsed
     info = {"images": stats.items, "description": f"{stats.items} ready-made inputs"}
     return finish_alignment(
@@ -140,6 +146,9 @@ def _aligned(
             "align_seconds": round(time.perf_counter() - start, 1),
             "policy": [r.model_dump(exclude_defaults=True) for r in policy.align],
             "calibration": alignment.calibration.get("description"),
+            "rotated": sorted(f"{g}/{p}" for g, p in alignment.perms[0].rotated)
+            if alignment.perms
+            else [],
             "groups": {
                 r.name: {
                     "kind": r.kind,
@@ -178,12 +187,34 @@ ALL_RULES = [  # every group but the heads' outputs ("other": class/unit logits)
     {"kind": "residual"},
 ]
 
+# every group, the residual stream rotated (any orthogonal matrix) where the analysis proves it
+# exact (pre-LN: norm gains folded into their readers; the all-ones direction kept for LayerNorm's
+# centring); where it does not (post-LN HuBERT), the residual stream is permuted as in ``all``
+ORTH_RULES = [*ALL_RULES[:-1], {"kind": "residual", "transform": "orth"}]
+# every part the analysis proves rotatable rotated: also the attention qk/vo channels per head
+# (specs/orth.yaml without the heads' output logits)
+ORTH_ALL_RULES = [{**r, "transform": "orth"} for r in ALL_RULES]
+
 METHODS: dict[str, Callable[[LoadedModel, LoadedModel, Calib], Merger]] = {
     "plain": plain,
     "paper": _aligned(PAPER_RULES, "the paper policy: conv + attention heads/vo + FFN"),
     "all": _aligned(ALL_RULES, "every group: conv + attention heads/qk/vo + FFN + residual"),
     "weights": _aligned(
         ALL_RULES, "data-free weight matching (git re-basin) of every group", how="weights"
+    ),
+    "hybrid": _aligned(
+        ALL_RULES, "every group, activation correlation + weight cost", how="hybrid"
+    ),
+    "orth": _aligned(ORTH_RULES, "every group, residual stream rotated (activations)"),
+    "orth-weights": _aligned(
+        ORTH_RULES, "every group, residual stream rotated (data-free weights)", how="weights"
+    ),
+    "orth-all": _aligned(ORTH_ALL_RULES, "every group, every exact rotation (activations)"),
+    "orth-all-weights": _aligned(
+        ORTH_ALL_RULES, "every group, every exact rotation (data-free weights)", how="weights"
+    ),
+    "orth-all-hybrid": _aligned(
+        ORTH_ALL_RULES, "every group, every exact rotation (activations + weights)", how="hybrid"
     ),
 }
 

@@ -14,12 +14,10 @@ initialisation, the crops, the masks and dropout. The training objective evaluat
 held-out files at fixed crops and fixed masks (`SpeechTask.loss`) is the loss of the barrier.
 
 The model is `SpeechPretrainer`: `HubertModel` plus the two linear heads, traced and merged as
-one module. Its forward re-states `HubertModel.forward` (feature extractor, projection, masking,
-encoder) with one change that computes the same function: the masked frames are replaced with
-`torch.where` instead of HuBERT's in-place `hidden[mask] = masked_spec_embed`
-(`aten.index_put_`), for which graphperm has no rule (the residual stream would come out fixed,
-and `masked_spec_embed` unpermuted). Without a mask it runs an all-false mask through the same
-op, so the traced graph carries `masked_spec_embed` in the residual stream's basis.
+one module. Its forward is `HubertModel.forward` (feature extractor, projection, HuBERT's own
+masking `hidden[mask] = masked_spec_embed`, encoder), written out to keep the conv features for
+the "cnn" head. Without a mask it masks with an all-false one, so that the traced graph carries
+`masked_spec_embed` (`aten.index_put_`) in the residual stream's basis.
 """
 
 from __future__ import annotations
@@ -94,8 +92,7 @@ class SpeechPretrainer(nn.Module):
             mask_time_indices = torch.zeros(
                 hidden.shape[:2], dtype=torch.bool, device=hidden.device
             )
-        embed = h.masked_spec_embed.to(hidden.dtype)
-        hidden = torch.where(mask_time_indices[..., None], embed, hidden)
+        hidden = h._mask_hidden_states(hidden, mask_time_indices=mask_time_indices)
         top = h.encoder(hidden, return_dict=True).last_hidden_state
         return {"top": self.top(top), "cnn": self.cnn(extracted)}
 

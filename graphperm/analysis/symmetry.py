@@ -66,7 +66,16 @@ _ADDITIVE_ARGS = {  # arguments of linear ops that are added to the result (bias
     "aten._convolution": (2,),
     "aten.scaled_dot_product_attention": (3,),
 }
-_SELECTORS = {"aten.where": (0,), "aten.masked_fill": (1,), "aten.masked_fill_": (1,)}
+_SELECTORS = {
+    "aten.where": (0,),
+    "aten.masked_fill": (1,),
+    "aten.masked_fill_": (1,),
+    # the list of index tensors (or masks) that picks the positions written
+    "aten.index_put": (1,),
+    "aten.index_put_": (1,),
+    "aten._index_put_impl_": (1,),
+    "aten._unsafe_index_put": (1,),
+}
 _DIVIDES = ("aten.div", "aten.true_divide", "aten.divide", "aten.div_")
 
 
@@ -259,7 +268,7 @@ class _Walk:
 
     def _add(self, node, family, ins, outs, args, where) -> None:
         positions = _SELECTORS.get(family, ())
-        selectors = {args[i].name for i in positions if isinstance(args.get(i), fx.Node)}
+        selectors = {n.name for i in positions for n in _nodes_in(args.get(i))}
         operands = [self.carried(k) for k in ins if k not in selectors]
         every = frozenset().union(*operands, *(self.carried(k) for k in outs))
         for k in selectors:

@@ -9,7 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .helpers import Axes, analysed, assert_fixed_by, assert_verifies, group_of, node
+from graphperm.apply import verify
+from graphperm.apply.verify import random_rotations
+
+from .helpers import SEEDS, Axes, analysed, assert_fixed_by, assert_verifies, group_of, node
 
 
 class Between(nn.Module):
@@ -307,3 +310,86 @@ def test_segment_semantics():
 def test_between_semantics():
     for name in CASES:
         assert_verifies(between(name))
+
+
+# ------------------------------------------------------------------------------ index_put
+class IndexPut(nn.Module):
+    """x -> Linear(8, 12) -> write values at indexed positions -> Linear(12, 4)."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(8, 12), nn.Linear(12, 4)
+        self.embed = nn.Parameter(torch.randn(12))  # HuBERT's masked_spec_embed
+        self.rows = nn.Parameter(torch.randn(2, 12))
+        self.scalar = nn.Parameter(torch.randn(1))
+        self.register_buffer("bi", torch.tensor([0, 1]))
+        self.register_buffer("ti", torch.tensor([2, 0]))
+        self.how = how
+
+    def forward(self, x, mask):
+        h = self.a(x)
+        if self.how == "mask":  # HuBERT: hidden[mask] = masked_spec_embed (in place)
+            h[mask] = self.embed
+        elif self.how == "rows":  # integer indices on two dims, one row of values each, added
+            h = h.index_put((self.bi, self.ti), self.rows, accumulate=True)
+        else:  # one value broadcast over the channels
+            h[mask] = self.scalar
+        return self.b(h)
+
+
+@functools.cache
+def index_put(how: str):
+    torch.manual_seed(0)
+    mask = torch.tensor([[True, False, True], [False, False, True]])
+    return analysed(IndexPut(how), x=torch.randn(2, 3, 8), mask=mask)
+
+
+def _channel_symmetry(a):
+    g = group_of(a, "a.weight", 0)
+    (part,) = g.parts
+    return a.symmetry(g.name, part.name)
+
+
+def test_index_put_writes_by_mask_and_ties_the_channels():
+    a = index_put("mask")
+    ax = Axes(a)
+    n = node(a, "index_put_")
+    ch = ax.out(n, 2)
+    assert ch == ax.arg(n, 0, 2) == ax.p("a.weight", 0) == ax.p("embed", 0) == ax.p("b.weight", 1)
+    assert ax.movable(ch) and not a.coupling.unknown
+    for d in (0, 1):  # batch and time: the mask picks positions along them
+        assert_fixed_by(ax, ax.out(n, d), "index_put_", "writes at positions")
+        assert_fixed_by(ax, ax.v("mask", d), "index_put_")
+    g = group_of(a, "embed", 0)
+    assert g is group_of(a, "a.weight", 0) is group_of(a, "b.weight", 1)
+    assert g.structure == "12"
+    s = _channel_symmetry(a)
+    assert s.family == "orth" and not s.keeps_ones  # rows are kept or replaced whole
+
+    a = index_put("rows")
+    ax = Axes(a)
+    n = node(a, "index_put")
+    assert ax.out(n, 2) == ax.p("rows", 1) == ax.p("a.weight", 0) == ax.p("b.weight", 1)
+    assert_fixed_by(ax, ax.p("rows", 0), "writes these values")
+    assert_fixed_by(ax, ax.out(n, 0), "writes at positions")
+    assert ax.movable(ax.out(n, 2))
+    assert _channel_symmetry(a).family == "orth"
+
+    a = index_put("broadcast")
+    ax = Axes(a)
+    assert ax.out(node(a, "index_put_"), 2) == ax.p("a.weight", 0) and ax.movable(
+        ax.p("b.weight", 1)
+    )
+    s = _channel_symmetry(a)  # a constant written on every channel: only the all-ones direction
+    assert s.family == "orth" and s.keeps_ones
+
+
+def test_index_put_semantics():
+    for how in ("mask", "rows", "broadcast"):
+        a = index_put(how)
+        assert_verifies(a)  # permutations
+        g = group_of(a, "a.weight", 0)
+        assert (g.name, g.parts[0].name) in random_rotations(a)  # the written channels rotate
+        for seed in SEEDS:  # random orthogonal matrices on every orth part
+            report = verify(a, seed=seed)
+            assert report.rotated_parts >= 1 and report.ok, (how, seed, report.outputs)

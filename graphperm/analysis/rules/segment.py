@@ -8,6 +8,9 @@ block the looked-up axis and pass the others through.
 
 from __future__ import annotations
 
+import torch
+from torch import fx
+
 from graphperm.analysis.context import Axis, RuleContext, TensorArg
 from graphperm.analysis.rules import register, rotates
 
@@ -169,6 +172,45 @@ def index(ctx: RuleContext) -> None:
         ctx.tie(x[d], out[n_idx + d - lead])
 
 
+@register("aten.index_put", "aten.index_put_", "aten._index_put_impl_", "aten._unsafe_index_put")
+def index_put(ctx: RuleContext) -> None:
+    """``x[i0, i1, ...] = values`` (``+=`` with ``accumulate``): index tensors, or boolean masks
+    (one covers as many dims as it has), pick positions on the leading dims; the trailing dims
+    pass through, and ``values`` broadcasts onto them from the right (HuBERT's
+    ``hidden[mask] = masked_spec_embed``: the embedding is in the residual stream's basis)."""
+    x, values, out = ctx.arg(0), ctx.arg(2, "values"), ctx.out
+    indices = list(ctx.raw(1, "indices"))
+    idx = [ctx.builder.tensor(i) if isinstance(i, fx.Node) else None for i in indices]
+    if any(i is None for i in idx):  # a full slice before an index tensor: not handled axis-wise
+        for t in (x, out, values, *(i for i in idx if i)):
+            if t is not None:
+                ctx.block(*t.axes(), reason="advanced indexing after a slice")
+        return
+    lead = sum(
+        t.ndim if i.meta["val"].dtype == torch.bool else 1
+        for i, t in zip(indices, idx, strict=True)
+    )
+    for t in idx:
+        ctx.block(*t.axes(), reason=f"{ctx.op} writes at the positions it holds")
+    ctx.block(
+        *(x[d] for d in range(lead)),
+        *(out[d] for d in range(lead)),
+        reason=f"{ctx.op} writes at positions picked along it",
+    )
+    for d in range(lead, x.ndim):
+        ctx.tie(x[d], out[d])
+    if values is None:
+        return
+    for i in range(1, values.ndim + 1):
+        v = values[-i]
+        if i <= x.ndim - lead and v.size == x.shape[-i]:
+            ctx.tie(v, x[-i])
+        elif v.size == 1:
+            ctx.free(v)
+        else:
+            ctx.block(v, reason=f"{ctx.op} writes these values at indexed positions")
+
+
 def _tie_broadcast(ctx: RuleContext, t: TensorArg, out: TensorArg, n: int) -> None:
     """Tie ``t``'s dims to the first ``n`` dims of ``out``, aligned from the right."""
     for i in range(1, t.ndim + 1):
@@ -243,5 +285,10 @@ rotates(
     "aten.index",
     "aten.repeat",
     "aten.repeat_interleave.self_int",
+)
+# ``x[idx] = values`` keeps x's rows or writes values' rows (or adds them): each output element
+# comes from one operand at the same channel, like ``where`` with the index as its selector
+rotates(
+    "add", "aten.index_put", "aten.index_put_", "aten._index_put_impl_", "aten._unsafe_index_put"
 )
 rotates("linear", "aten.embedding")  # a row lookup: linear in the table

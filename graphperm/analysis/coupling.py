@@ -25,7 +25,7 @@ from graphperm.analysis.classes import ClassTable, SizeMismatch
 from graphperm.analysis.context import Axis, RuleContext, TensorArg, op_name
 from graphperm.analysis.rules import rule_for
 
-__all__ = ["ORIGIN_OPS", "Coupling", "CouplingBuilder", "Link", "couple"]
+__all__ = ["ORIGIN_OPS", "Coupling", "CouplingBuilder", "Link", "couple", "nodes_in"]
 
 log = logging.getLogger(__name__)
 
@@ -236,7 +236,7 @@ class CouplingBuilder:
         outputs = self._register_values(node)
         inputs = [
             t
-            for n in _nodes_in((node.args, node.kwargs))
+            for n in nodes_in((node.args, node.kwargs))
             if (t := self.tensors.get(n.name)) is not None
         ]
         op = op_name(node.target)
@@ -279,7 +279,8 @@ def couple(program: ExportedProgram) -> Coupling:
     return CouplingBuilder(program).build()
 
 
-def _nodes_in(obj: object) -> list[fx.Node]:
+def nodes_in(obj: object) -> list[fx.Node]:
+    """The graph nodes inside an argument structure (lists, tuples, dicts), each once."""
     out: list[fx.Node] = []
 
     def visit(x: object) -> None:

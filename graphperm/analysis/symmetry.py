@@ -46,7 +46,7 @@ from torch import fx
 
 from graphperm.analysis.classes import Concat, Product
 from graphperm.analysis.context import op_name
-from graphperm.analysis.coupling import Coupling, _nodes_in
+from graphperm.analysis.coupling import Coupling, nodes_in
 from graphperm.analysis.groups import PermutationGroup
 from graphperm.analysis.rules import rotation_of
 
@@ -166,7 +166,7 @@ class _Walk:
         family = op.rsplit(".", 1)[0] if op.count(".") >= 2 else op
         kind = rotation_of(op)
         args = {i: a for i, a in enumerate(node.args)}
-        ins = [n.name for n in _nodes_in((node.args, node.kwargs)) if n.name in self.c.tensors]
+        ins = [n.name for n in nodes_in((node.args, node.kwargs)) if n.name in self.c.tensors]
         outs = self.outputs(node)
         every = frozenset().union(*(self.carried(k) for k in (*ins, *outs)))
         where = f"{op} in {self.c.module_of.get(node.name) or '<root>'}"
@@ -268,7 +268,7 @@ class _Walk:
 
     def _add(self, node, family, ins, outs, args, where) -> None:
         positions = _SELECTORS.get(family, ())
-        selectors = {n.name for i in positions for n in _nodes_in(args.get(i))}
+        selectors = {n.name for i in positions for n in nodes_in(args.get(i))}
         operands = [self.carried(k) for k in ins if k not in selectors]
         every = frozenset().union(*operands, *(self.carried(k) for k in outs))
         for k in selectors:

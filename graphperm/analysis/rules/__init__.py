@@ -21,7 +21,16 @@ from collections.abc import Callable
 
 from graphperm.analysis.context import RuleContext
 
-__all__ = ["ROTATION_KINDS", "RULES", "Rule", "register", "rotates", "rotation_of", "rule_for"]
+__all__ = [
+    "ROTATION_KINDS",
+    "RULES",
+    "Rule",
+    "register",
+    "rotates",
+    "rotation_of",
+    "rule_for",
+    "rules_in",
+]
 
 Rule = Callable[[RuleContext], None]
 RULES: dict[str, Rule] = {}
@@ -71,6 +80,12 @@ def rotates(kind: str, *names: str) -> None:
         if name in ROTATIONS:
             raise ValueError(f"two rotation kinds declared for {name}")
         ROTATIONS[name] = kind
+
+
+def rules_in(module: str) -> list[str]:
+    """The op names registered by rules defined in ``module`` (a family file's ``__name__``)
+    that have no rotation kind yet: a family whose ops all act alike declares them at once."""
+    return [n for n, fn in RULES.items() if fn.__module__ == module and n not in ROTATIONS]
 
 
 def rotation_of(op: str) -> str:

@@ -129,6 +129,8 @@ rotates(
     "aten.to",
     "aten.positive",
     "aten.type_as",
+    "aten.view_as",
+    "aten.reshape_as",
     "aten._assert_tensor_metadata",
     "aten._assert_async",
     "aten._functional_assert_async",

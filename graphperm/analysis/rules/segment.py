@@ -12,7 +12,7 @@ import torch
 from torch import fx
 
 from graphperm.analysis.context import Axis, RuleContext, TensorArg
-from graphperm.analysis.rules import register, rotates
+from graphperm.analysis.rules import register, rotates, rules_in
 
 _INT_MAX = 2**62
 
@@ -258,37 +258,13 @@ def repeat_interleave(ctx: RuleContext) -> None:
     ctx.split(out[dim], [x[dim], Axis(out, dim, "copies", reps)])
 
 
-rotates(
-    "move",
-    "getitem",
-    "aten.cat",
-    "aten.concat",
-    "aten.concatenate",
-    "aten.split",
-    "aten.split_with_sizes",
-    "aten.chunk",
-    "aten.tensor_split",
-    "aten.unsafe_split",
-    "aten.unsafe_chunk",
-    "aten.split_copy",
-    "aten.unbind",
-    "aten.stack",
-    "aten.hstack",
-    "aten.vstack",
-    "aten.slice",
-    "aten.narrow",
-    "aten.slice_copy",
-    "aten.select",
-    "aten.select_copy",
-    "aten.index_select",
-    "aten.gather",
-    "aten.index",
-    "aten.repeat",
-    "aten.repeat_interleave.self_int",
-)
 # ``x[idx] = values`` keeps x's rows or writes values' rows (or adds them): each output element
 # comes from one operand at the same channel, like ``where`` with the index as its selector
 rotates(
     "add", "aten.index_put", "aten.index_put_", "aten._index_put_impl_", "aten._unsafe_index_put"
 )
 rotates("linear", "aten.embedding")  # a row lookup: linear in the table
+# a constant pad writes its value along every axis it keeps: not declared, so not rotated
+rotates("mix", *(n for n in rules_in(__name__) if "pad" in n))
+# the rest of this file only moves values (concatenates, splits, slices, gathers, repeats)
+rotates("move", *rules_in(__name__))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 
 from graphperm.analysis.context import Axis, RuleContext, TensorArg
-from graphperm.analysis.rules import register, rotates
+from graphperm.analysis.rules import register, rotates, rules_in
 
 
 @register(
@@ -133,31 +133,5 @@ def expand(ctx: RuleContext) -> None:
         ctx.reduce(*other.axes())
 
 
-rotates(
-    "move",
-    "aten.view",
-    "aten.reshape",
-    "aten._unsafe_view",
-    "aten.flatten",
-    "aten.unflatten",
-    "aten.squeeze",
-    "aten.unsqueeze",
-    "aten.view_copy",
-    "aten._reshape_alias",
-    "aten.unsqueeze_copy",
-    "aten.squeeze_copy",
-    "aten.transpose",
-    "aten.swapaxes",
-    "aten.swapdims",
-    "aten.t",
-    "aten.numpy_T",
-    "aten.mT",
-    "aten.permute",
-    "aten.movedim",
-    "aten.expand",
-    "aten.broadcast_to",
-    "aten.expand_as",
-    "aten.expand_copy",
-    "aten.view_as",
-    "aten.reshape_as",
-)
+# views, dimension permutations and broadcasts only move values: every rule in this file
+rotates("move", *rules_in(__name__))

@@ -242,19 +242,24 @@ def _speech_pair() -> Pair:
     )
 
 
-def _image_pair() -> Pair:
+def _image_pair(name: str = "b", width: int = images.CONFIG["hidden_size"]) -> Pair:
     task = images.ImageTask()
     return Pair(
-        "b",
-        "pre-LN ViT classifiers on drawn shapes, seeds 1 and 2",
-        lambda: (images.load(images.checkpoint(1)), images.load(images.checkpoint(2))),
+        name,
+        f"pre-LN ViT classifiers (width {width}) on drawn shapes, seeds 1 and 2",
+        lambda: tuple(images.load(images.checkpoint(s, width)) for s in (1, 2)),
         task.loss,
         task.calib,
-        lambda: [images.checkpoint(s) / "train_log.json" for s in (1, 2)],
+        lambda: [images.checkpoint(s, width) / "train_log.json" for s in (1, 2)],
     )
 
 
-PAIRS: dict[str, Callable[[], Pair]] = {"a": _speech_pair, "b": _image_pair}
+WIDE = 240  # pair (c): pair (b)'s recipe at 2.5x the width (`images.py train --width 240`)
+PAIRS: dict[str, Callable[[], Pair]] = {
+    "a": _speech_pair,
+    "b": _image_pair,
+    "c": lambda: _image_pair("c", WIDE),
+}
 
 
 # ------------------------------------------------------------------------------------ barrier

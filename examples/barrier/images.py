@@ -18,8 +18,6 @@ cross-entropy on the held-out images.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import sys
 import time
 from functools import cached_property
@@ -27,8 +25,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import transformers
 from torch import nn
+from trainlog import StepLog, save_summary
 from transformers import ViTConfig, ViTForImageClassification
 
 from graphperm.trace import LoadedModel, load_model
@@ -210,7 +208,7 @@ def train(seed: int, steps: int, width: int = CONFIG["hidden_size"], log_every: 
     )
     order = torch.Generator().manual_seed(seed)
     perm, pos = torch.randperm(N_TRAIN, generator=order), 0
-    log, running = [], []
+    log = StepLog(log_every, t0)
     model.train()
     for step in range(steps):
         for g in opt.param_groups:
@@ -224,13 +222,7 @@ def train(seed: int, steps: int, width: int = CONFIG["hidden_size"], log_every: 
         loss.backward()
         nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        running.append(loss.item())
-        if (step + 1) % log_every == 0 or step + 1 == steps:
-            entry = {"step": step + 1, "loss": round(float(np.mean(running)), 4)}
-            entry["seconds"] = round(time.time() - t0, 1)
-            log.append(entry)
-            print(json.dumps(entry), file=sys.stderr, flush=True)
-            running = []
+        log.add(step, steps, loss.item())
     model.eval()
     out = checkpoint(seed, width)
     model.save_pretrained(out)
@@ -246,19 +238,13 @@ def train(seed: int, steps: int, width: int = CONFIG["hidden_size"], log_every: 
         "heldout_accuracy": round(task.accuracy(model), 4),
         "data_seconds": round(t_data, 1),
         "train_seconds": round(time.time() - t0, 1),
-        "threads": 1,
-        "versions": {
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
-            "python": platform.python_version(),
-        },
-        "log": log,
     }
-    (out / "train_log.json").write_text(json.dumps(summary, indent=1))
-    print(
-        f"saved {out}: held-out loss {summary['heldout_loss']}, accuracy "
-        f"{summary['heldout_accuracy']}, {summary['train_seconds']} s",
-        file=sys.stderr,
+    save_summary(
+        out,
+        summary,
+        log,
+        f"held-out loss {summary['heldout_loss']}, accuracy {summary['heldout_accuracy']}, "
+        f"{summary['train_seconds']} s",
     )
 
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from functools import cached_property
@@ -46,6 +45,7 @@ import audio  # noqa: E402  (examples/table1)
 import features  # noqa: E402
 import kmeans  # noqa: E402
 from train import Batcher  # noqa: E402
+from trainlog import StepLog, save_summary  # noqa: E402
 
 from graphperm.trace import LoadedModel  # noqa: E402
 
@@ -236,7 +236,7 @@ def train(seed: int, steps: int, log_every: int = 50) -> None:
         weight_decay=RECIPE["weight_decay"],
     )
     task = SpeechTask()
-    log, running = [], []
+    log = StepLog(log_every, t0)
     model.train()
     for step in range(steps):
         for g in opt.param_groups:
@@ -255,13 +255,7 @@ def train(seed: int, steps: int, log_every: int = 50) -> None:
         loss.backward()
         nn.utils.clip_grad_norm_(model.parameters(), 5.0)
         opt.step()
-        running.append(loss.item())
-        if (step + 1) % log_every == 0 or step + 1 == steps:
-            entry = {"step": step + 1, "loss": round(float(np.mean(running)), 4)}
-            entry["seconds"] = round(time.time() - t0, 1)
-            log.append(entry)
-            print(json.dumps(entry), file=sys.stderr, flush=True)
-            running = []
+        log.add(step, steps, loss.item())
     model.eval()
     out = checkpoint(seed)
     out.mkdir(parents=True, exist_ok=True)
@@ -278,18 +272,9 @@ def train(seed: int, steps: int, log_every: int = 50) -> None:
         "train_files": len(waves),
         "heldout_loss": round(task.loss(model), 4),
         "train_seconds": round(time.time() - t0, 1),
-        "threads": 1,
-        "versions": {
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
-            "python": platform.python_version(),
-        },
-        "log": log,
     }
-    (out / "train_log.json").write_text(json.dumps(summary, indent=1))
-    print(
-        f"saved {out}: held-out loss {summary['heldout_loss']}, {summary['train_seconds']} s",
-        file=sys.stderr,
+    save_summary(
+        out, summary, log, f"held-out loss {summary['heldout_loss']}, {summary['train_seconds']} s"
     )
 
 

@@ -200,38 +200,19 @@ def test_models_of_different_architectures(other_arch, audio, tmp_path) -> None:
     )
 
 
-def test_policy_with_an_unknown_field(audio, tmp_path) -> None:
+@pytest.mark.parametrize(
+    ("policy_text", "message"),
+    [
+        ("align: [{kind: ffn}]\nweight_b: 0.1\n", "unknown field 'weight_b'"),
+        ("align: [{groups: 'encoder.layer.*'}]\n", "selects no group"),
+    ],
+    ids=["unknown-field", "selects-nothing"],
+)
+def test_bad_policy_file(policy_text, message, audio, tmp_path) -> None:
     policy = tmp_path / "bad.yaml"
-    policy.write_text("align: [{kind: ffn}]\nweight_b: 0.1\n")
-    _bad(
-        [
-            "builtin:hubert-tiny",
-            "builtin:hubert-tiny",
-            "--policy",
-            str(policy),
-            "--calib",
-            str(audio),
-        ],
-        "unknown field 'weight_b'",
-        tmp_path / "o",
-    )
-
-
-def test_policy_selecting_nothing(audio, tmp_path) -> None:
-    policy = tmp_path / "empty.yaml"
-    policy.write_text("align: [{groups: 'encoder.layer.*'}]\n")
-    _bad(
-        [
-            "builtin:hubert-tiny",
-            "builtin:hubert-tiny",
-            "--policy",
-            str(policy),
-            "--calib",
-            str(audio),
-        ],
-        "selects no group",
-        tmp_path / "o",
-    )
+    policy.write_text(policy_text)
+    argv = ["builtin:hubert-tiny", "builtin:hubert-tiny", "--policy", str(policy)]
+    _bad([*argv, "--calib", str(audio)], message, tmp_path / "o")
 
 
 def test_empty_calibration_folder(tmp_path) -> None:

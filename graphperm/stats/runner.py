@@ -59,19 +59,11 @@ class SiteRunner:
             if node.target is torch.ops.aten._assert_tensor_metadata.default and not node.users:
                 graph.erase_node(node)
         graph.eliminate_dead_code()
-        device = torch.device(device)
-        if device.type != "cpu":  # the graph was exported on the CPU: retarget its factories
-            for node in graph.nodes:
-                node.args = tuple(device if isinstance(a, torch.device) else a for a in node.args)
-                if isinstance(node.kwargs.get("device"), torch.device):
-                    node.kwargs = {**node.kwargs, "device": device}
+        device = _retarget(graph, device)
         self.module = fx.GraphModule(torch.nn.Module(), graph)
         self.keys = list(keys)
         self._specs = list(program.graph_signature.input_specs)
-        self._constants = {
-            k: v.to(device) if isinstance(v, torch.Tensor) else v
-            for k, v in program.constants.items()
-        }
+        self._constants = _constants(program, device)
 
     def __call__(
         self, state: dict[str, torch.Tensor], inputs: dict[str, torch.Tensor]
@@ -178,18 +170,10 @@ class InterleavedRunner:
                 if s is site:
                     new.call_function(self._call_visit, (i, [envs[m][site] for m in range(models)]))
         new.output(())
-        device = torch.device(device)
-        if device.type != "cpu":
-            for node in new.nodes:
-                node.args = tuple(device if isinstance(a, torch.device) else a for a in node.args)
-                if isinstance(node.kwargs.get("device"), torch.device):
-                    node.kwargs = {**node.kwargs, "device": device}
+        device = _retarget(new, device)
         self.module = fx.GraphModule(torch.nn.Module(), new)
         self.keys = list(keys)
-        self._constants = {
-            k: v.to(device) if isinstance(v, torch.Tensor) else v
-            for k, v in program.constants.items()
-        }
+        self._constants = _constants(program, device)
 
     def _call_visit(self, i: int, values: list[torch.Tensor]) -> None:
         assert self._visit is not None
@@ -215,3 +199,21 @@ class InterleavedRunner:
                 self.module(*args)
         finally:
             self._visit = None
+
+
+def _retarget(graph: fx.Graph, device: str | torch.device) -> torch.device:
+    """Point the graph's tensor factories at ``device`` (it was exported on the CPU)."""
+    device = torch.device(device)
+    if device.type != "cpu":
+        for node in graph.nodes:
+            node.args = tuple(device if isinstance(a, torch.device) else a for a in node.args)
+            if isinstance(node.kwargs.get("device"), torch.device):
+                node.kwargs = {**node.kwargs, "device": device}
+    return device
+
+
+def _constants(program, device: torch.device) -> dict:
+    """The exported program's constants (lifted tensors) on ``device``."""
+    return {
+        k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in program.constants.items()
+    }

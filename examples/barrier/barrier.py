@@ -209,6 +209,9 @@ METHODS: dict[str, Callable[[LoadedModel, LoadedModel, Calib], Merger]] = {
     "orth-weights": _aligned(
         ORTH_RULES, "every group, residual stream rotated (data-free weights)", how="weights"
     ),
+    "orth-hybrid": _aligned(
+        ORTH_RULES, "every group, residual stream rotated (activations + weights)", how="hybrid"
+    ),
     "orth-all": _aligned(ORTH_ALL_RULES, "every group, every exact rotation (activations)"),
     "orth-all-weights": _aligned(
         ORTH_ALL_RULES, "every group, every exact rotation (data-free weights)", how="weights"

@@ -122,6 +122,11 @@ def main() -> None:
             for name, f in found.items()
         },
         "agreement_per_group": {k: round(v, 4) for k, v in agree.items()},
+        # units the correlations left undecided (dead, duplicated), matched on their weights
+        "matched_on_weights_per_group": {
+            name: {r.name: r.matched_on_weights for r in run.reports}
+            for name, run in (("packed", packed), ("unpacked", unpacked))
+        },
         "planted_recovered_per_group": {
             name: {k: round(v, 4) for k, v in f.items()} for name, f in found.items()
         },

@@ -257,11 +257,12 @@ def _image_pair(name: str = "b", width: int = images.CONFIG["hidden_size"]) -> P
     )
 
 
-WIDE = 240  # pair (c): pair (b)'s recipe at 2.5x the width (`images.py train --width 240`)
+# pairs (c) and (d): pair (b)'s recipe at 2.5x and 4x the width (`images.py train --width W`)
+WIDTHS = {"c": 240, "d": 384}
 PAIRS: dict[str, Callable[[], Pair]] = {
     "a": _speech_pair,
     "b": _image_pair,
-    "c": lambda: _image_pair("c", WIDE),
+    **{name: (lambda name=name, w=w: _image_pair(name, w)) for name, w in WIDTHS.items()},
 }
 
 

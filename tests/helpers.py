@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from functools import cache
 from pathlib import Path
 
@@ -119,3 +121,10 @@ def function_oracle(a, policy, calib=(), seed: int = 5):
     worst = max(float((g.double() - w.double()).abs().max()) for g, w in zip(got, want))
     assert all(torch.isfinite(g).all() for g in got)
     return worst / scale, alignment
+
+
+def graphperm_cli(*args: str) -> subprocess.CompletedProcess:
+    """``python -m graphperm ARGS`` in a subprocess, output captured as text."""
+    return subprocess.run(
+        [sys.executable, "-m", "graphperm", *args], capture_output=True, text=True, timeout=600
+    )

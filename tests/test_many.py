@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,6 +16,7 @@ from graphperm.data.synth import write_clips
 from graphperm.merge import align_models, merge_all, prepare
 from graphperm.policy import load_policy
 from graphperm.trace import load_model
+from tests.helpers import graphperm_cli
 
 ONE_SECOND = {"calibration": {"clip_seconds": 1.0, "num_clips": 16}}
 
@@ -58,26 +58,28 @@ def test_a_and_two_permuted_copies_merge_back_to_a(audio: Path, weights) -> None
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "graphperm", "merge", *args],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    return graphperm_cli("merge", *args)
 
 
 TINY = ["builtin:hubert-tiny"] * 3
 
 
-def test_three_models_on_the_command_line(audio: Path, tmp_path: Path) -> None:
+def merge_three(audio: Path, tmp_path: Path, *extra: str) -> Path:
+    """``graphperm merge`` of three random tiny HuBERTs (paper policy, 1-s clips, weights
+    0.5/0.25/0.25) into ``tmp_path/m3``; fails the test if it does not exit 0."""
     out = tmp_path / "m3"
     policy = load_policy("paper").model_dump()
     policy.update(ONE_SECOND)
     (tmp_path / "p.json").write_text(json.dumps(policy))
     args = [*TINY, "--random-init", "--calib", str(audio), "--num-clips", "8"]
-    args += ["--policy", str(tmp_path / "p.json")]
+    args += ["--policy", str(tmp_path / "p.json"), *extra]
     proc = cli(*args, "--weights", "0.5", "0.25", "0.25", "--out", str(out), "-q")
     assert proc.returncode == 0, proc.stderr
+    return out
+
+
+def test_three_models_on_the_command_line(audio: Path, tmp_path: Path) -> None:
+    out = merge_three(audio, tmp_path)
     report = json.loads((out / "merge_report.json").read_text())
     assert report["weights"] == [0.5, 0.25, 0.25] and len(report["models"]) == 3
     for name in ("permutations.safetensors", "permutations_2.safetensors"):
@@ -256,14 +258,7 @@ def test_two_models_ignore_consensus(audio: Path) -> None:
 
 
 def test_consensus_on_the_command_line(audio: Path, tmp_path: Path) -> None:
-    out = tmp_path / "m3"
-    policy = load_policy("paper").model_dump()
-    policy.update(ONE_SECOND)
-    (tmp_path / "p.json").write_text(json.dumps(policy))
-    args = [*TINY, "--random-init", "--calib", str(audio), "--num-clips", "8"]
-    args += ["--policy", str(tmp_path / "p.json"), "--consensus-rounds", "2"]
-    proc = cli(*args, "--weights", "0.5", "0.25", "0.25", "--out", str(out), "-q")
-    assert proc.returncode == 0, proc.stderr
+    out = merge_three(audio, tmp_path, "--consensus-rounds", "2")
     report = json.loads((out / "merge_report.json").read_text())
     rounds = report["consensus"]
     assert [r["round"] for r in rounds][:2] == [0, 1] and len(rounds) <= 3

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,7 @@ from graphperm.errors import VerificationError
 from graphperm.merge import align, merge_models, prepare
 from graphperm.policy import load_policy
 from graphperm.trace import load_model
-from tests.helpers import merge_oracle
+from tests.helpers import graphperm_cli, merge_oracle
 
 
 @pytest.fixture(scope="module")
@@ -150,12 +149,7 @@ def test_a_wrong_rule_stops_the_merge_before_any_output(monkeypatch, audio, tmp_
 
 # ---------------------------------------------------------------------------- bad inputs (CLI)
 def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "graphperm", "merge", *args],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    return graphperm_cli("merge", *args)
 
 
 @pytest.fixture(scope="module")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,6 +14,7 @@ from graphperm.merge.pipeline import prepare
 from graphperm.policy import load_policy
 from graphperm.stats import calibrate
 from graphperm.trace import load_model
+from tests.helpers import graphperm_cli
 from tests.textmodels import save_tiny_bert, words_of
 
 DATA = Path(__file__).parent / "data"
@@ -116,10 +115,7 @@ def test_no_tokenizer_is_one_clear_error(tmp_path) -> None:
         adapter.calibration([TEXT])
 
 
-def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "graphperm", *args], capture_output=True, text=True, timeout=600
-    )
+cli = graphperm_cli
 
 
 def _bad(args: list[str], needle: str, out: Path) -> None:

@@ -125,6 +125,27 @@ def test_cnn_all_also_measures_query_and_key() -> None:
     ]
 
 
+@pytest.mark.parametrize("at", ["all", "first", "last"])
+def test_at_picks_the_sites_in_graph_order(at: str) -> None:
+    analysis = analysis_of("hubert-tiny")
+    every = resolve(load_policy({"align": [{"kind": "residual"}]}), analysis)
+    plan = resolve(load_policy({"align": [{"kind": "residual", "at": at}]}), analysis)
+    for full, got in zip(every.targets, plan.targets, strict=True):
+        assert len(full.sites) == 5  # the positional conv's input, then 4 linear layers'
+        want = {"all": full.sites, "first": full.sites[:1], "last": full.sites[-1:]}[at]
+        assert got.sites == want
+    assert plan.targets[0].sites[0].module == (
+        "encoder.pos_conv_embed.conv"
+        if at != "last"
+        else "encoder.layers.1.feed_forward.intermediate_dense"
+    )
+
+
+def test_at_rejects_other_values() -> None:
+    with pytest.raises(PolicyError, match="at"):
+        load_policy({"align": [{"kind": "residual", "at": "middle"}]})
+
+
 @pytest.mark.parametrize(
     ("rule", "needle"),
     [

@@ -160,11 +160,11 @@ class ImageTask:
 
 
 # ------------------------------------------------------------------------------- checkpoints
-def checkpoint(seed: int, width: int = CONFIG["hidden_size"]) -> Path:
+def checkpoint(seed: int, width: int = CONFIG["hidden_size"], variant: str = "") -> Path:
     """Where seed ``seed``'s classifier of width ``width`` is saved (`vit-seedN` at the default
-    width, `vit{width}-seedN` otherwise)."""
+    width, `vit{width}-seedN` otherwise; `vit{width}-{variant}-seedN` for a recipe variant)."""
     tag = "" if width == CONFIG["hidden_size"] else str(width)
-    return CHECKPOINTS / f"vit{tag}-seed{seed}"
+    return CHECKPOINTS / (f"vit{tag}-{variant}-seed{seed}" if variant else f"vit{tag}-seed{seed}")
 
 
 def config(width: int = CONFIG["hidden_size"]) -> dict:
@@ -188,14 +188,24 @@ def load(folder: Path) -> LoadedModel:
     return loaded
 
 
-def lr_at(step: int, steps: int) -> float:
-    warm = max(1, int(RECIPE["warmup"] * steps))
+def lr_at(step: int, steps: int, recipe: dict = RECIPE) -> float:
+    warm = max(1, int(recipe["warmup"] * steps))
     if step < warm:
-        return RECIPE["lr"] * (step + 1) / warm
-    return RECIPE["lr"] * 0.5 * (1 + np.cos(np.pi * (step - warm) / max(1, steps - warm)))
+        return recipe["lr"] * (step + 1) / warm
+    return recipe["lr"] * 0.5 * (1 + np.cos(np.pi * (step - warm) / max(1, steps - warm)))
 
 
-def train(seed: int, steps: int, width: int = CONFIG["hidden_size"], log_every: int = 50) -> None:
+def train(
+    seed: int,
+    steps: int,
+    width: int = CONFIG["hidden_size"],
+    log_every: int = 50,
+    variant: str = "",
+    **changes: float,
+) -> None:
+    """Train seed ``seed``; ``changes`` override `RECIPE` entries (a recipe variant, saved
+    under its own ``variant`` name)."""
+    recipe = {**RECIPE, **changes, "steps": steps}
     t0 = time.time()
     torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True, warn_only=True)
@@ -204,7 +214,7 @@ def train(seed: int, steps: int, width: int = CONFIG["hidden_size"], log_every: 
     torch.manual_seed(seed)
     model = ViTForImageClassification(ViTConfig(**config(width)))
     opt = torch.optim.AdamW(
-        model.parameters(), lr=RECIPE["lr"], weight_decay=RECIPE["weight_decay"]
+        model.parameters(), lr=recipe["lr"], weight_decay=recipe["weight_decay"]
     )
     order = torch.Generator().manual_seed(seed)
     perm, pos = torch.randperm(N_TRAIN, generator=order), 0
@@ -212,11 +222,11 @@ def train(seed: int, steps: int, width: int = CONFIG["hidden_size"], log_every: 
     model.train()
     for step in range(steps):
         for g in opt.param_groups:
-            g["lr"] = lr_at(step, steps)
-        if pos + RECIPE["batch_size"] > N_TRAIN:
+            g["lr"] = lr_at(step, steps, recipe)
+        if pos + recipe["batch_size"] > N_TRAIN:
             perm, pos = torch.randperm(N_TRAIN, generator=order), 0
-        idx = perm[pos : pos + RECIPE["batch_size"]]
-        pos += RECIPE["batch_size"]
+        idx = perm[pos : pos + recipe["batch_size"]]
+        pos += recipe["batch_size"]
         loss = nn.functional.cross_entropy(model(pixel_values=x[idx]).logits, y[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -224,14 +234,15 @@ def train(seed: int, steps: int, width: int = CONFIG["hidden_size"], log_every: 
         opt.step()
         log.add(step, steps, loss.item())
     model.eval()
-    out = checkpoint(seed, width)
+    out = checkpoint(seed, width, variant)
     model.save_pretrained(out)
     task = ImageTask()
     summary = {
         "pair": "b",
         "seed": seed,
         "steps": steps,
-        "recipe": RECIPE,
+        "recipe": recipe,
+        "variant": variant,
         "config": config(width),
         "parameters": sum(p.numel() for p in model.parameters()),
         "heldout_loss": round(task.loss(model), 4),
@@ -255,8 +266,14 @@ def main() -> None:
     t.add_argument("--seed", type=int, required=True)
     t.add_argument("--steps", type=int, default=RECIPE["steps"])
     t.add_argument("--width", type=int, default=CONFIG["hidden_size"], help="a multiple of 24")
+    t.add_argument("--lr", type=float, default=RECIPE["lr"])
+    t.add_argument("--weight-decay", type=float, default=RECIPE["weight_decay"])
+    t.add_argument("--variant", default="", help="name of a recipe variant (its own checkpoint)")
     args = parser.parse_args()
-    train(args.seed, args.steps, args.width)
+    changes = {"lr": args.lr, "weight_decay": args.weight_decay}
+    if changes != {k: RECIPE[k] for k in changes} and not args.variant:
+        parser.error("a changed recipe needs --variant NAME (its own checkpoint folder)")
+    train(args.seed, args.steps, args.width, variant=args.variant, **changes)
 
 
 if __name__ == "__main__":

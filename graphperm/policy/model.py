@@ -50,6 +50,13 @@ class AlignRule(_Strict):
         "the nonlinearity; 'post' = the input of the consuming layer; 'auto' = the paper's "
         "choice (conv: pre, ffn: post, attention heads/vo: post, qk: pre, residual: post)",
     )
+    at: Literal["all", "first", "last"] = Field(
+        "all",
+        description="which of the part's sites of that role to measure, in graph order: 'all' "
+        "(default; their correlations are averaged), 'first' or 'last'. A residual stream's "
+        "first site reads it as the embedding wrote it, before any layer added to it: there "
+        "two independently trained models' streams are most alike (examples/barrier)",
+    )
     transform: Literal["perm", "orth"] = Field(
         "perm",
         description="'perm': permute units; 'orth': rotate them (any orthogonal matrix) where "

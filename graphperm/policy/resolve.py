@@ -83,7 +83,7 @@ class Plan:
 def resolve(policy: Policy, analysis: Analysis, *, where: str = "policy") -> Plan:
     """Match the policy's ``align`` rules against ``analysis``'s groups."""
     plan = Plan(policy)
-    chosen: dict[tuple[str, str], str] = {}
+    chosen: dict[tuple[str, str], tuple[str, str]] = {}  # (group, part) -> (role, at)
     orth: set[tuple[str, str]] = set()
     names = [g.name for g in analysis.groups]
     for i, rule in enumerate(policy.align):
@@ -99,7 +99,7 @@ def resolve(policy: Policy, analysis: Analysis, *, where: str = "policy") -> Pla
             parts = [p.name for p in g.parts]
             wanted = parts if rule.parts is None else [p for p in parts if p in rule.parts]
             for part in wanted:
-                chosen[(g.name, part)] = _role(rule.role, g.kind, part)
+                chosen[(g.name, part)] = (_role(rule.role, g.kind, part), rule.at)
                 rotate = rule.transform == "orth"
                 if rotate and analysis.symmetry(g.name, part).family == "orth":
                     orth.add((g.name, part))
@@ -107,9 +107,9 @@ def resolve(policy: Policy, analysis: Analysis, *, where: str = "policy") -> Pla
                     orth.discard((g.name, part))
     plan.rotated = orth
     groups = {g.name: g for g in analysis.groups}
-    for (gname, part), role in chosen.items():
+    for (gname, part), (role, at) in chosen.items():
         g = groups[gname]
-        sites = _sites_for(g, part, role)
+        sites = _sites_for(g, part, role, at)
         if not sites:
             plan.unmeasured.append(f"{gname}/{part}")
             continue
@@ -126,11 +126,12 @@ def _role(role: str, kind: str, part: str) -> str:
     return AUTO_PART_SITE.get(part) or AUTO_SITE.get(kind, "pre")
 
 
-def _sites_for(group: PermutationGroup, part: str, role: str) -> list[Site]:
-    """Sites of ``role`` that measure ``part``; the other role if none has it."""
+def _sites_for(group: PermutationGroup, part: str, role: str, at: str = "all") -> list[Site]:
+    """Sites of ``role`` that measure ``part`` (the other role if none has it), in graph order;
+    only the first or the last of them with ``at``."""
     covering = [s for s in group.sites if part in s.part.split(",")]
-    exact = [s for s in covering if s.role == role]
-    return exact or covering
+    sites = [s for s in covering if s.role == role] or covering
+    return {"first": sites[:1], "last": sites[-1:]}.get(at, sites)
 
 
 def _hint(rule, names: list[str], analysis: Analysis) -> str:

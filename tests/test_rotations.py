@@ -159,6 +159,27 @@ def test_rotated_copy_merges_back_to_a(vit, method: str) -> None:
     assert ("residual", "channels") in rotated
 
 
+FIRST = {"kind": "residual", "at": "first"}
+
+
+@pytest.mark.parametrize(
+    "policy",
+    [
+        {"align": [{"kind": "attn"}, {"kind": "ffn"}, FIRST], "method": "hybrid"},  # pre-ln.yaml
+        {"align": [{"transform": "orth"}, {**FIRST, "transform": "orth"}]},
+    ],
+    ids=["pre-ln", "orth-first"],
+)
+def test_residual_measured_at_its_first_site_merges_back_to_a(vit, policy: dict) -> None:
+    """`at: first` measures the residual stream on the embedding alone; a rotated or permuted
+    copy of A is still found exactly."""
+    policy = {**policy, "calibration": {"num_clips": None}}
+    err, alignment = function_oracle(vit, policy, [IMAGES])
+    assert err <= 1e-4
+    sites = alignment.plan.by_group()["residual"]["channels"].sites
+    assert [s.module for s in sites] == ["vit.layers.0.attention.q_proj"]  # reads the embedding
+
+
 def test_rotated_heads_of_a_speech_encoder_merge_back(tmp_path: Path) -> None:
     clips = write_clips(tmp_path, count=4, seconds=2.0)
     policy = load_policy("fnn-attn").model_dump()

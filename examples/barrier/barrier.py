@@ -195,6 +195,14 @@ ORTH_RULES = [*ALL_RULES[:-1], {"kind": "residual", "transform": "orth"}]
 # (specs/orth.yaml without the heads' output logits)
 ORTH_ALL_RULES = [{**r, "transform": "orth"} for r in ALL_RULES]
 
+
+
+def first(rules: list[dict]) -> list[dict]:
+    """``rules`` with the residual stream measured at its first site only (`at: first`: as the
+    embedding wrote it, before any layer added to it) instead of at every reader."""
+    return [{**r, "at": "first"} if r["kind"] == "residual" else r for r in rules]
+
+
 METHODS: dict[str, Callable[[LoadedModel, LoadedModel, Calib], Merger]] = {
     "plain": plain,
     "paper": _aligned(PAPER_RULES, "the paper policy: conv + attention heads/vo + FFN"),
@@ -218,6 +226,17 @@ METHODS: dict[str, Callable[[LoadedModel, LoadedModel, Calib], Merger]] = {
     ),
     "orth-all-hybrid": _aligned(
         ORTH_ALL_RULES, "every group, every exact rotation (activations + weights)", how="hybrid"
+    ),
+    # the residual stream measured where the embedding writes it (`at: first`)
+    "all-first": _aligned(first(ALL_RULES), "every group, residual at its first site"),
+    "hybrid-first": _aligned(
+        first(ALL_RULES), "every group, residual at its first site, + weights", how="hybrid"
+    ),
+    "orth-first": _aligned(
+        first(ORTH_RULES), "every group, residual rotated, measured at its first site"
+    ),
+    "orth-all-first": _aligned(
+        first(ORTH_ALL_RULES), "every exact rotation, residual measured at its first site"
     ),
 }
 

@@ -1,0 +1,119 @@
+"""Where does averaging break? For one pair and method: A everywhere but one block (or one
+linear layer) averaged with B′ at 0.5, and that model's held-out loss; and how alike A's and
+B's attention patterns are, head by head.
+
+    python examples/barrier/diagnose.py --pair b --method orth-all-first
+
+Writes results/diagnose-{pair}-{method}.json and prints a table. A block whose averaging alone
+costs much more than the others' is where the two models have no counterparts for each other
+(aligning cannot help there); a block that averages almost for free is already connected.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import re
+import sys
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import barrier  # noqa: E402
+
+
+def block_of(key: str) -> str:
+    """The block a state-dict key belongs to: up to a layer index (``vit.layers.0``), else its
+    top-level module (``vit.embeddings``, ``classifier``)."""
+    m = re.match(r"(.*?\.\d+)\.", key)
+    if m:
+        return m.group(1)
+    parts = key.split(".")
+    return ".".join(parts[:2] if len(parts) > 2 else parts[:1])
+
+
+def layer_of(key: str) -> str:
+    """The module a weight belongs to (``vit.layers.0.attention.q_proj``)."""
+    return key.rsplit(".", 1)[0]
+
+
+def averaged_losses(pair: barrier.Pair, merger: barrier.Merger) -> dict:
+    """Held-out loss with every key of one block (or one linear layer) averaged, A elsewhere."""
+    a = merger.module(1.0)
+    sa = {k: v.detach().clone() for k, v in a.state_dict().items()}
+    sb = {k: v.detach().clone() for k, v in merger.module(0.0).state_dict().items()}
+    net = copy.deepcopy(a)
+
+    def loss(chosen: set[str]) -> float:
+        net.load_state_dict({k: (sa[k] + sb[k]) / 2 if k in chosen else sa[k] for k in sa})
+        return round(pair.loss(net), 4)
+
+    blocks: dict[str, set[str]] = {}
+    layers: dict[str, set[str]] = {}
+    for k in sa:
+        blocks.setdefault(block_of(k), set()).add(k)
+        if sa[k].ndim == 2:  # a linear layer's weight: with its bias
+            layers.setdefault(layer_of(k), set()).update(
+                j for j in sa if layer_of(j) == layer_of(k)
+            )
+    return {
+        "A": loss(set()),
+        "B'": round(pair.loss(merger.module(0.0)), 4),
+        "all averaged": loss(set(sa)),
+        "only": {name: loss(keys) for name, keys in blocks.items()},
+        "all but": {name: loss(set(sa) - keys) for name, keys in blocks.items()},
+        "only layer": {name: loss(keys) for name, keys in layers.items()},
+    }
+
+
+def head_similarity(a: torch.nn.Module, b: torch.nn.Module, batches: list[dict]) -> list[dict]:
+    """Per layer, per head of A: the best correlation of its attention maps (over the
+    calibration images, every query and key position) with any head of B's."""
+    out = []
+    a, b = copy.deepcopy(a).eval(), copy.deepcopy(b).eval()
+    for m in (a, b):
+        m.set_attn_implementation("eager")
+    x = torch.cat([c["pixel_values"] for c in batches])
+    with torch.no_grad():
+        maps_a = a(pixel_values=x, output_attentions=True).attentions
+        maps_b = b(pixel_values=x, output_attentions=True).attentions
+    for layer, (pa, pb) in enumerate(zip(maps_a, maps_b, strict=True)):
+        fa, fb = (p.transpose(0, 1).flatten(1) for p in (pa, pb))  # (heads, images * q * k)
+        fa, fb = (f - f.mean(1, keepdim=True) for f in (fa, fb))
+        fa, fb = (f / f.norm(dim=1, keepdim=True) for f in (fa, fb))
+        best = (fa @ fb.T).max(1).values
+        out.append({"layer": layer, "best_match": [round(float(v), 3) for v in best]})
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--pair", default="b", choices=[p for p in barrier.PAIRS if p != "a"])
+    parser.add_argument("--method", default="orth-all-first", choices=list(barrier.METHODS))
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    pair = barrier.PAIRS[args.pair]()
+    a, b = pair.load()
+    heads = head_similarity(a.module, b.module, pair.calib()[:8])
+    merger = barrier.METHODS[args.method](a, b, pair.calib())
+    result = {"pair": args.pair, "method": args.method, **averaged_losses(pair, merger)}
+    result["attention_best_match"] = heads
+    out = barrier.RESULTS / f"diagnose-{args.pair}-{args.method}.json"
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    print("loss: A", result["A"], "B'", result["B'"], "all averaged", result["all averaged"])
+    print(f"{'block':28s} {'only it averaged':>17s} {'all but it':>11s}")
+    for name, value in result["only"].items():
+        print(f"{name:28s} {value:17.3f} {result['all but'][name]:11.3f}")
+    for name, value in result["only layer"].items():
+        print(f"{name:40s} {value:8.3f}")
+    for h in heads:
+        print(f"layer {h['layer']}: best match of A's heads in B {h['best_match']}")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

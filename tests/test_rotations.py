@@ -165,15 +165,15 @@ FIRST = {"kind": "residual", "at": "first"}
 @pytest.mark.parametrize(
     "policy",
     [
-        {"align": [{"kind": "attn"}, {"kind": "ffn"}, FIRST], "method": "hybrid"},  # pre-ln.yaml
+        "pre-ln",
         {"align": [{"transform": "orth"}, {**FIRST, "transform": "orth"}]},
     ],
     ids=["pre-ln", "orth-first"],
 )
-def test_residual_measured_at_its_first_site_merges_back_to_a(vit, policy: dict) -> None:
+def test_residual_measured_at_its_first_site_merges_back_to_a(vit, policy: str | dict) -> None:
     """`at: first` measures the residual stream on the embedding alone; a rotated or permuted
     copy of A is still found exactly."""
-    policy = {**policy, "calibration": {"num_clips": None}}
+    policy = {**load_policy(policy).model_dump(), "calibration": {"num_clips": None}}
     err, alignment = function_oracle(vit, policy, [IMAGES])
     assert err <= 1e-4
     sites = alignment.plan.by_group()["residual"]["channels"].sites

@@ -194,7 +194,8 @@ ORTH_RULES = [*ALL_RULES[:-1], {"kind": "residual", "transform": "orth"}]
 # every part the analysis proves rotatable rotated: also the attention qk/vo channels per head
 # (specs/orth.yaml without the heads' output logits)
 ORTH_ALL_RULES = [{**r, "transform": "orth"} for r in ALL_RULES]
-
+# the heads' qk/vo channels rotated, everything else (the residual stream too) permuted
+ORTH_ATTN_RULES = [{**r, "transform": "orth"} if r["kind"] == "attn" else r for r in ALL_RULES]
 
 
 def first(rules: list[dict]) -> list[dict]:
@@ -238,6 +239,11 @@ METHODS: dict[str, Callable[[LoadedModel, LoadedModel, Calib], Merger]] = {
     "orth-all-first": _aligned(
         first(ORTH_ALL_RULES), "every exact rotation, residual measured at its first site"
     ),
+    "orth-attn-hybrid-first": _aligned(
+        first(ORTH_ATTN_RULES),
+        "heads' qk/vo rotated, residual permuted and measured at its first site, + weights",
+        how="hybrid",
+    ),
 }
 
 
@@ -264,24 +270,28 @@ def _speech_pair() -> Pair:
     )
 
 
-def _image_pair(name: str = "b", width: int = images.CONFIG["hidden_size"]) -> Pair:
+def _image_pair(
+    name: str = "b", width: int = images.CONFIG["hidden_size"], variant: str = ""
+) -> Pair:
     task = images.ImageTask()
+    recipe = f", recipe variant {variant}" if variant else ""
     return Pair(
         name,
-        f"pre-LN ViT classifiers (width {width}) on drawn shapes, seeds 1 and 2",
-        lambda: tuple(images.load(images.checkpoint(s, width)) for s in (1, 2)),
+        f"pre-LN ViT classifiers (width {width}{recipe}) on drawn shapes, seeds 1 and 2",
+        lambda: tuple(images.load(images.checkpoint(s, width, variant)) for s in (1, 2)),
         task.loss,
         task.calib,
-        lambda: [images.checkpoint(s, width) / "train_log.json" for s in (1, 2)],
+        lambda: [images.checkpoint(s, width, variant) / "train_log.json" for s in (1, 2)],
     )
 
 
-# pairs (c) and (d): pair (b)'s recipe at 2.5x and 4x the width (`images.py train --width W`)
-WIDTHS = {"c": 240, "d": 384}
+# pairs (c) and (d): pair (b)'s recipe at 2.5x and 4x the width (`images.py train --width W`);
+# pair (e): pair (b) with weight decay 0.5 (`images.py train --weight-decay 0.5 --variant wd05`)
+IMAGE_PAIRS = {"c": (240, ""), "d": (384, ""), "e": (96, "wd05")}
 PAIRS: dict[str, Callable[[], Pair]] = {
     "a": _speech_pair,
     "b": _image_pair,
-    **{name: (lambda name=name, w=w: _image_pair(name, w)) for name, w in WIDTHS.items()},
+    **{n: (lambda n=n, w=w, v=v: _image_pair(n, w, v)) for n, (w, v) in IMAGE_PAIRS.items()},
 }
 
 

@@ -286,8 +286,9 @@ def _image_pair(
 
 
 # pairs (c) and (d): pair (b)'s recipe at 2.5x and 4x the width (`images.py train --width W`);
-# pair (e): pair (b) with weight decay 0.5 (`images.py train --weight-decay 0.5 --variant wd05`)
-IMAGE_PAIRS = {"c": (240, ""), "d": (384, ""), "e": (96, "wd05")}
+# pair (e): pair (b) with weight decay 0.5 (`images.py train --weight-decay 0.5 --variant wd05`);
+# pair (f): pair (c) at a learning rate scaled to its width, 2e-3 * 96 / 240 = 8e-4
+IMAGE_PAIRS = {"c": (240, ""), "d": (384, ""), "e": (96, "wd05"), "f": (240, "lr8e-4")}
 PAIRS: dict[str, Callable[[], Pair]] = {
     "a": _speech_pair,
     "b": _image_pair,

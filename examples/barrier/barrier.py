@@ -369,21 +369,28 @@ def plot(result: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     pairs = sorted({r["pair"] for r in result["runs"]})
-    fig, axes = plt.subplots(1, len(pairs), figsize=(5.5 * len(pairs), 4), squeeze=False)
+    cols = min(3, len(pairs))
+    rows = -(-len(pairs) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(6.5 * cols, 5 * rows), squeeze=False)
+    for ax in axes.flat[len(pairs) :]:
+        ax.axis("off")
     titles = result.get("pairs", {})
-    for ax, p in zip(axes[0], pairs, strict=True):
+    colours = plt.get_cmap("tab20").colors  # one colour per method, the same in every panel
+    for ax, p in zip(axes.flat, pairs):
         for r in result["runs"]:
             if r["pair"] == p:
                 ax.plot(
                     r["lambdas"],
                     r["losses"],
                     marker="o",
+                    markersize=3,
+                    color=colours[list(METHODS).index(r["method"]) % len(colours)],
                     label=f"{r['method']} (barrier@0.5 {r['barrier_mid']:.3f})",
                 )
         ax.set_xlabel("λ (weight of A)")
         ax.set_ylabel("held-out loss")
         ax.set_title(f"pair {p}: {titles.get(p, '')}", fontsize=8)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=6)
         ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -53,9 +53,9 @@ class AlignRule(_Strict):
     at: Literal["all", "first", "last"] = Field(
         "all",
         description="which of the part's sites of that role to measure, in graph order: 'all' "
-        "(default; their correlations are averaged), 'first' or 'last'. A residual stream's "
-        "first site reads it as the embedding wrote it, before any layer added to it: there "
-        "two independently trained models' streams are most alike (examples/barrier)",
+        "(default; their statistics are combined), 'first' or 'last'. A residual stream's "
+        "first site reads it as the embedding wrote it, before any layer added to it "
+        "(examples/barrier: better on some pre-LN pairs, worse on post-LN HuBERT)",
     )
     transform: Literal["perm", "orth"] = Field(
         "perm",

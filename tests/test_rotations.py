@@ -173,9 +173,12 @@ FIRST = {"kind": "residual", "at": "first"}
 def test_residual_measured_at_its_first_site_merges_back_to_a(vit, policy: str | dict) -> None:
     """`at: first` measures the residual stream on the embedding alone; a rotated or permuted
     copy of A is still found exactly."""
+    rotates_stream = policy != "pre-ln"  # pre-ln permutes the stream, the other rotates it
     policy = {**load_policy(policy).model_dump(), "calibration": {"num_clips": None}}
     err, alignment = function_oracle(vit, policy, [IMAGES])
     assert err <= 1e-4
+    rotated = set().union(*(p.rotated for p in alignment.perms))
+    assert (("residual", "channels") in rotated) == rotates_stream
     sites = alignment.plan.by_group()["residual"]["channels"].sites
     assert [s.module for s in sites] == ["vit.layers.0.attention.q_proj"]  # reads the embedding
 

@@ -43,9 +43,10 @@ def layer_of(key: str) -> str:
 
 def averaged_losses(pair: barrier.Pair, merger: barrier.Merger) -> dict:
     """Held-out loss with every key of one block (or one linear layer) averaged, A elsewhere."""
-    a = merger.module(1.0)
+    a, b = merger.module(1.0), merger.module(0.0)
     sa = {k: v.detach().clone() for k, v in a.state_dict().items()}
-    sb = {k: v.detach().clone() for k, v in merger.module(0.0).state_dict().items()}
+    sb = {k: v.detach().clone() for k, v in b.state_dict().items()}
+    loss_b = round(pair.loss(b), 4)
     net = copy.deepcopy(a)
 
     def loss(chosen: set[str]) -> float:
@@ -53,16 +54,15 @@ def averaged_losses(pair: barrier.Pair, merger: barrier.Merger) -> dict:
         return round(pair.loss(net), 4)
 
     blocks: dict[str, set[str]] = {}
-    layers: dict[str, set[str]] = {}
+    modules: dict[str, set[str]] = {}
     for k in sa:
         blocks.setdefault(block_of(k), set()).add(k)
-        if sa[k].ndim == 2:  # a linear layer's weight: with its bias
-            layers.setdefault(layer_of(k), set()).update(
-                j for j in sa if layer_of(j) == layer_of(k)
-            )
+        modules.setdefault(layer_of(k), set()).add(k)
+    # linear layers: the modules with a 2-D weight (averaged with their bias)
+    layers = {n: keys for n, keys in modules.items() if any(sa[k].ndim == 2 for k in keys)}
     return {
         "A": loss(set()),
-        "B'": round(pair.loss(merger.module(0.0)), 4),
+        "B'": loss_b,
         "all averaged": loss(set(sa)),
         "only": {name: loss(keys) for name, keys in blocks.items()},
         "all but": {name: loss(set(sa) - keys) for name, keys in blocks.items()},
@@ -98,8 +98,9 @@ def main() -> None:
     torch.manual_seed(0)
     pair = barrier.PAIRS[args.pair]()
     a, b = pair.load()
-    heads = head_similarity(a.module, b.module, pair.calib()[:8])
-    merger = barrier.METHODS[args.method](a, b, pair.calib())
+    calib = pair.calib()
+    heads = head_similarity(a.module, b.module, calib[:8])
+    merger = barrier.METHODS[args.method](a, b, calib)
     result = {"pair": args.pair, "method": args.method, **averaged_losses(pair, merger)}
     result["attention_best_match"] = heads
     out = barrier.RESULTS / f"diagnose-{args.pair}-{args.method}.json"

@@ -14,7 +14,7 @@ from graphperm.apply import (
     outputs,
     permute_state,
 )
-from graphperm.cli.common import add_model_args, analyse_model, load_cli_model, say
+from graphperm.cli.common import add_model_args, analyse_model, load_cli_model, say, user_inputs
 from graphperm.errors import UsageError
 from graphperm.merge import Alignment, check_same_architecture, merge_models
 from graphperm.output import check_output, output_folder, write_model
@@ -45,7 +45,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    check_output(args.out, args.force)
+    check_output(args.out, args.force, user_inputs(args))
     if not args.perms.is_file():
         raise UsageError(f"--perms '{args.perms}' does not exist; check the path")
     b = load_cli_model(args, args.model_b, seed=1)
@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
         state = permute_state(indexer, b.state_dict(), perm, inplace=True)
         report = check_permuted(analysis, perm, reference, b.module, inputs)
         target, w = b, None
-    with output_folder(args.out, force=args.force) as tmp:
+    with output_folder(args.out, force=args.force, inputs=user_inputs(args)) as tmp:
         write_model(tmp, target, state)
         shutil.copy(args.perms, tmp / "permutations.safetensors")
     checked = (

@@ -25,6 +25,7 @@ __all__ = [
     "print_alignment",
     "say",
     "setup_logging",
+    "user_inputs",
 ]
 
 
@@ -109,6 +110,27 @@ def cli_inputs(args: argparse.Namespace, loaded: LoadedModel) -> dict[str, torch
 
 def analyse_model(args: argparse.Namespace, loaded: LoadedModel) -> Analysis:
     return analyse(trace(loaded, cli_inputs(args, loaded)))
+
+
+def user_inputs(args: argparse.Namespace) -> dict[str, str | Path | None]:
+    """Every local path the user passed (models, ``--calib`` sources, policy, permutations,
+    inputs), by the name an error shows: what an output may never be, contain or lie in."""
+    names = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+    found: dict[str, str | Path | None] = {}
+    models = [getattr(args, "model_a", None), getattr(args, "model_b", None)]
+    models += list(getattr(args, "more_models", None) or [])
+    for k, model in enumerate(models):
+        found[f"model {names[k] if k < 26 else k + 1}"] = model
+    for key, name in (("model", "the model"), ("merge_into", "--merge-into model")):
+        found[name] = getattr(args, key, None)
+    for k, source in enumerate(getattr(args, "calib", None) or []):
+        found[f"--calib source {k + 1}"] = source
+    for key in ("policy", "perms", "inputs", "config"):
+        value = getattr(args, key, None)
+        found[f"--{key} file"] = value if isinstance(value, (str, Path)) else None
+    for k, path in enumerate(getattr(args, "stats", None) or []):
+        found[f"statistics file {k + 1}"] = path
+    return found
 
 
 def say(*lines: str) -> None:

@@ -16,6 +16,7 @@ from graphperm.cli.common import (
     policy_from_args,
     print_alignment,
     say,
+    user_inputs,
 )
 from graphperm.distributed import finish, is_main
 from graphperm.errors import PolicyError
@@ -100,7 +101,7 @@ def _weights(args: argparse.Namespace, models: int) -> list[float] | None:
 
 
 def _setup(args: argparse.Namespace):
-    check_output(args.out, args.force)  # before any heavy work
+    check_output(args.out, args.force, user_inputs(args))  # before any heavy work
     specs = _specs(args)
     weights = _weights(args, len(specs))  # a bad weight fails before any model is loaded
     policy = policy_from_args(args)
@@ -165,7 +166,7 @@ def run_align(args: argparse.Namespace) -> int:
         _, alignment, _ = _setup(args)
         if not is_main():
             return 0
-        with output_folder(args.out, force=args.force) as tmp:
+        with output_folder(args.out, force=args.force, inputs=user_inputs(args)) as tmp:
             save_alignment(alignment, tmp)
         print_alignment(alignment)
         say(f"permutations written to {args.out / 'permutations.safetensors'}")

@@ -106,7 +106,9 @@ def save_merge(
     is the command line that made the merge, else an equivalent one is written); all or
     nothing."""
     out = Path(out)
-    with output_folder(out, force=force) as tmp:
+    sources = result.alignment.sources
+    inputs = {f"model {k + 1}": source for k, source in enumerate(sources)}
+    with output_folder(out, force=force, inputs=inputs) as tmp:
         write_model(tmp, result.model_a, result.state)
         save_alignment(result.alignment, tmp)
         report = report_dict(result.alignment, result)

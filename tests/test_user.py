@@ -1,0 +1,97 @@
+"""What a first user meets (issue 19): a safe and complete output folder, defaults that work
+for every model, a config that reproduces a merge, an `eval` command. Through the CLI."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+
+from graphperm.cli import main
+from tests.helpers import graphperm_cli
+from tests.textmodels import save_tiny_bert, words_of
+
+DATA = Path(__file__).parent / "data"
+TEXT = DATA / "text.txt"
+
+
+@pytest.fixture(scope="module")
+def berts(tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("berts")
+    words = words_of(TEXT)
+    return save_tiny_bert(root / "a", words, seed=0), save_tiny_bert(root / "b", words, seed=1)
+
+
+def _snapshot(folder: Path) -> dict[str, str]:
+    """Every file under ``folder`` with its content hash."""
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+# --- 1. nothing a user passes is modified ---------------------------------------------------
+
+
+@pytest.mark.parametrize("where", ["is", "inside", "contains"])
+def test_out_that_touches_an_input_model_is_refused_even_with_force(berts, where, tmp_path):
+    a, b = berts
+    before = _snapshot(b.parent)
+    out = {"is": b, "inside": b / "merged", "contains": b.parent}[where]
+    run = graphperm_cli(
+        "merge", str(a), str(b), "--policy", "weights", "--out", str(out), "--force"
+    )
+    assert run.returncode == 2, run.stderr
+    assert len(run.stderr.strip().splitlines()) == 1
+    assert "an input" in run.stderr and "model" in run.stderr
+    assert _snapshot(b.parent) == before
+    assert not (b / "merged").exists()
+
+
+def test_out_that_contains_a_calibration_source_is_refused(berts, tmp_path):
+    a, b = berts
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "text.txt").write_text(TEXT.read_text())
+    before = _snapshot(corpus)
+    run = graphperm_cli(
+        "merge", str(a), str(b), "--policy", "fnn-attn", "--calib", str(corpus / "text.txt"),
+        "--out", str(corpus), "--force",
+    )  # fmt: skip
+    assert run.returncode == 2 and "--calib source" in run.stderr, run.stderr
+    assert _snapshot(corpus) == before
+
+
+def test_output_permissions_follow_the_umask(berts, tmp_path):
+    a, b = berts
+    old = os.umask(0o022)
+    try:
+        run = graphperm_cli(
+            "merge", str(a), str(b), "--policy", "weights", "--out", str(tmp_path / "m")
+        )
+    finally:
+        os.umask(old)
+    assert run.returncode == 0, run.stderr
+    out = tmp_path / "m"
+    assert out.stat().st_mode & 0o777 == 0o755
+    modes = {p.name: p.stat().st_mode & 0o777 for p in out.iterdir()}
+    assert modes and set(modes.values()) == {0o644}, modes
+
+
+def test_ctrl_c_exits_130_and_writes_nothing(berts, tmp_path, monkeypatch, capsys):
+    import graphperm.output.save as save
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(save, "write_model", interrupted)
+    a, b = berts
+    code = main(
+        ["merge", str(a), str(b), "--policy", "weights", "-q", "--out", str(tmp_path / "m")]
+    )
+    assert code == 130
+    assert "interrupted" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []  # neither the output nor a temporary folder

@@ -95,3 +95,60 @@ def test_ctrl_c_exits_130_and_writes_nothing(berts, tmp_path, monkeypatch, capsy
     assert code == 130
     assert "interrupted" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []  # neither the output nor a temporary folder
+
+
+# --- 2. a complete output folder --------------------------------------------------------------
+
+
+def test_merged_text_model_has_a_s_tokenizer(berts, tmp_path):
+    from transformers import AutoTokenizer
+
+    a, b = berts
+    out = tmp_path / "m"
+    run = graphperm_cli("merge", str(a), str(b), "--policy", "weights", "-q", "--out", str(out))
+    assert run.returncode == 0, run.stderr
+    want, got = AutoTokenizer.from_pretrained(a), AutoTokenizer.from_pretrained(out)
+    assert got.get_vocab() == want.get_vocab() and len(got) > 5
+    text = TEXT.read_text().splitlines()[0]
+    assert got(text)["input_ids"] == want(text)["input_ids"]
+    assert got.unk_token_id not in got(text)["input_ids"]
+
+
+@pytest.fixture(scope="module")
+def fp16_berts(tmp_path_factory, berts) -> tuple[Path, Path]:
+    import transformers as tf
+
+    root = tmp_path_factory.mktemp("fp16")
+    out = []
+    for src in berts:
+        model = tf.AutoModel.from_pretrained(src).half()
+        model.save_pretrained(root / src.name)
+        out.append(root / src.name)
+    return out[0], out[1]
+
+
+@pytest.mark.parametrize("dtype", ["auto", "float32", "bfloat16"])
+def test_merge_keeps_a_s_dtype_unless_told(fp16_berts, dtype, tmp_path):
+    import json
+
+    import torch
+    import transformers as tf
+    from safetensors import safe_open
+
+    a, b = fp16_berts
+    out = tmp_path / "m"
+    run = graphperm_cli(
+        "merge", str(a), str(b), "--policy", "weights", "-q", "--dtype", dtype, "--out", str(out)
+    )
+    assert run.returncode == 0, run.stderr
+    want = {"auto": "float16"}.get(dtype, dtype)
+    codes = {"float16": "F16", "float32": "F32", "bfloat16": "BF16"}
+    with safe_open(str(out / "model.safetensors"), framework="pt") as f:
+        floats = {f.get_slice(k).get_dtype() for k in f.keys()} - {"I64"}  # noqa: SIM118
+    assert floats == {codes[want]}
+    assert json.loads((out / "config.json").read_text())["dtype"] == want
+    model = tf.AutoModel.from_pretrained(out)
+    assert next(model.parameters()).dtype == getattr(torch, want)
+    if dtype == "auto":  # half the size of the float32 weights
+        size = (out / "model.safetensors").stat().st_size
+        assert size < 0.6 * sum(p.numel() * 4 for p in model.parameters())

@@ -14,7 +14,14 @@ from graphperm.apply import (
     outputs,
     permute_state,
 )
-from graphperm.cli.common import add_model_args, analyse_model, load_cli_model, say, user_inputs
+from graphperm.cli.common import (
+    add_dtype_arg,
+    add_model_args,
+    analyse_model,
+    load_cli_model,
+    say,
+    user_inputs,
+)
 from graphperm.errors import UsageError
 from graphperm.merge import Alignment, check_same_architecture, merge_models
 from graphperm.output import check_output, output_folder, write_model
@@ -40,6 +47,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--policy", default="paper", help="policy with the weights (--merge-into)")
     p.add_argument("--weight-a", type=float, metavar="W", help="override the policy's weight_a")
     p.add_argument("--force", action="store_true", help="replace a non-empty output folder")
+    add_dtype_arg(p)
     p.set_defaults(func=run)
     return p
 
@@ -72,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
         report = check_permuted(analysis, perm, reference, b.module, inputs)
         target, w = b, None
     with output_folder(args.out, force=args.force, inputs=user_inputs(args)) as tmp:
-        write_model(tmp, target, state)
+        write_model(tmp, target, state, dtype=args.dtype)
         shutil.copy(args.perms, tmp / "permutations.safetensors")
     checked = (
         f"; permuted B computes what B computed (max rel error {report.max_rel:.2g})"

@@ -17,6 +17,7 @@ from graphperm.report import format_table
 from graphperm.trace import LoadedModel, example_inputs, load_model, trace
 
 __all__ = [
+    "add_dtype_arg",
     "add_merge_args",
     "add_model_args",
     "analyse_model",
@@ -178,6 +179,16 @@ def add_merge_args(p: argparse.ArgumentParser, out_help: str = "output folder") 
         type=int,
         default=1,
         help="with --random-init: seed of model B's weights (A uses 0)",
+    )
+
+
+def add_dtype_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", "float32", "float16", "bfloat16"],
+        help="dtype of the written weights (auto: the dtype model A was saved in; the merge "
+        "itself is computed in float32)",
     )
 
 

@@ -11,6 +11,7 @@ import shlex
 import sys
 
 from graphperm.cli.common import (
+    add_dtype_arg,
     add_merge_args,
     load_cli_model,
     policy_from_args,
@@ -63,6 +64,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="interpolation weight of every model, A first, summing to 1 (overrides the "
         "policy's model_weights)",
     )
+    add_dtype_arg(p)
     p.set_defaults(func=run_merge)
     return p
 
@@ -144,7 +146,7 @@ def _merge(args: argparse.Namespace) -> int:
     alignment.stats = None  # free the statistics before the merge needs memory
     result = merge_all(alignment, models, weights=weights, inplace=True)
     command = shlex.join(["graphperm", *sys.argv[1:]])
-    save_merge(result, args.out, force=args.force, command=command)
+    save_merge(result, args.out, force=args.force, command=command, dtype=args.dtype)
     print_alignment(alignment)
     if result.check is not None:
         worst = max(c.max_rel for c in result.checks)

@@ -9,7 +9,6 @@ Example:
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import torch
@@ -18,6 +17,7 @@ import yaml
 from graphperm import __version__
 from graphperm.merge.results import Alignment, MergeResult
 from graphperm.output.card import command_line, model_card
+from graphperm.output.extras import copy_extras, resolve_dtype
 from graphperm.output.folder import output_folder
 from graphperm.trace import LoadedModel
 
@@ -87,29 +87,59 @@ def report_dict(alignment: Alignment, result: MergeResult | None = None) -> dict
     return out
 
 
-def write_model(folder: Path, loaded: LoadedModel, state: dict[str, torch.Tensor]) -> None:
+def write_model(
+    folder: Path,
+    loaded: LoadedModel,
+    state: dict[str, torch.Tensor],
+    *,
+    dtype: str | torch.dtype | None = "auto",
+) -> None:
     """Save ``loaded``'s whole model with ``state`` (keys relative to the traced module) in place
-    of the traced module's weights, as a ``save_pretrained`` folder (config + safetensors)."""
+    of the traced module's weights, as a ``save_pretrained`` folder (config + safetensors), in
+    ``dtype`` (``auto``: the dtype the model was saved in), with the model's tokenizer,
+    processor and generation files next to it."""
     full = dict(loaded.model.state_dict())
     full.update({loaded.prefix + k: v for k, v in state.items()})
+    target = resolve_dtype(dtype, loaded.source)
+    if target is not None:
+        full = {k: v.to(target) if v.is_floating_point() else v for k, v in full.items()}
     loaded.model.save_pretrained(folder, state_dict=full, safe_serialization=True)
-    prep = Path(loaded.source) / "preprocessor_config.json"
-    if prep.is_file():
-        shutil.copy(prep, folder / prep.name)
+    if target is not None:
+        _set_config_dtype(folder / "config.json", target)
+    copy_extras(loaded.source, folder)
+
+
+def _set_config_dtype(path: Path, dtype: torch.dtype) -> None:
+    """Say in ``config.json`` the dtype the weights were written in (save_pretrained writes the
+    in-memory model's, float32)."""
+    if not path.is_file():
+        return
+    config = json.loads(path.read_text())
+    name = str(dtype).removeprefix("torch.")
+    config["dtype"] = name
+    if "torch_dtype" in config:
+        config["torch_dtype"] = name
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def save_merge(
-    result: MergeResult, out: str | Path, *, force: bool = False, command: str | None = None
+    result: MergeResult,
+    out: str | Path,
+    *,
+    force: bool = False,
+    command: str | None = None,
+    dtype: str | torch.dtype | None = "auto",
 ) -> Path:
     """Write the merged model folder (loadable with ``AutoModel.from_pretrained``), the
     permutations, the resolved policy, the report and a model card (``README.md``; ``command``
     is the command line that made the merge, else an equivalent one is written); all or
-    nothing."""
+    nothing. ``dtype``: the weights' dtype (``auto``: model A's as saved; the merge itself is
+    computed in float32)."""
     out = Path(out)
     sources = result.alignment.sources
     inputs = {f"model {k + 1}": source for k, source in enumerate(sources)}
     with output_folder(out, force=force, inputs=inputs) as tmp:
-        write_model(tmp, result.model_a, result.state)
+        write_model(tmp, result.model_a, result.state, dtype=dtype)
         save_alignment(result.alignment, tmp)
         report = report_dict(result.alignment, result)
         (tmp / "merge_report.json").write_text(json.dumps(report, indent=2))

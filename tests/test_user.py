@@ -152,3 +152,58 @@ def test_merge_keeps_a_s_dtype_unless_told(fp16_berts, dtype, tmp_path):
     if dtype == "auto":  # half the size of the float32 weights
         size = (out / "model.safetensors").stat().st_size
         assert size < 0.6 * sum(p.numel() * 4 for p in model.parameters())
+
+
+# --- 3. a default policy chosen from the model -------------------------------------------------
+
+
+def _report(out: Path) -> dict:
+    import json
+
+    return json.loads((out / "merge_report.json").read_text())
+
+
+def test_default_policy_for_text_is_chosen_and_printed(berts, tmp_path):
+    from graphperm.policy import load_policy
+
+    a, b = berts
+    out = tmp_path / "m"
+    run = graphperm_cli("merge", str(a), str(b), "--calib", str(TEXT), "--out", str(out))
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.startswith("policy: orth (the default for this model"), run.stdout
+    assert _report(out)["policy"] == load_policy("orth").description
+    assert any(g["kind"] == "residual" for g in _report(out)["groups"])
+
+
+def test_default_policy_for_speech_without_data(tmp_path):
+    out = tmp_path / "m"
+    tiny = "builtin:hubert-tiny"
+    run = graphperm_cli("merge", tiny, tiny, "--random-init", "-q", "--out", str(out))
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.startswith("policy: weights (the default for this model: a convolutional")
+    assert _report(out)["method"] == "weights"
+
+
+def test_missing_calibration_file_is_what_the_error_says(berts, tmp_path):
+    a, b = berts
+    missing = tmp_path / "corpus.txt"
+    run = graphperm_cli(
+        "merge", str(a), str(b), "--calib", str(missing), "--out", str(tmp_path / "m")
+    )
+    assert run.returncode == 2
+    assert "corpus.txt" in run.stderr and "conv" not in run.stderr, run.stderr
+    assert not (tmp_path / "m").exists()
+
+
+def test_recommended_settings_have_built_in_names(berts, tmp_path):
+    from graphperm.policy import policy_names
+
+    assert {"all", "orth", "orth-weights", "pre-ln", "weights", "paper"} <= set(policy_names())
+    a, b = berts
+    out = tmp_path / "m"
+    run = graphperm_cli(
+        "merge", str(a), str(b), "--policy", "all", "--calib", str(TEXT), "-q", "--out", str(out)
+    )
+    assert run.returncode == 0, run.stderr
+    kinds = {g["kind"] for g in _report(out)["groups"]}
+    assert {"attn", "ffn", "residual"} <= kinds

@@ -10,9 +10,10 @@ from pathlib import Path
 import torch
 
 from graphperm.analysis import Analysis, analyse
+from graphperm.distributed import is_main
 from graphperm.errors import ModelLoadError
 from graphperm.merge import Alignment
-from graphperm.policy import Policy, load_policy
+from graphperm.policy import Policy, default_policy, load_policy, policy_names
 from graphperm.report import format_table
 from graphperm.trace import LoadedModel, example_inputs, load_model, trace
 
@@ -21,6 +22,7 @@ __all__ = [
     "add_merge_args",
     "add_model_args",
     "analyse_model",
+    "choose_policy",
     "load_cli_model",
     "policy_from_args",
     "print_alignment",
@@ -145,8 +147,10 @@ def add_merge_args(p: argparse.ArgumentParser, out_help: str = "output folder") 
     add_model_args(p, names=("model_a", "model_b"))
     p.add_argument(
         "--policy",
-        default="paper",
-        help="a policy file (YAML/JSON) or a built-in name (default: paper)",
+        help="a policy file (YAML/JSON, e.g. a merge's own policy.yaml) or a built-in name: "
+        + ", ".join(policy_names())
+        + " (default: chosen from model A and printed: paper for a convolutional front end, "
+        "orth otherwise; without --calib weights or orth-weights)",
     )
     p.add_argument(
         "--calib",
@@ -180,6 +184,17 @@ def add_merge_args(p: argparse.ArgumentParser, out_help: str = "output folder") 
         default=1,
         help="with --random-init: seed of model B's weights (A uses 0)",
     )
+
+
+def choose_policy(args: argparse.Namespace, loaded: LoadedModel) -> None:
+    """Set ``args.policy`` to the built-in policy for ``loaded`` when none was given, and say
+    which and why (:func:`graphperm.policy.default_policy`)."""
+    if args.policy is not None:
+        return
+    name, why = default_policy(analyse_model(args, loaded), data=bool(args.calib))
+    args.policy = name
+    if is_main():
+        say(f"policy: {name} (the default for this model: {why}; --policy to choose)")
 
 
 def add_dtype_arg(p: argparse.ArgumentParser) -> None:

@@ -13,6 +13,7 @@ import sys
 from graphperm.cli.common import (
     add_dtype_arg,
     add_merge_args,
+    choose_policy,
     load_cli_model,
     policy_from_args,
     print_alignment,
@@ -106,6 +107,11 @@ def _setup(args: argparse.Namespace):
     check_output(args.out, args.force, user_inputs(args))  # before any heavy work
     specs = _specs(args)
     weights = _weights(args, len(specs))  # a bad weight fails before any model is loaded
+    seeds = [0] + [args.seed_b + k for k in range(len(specs) - 1)]
+    models = []
+    if args.policy is None:  # the default is chosen from model A
+        models = [load_cli_model(args, specs[0], seed=0)]
+        choose_policy(args, models[0])
     policy = policy_from_args(args)
     rounds = getattr(args, "consensus_rounds", None)
     if rounds is not None:
@@ -119,8 +125,10 @@ def _setup(args: argparse.Namespace):
         (policy.with_weights(weights) if weights else policy).base_weights(len(specs))
     except ValueError as err:
         raise PolicyError(f"{args.policy}: {err}") from None
-    seeds = [0] + [args.seed_b + k for k in range(len(specs) - 1)]
-    models = [load_cli_model(args, spec, seed=seed) for spec, seed in zip(specs, seeds)]
+    models += [
+        load_cli_model(args, spec, seed=seed)
+        for spec, seed in list(zip(specs, seeds))[len(models) :]
+    ]
     alignment = align_models(
         models,
         policy,

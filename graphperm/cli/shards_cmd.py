@@ -13,6 +13,7 @@ from pathlib import Path
 from graphperm import __version__
 from graphperm.cli.common import (
     add_merge_args,
+    choose_policy,
     load_cli_model,
     policy_from_args,
     print_alignment,
@@ -76,8 +77,9 @@ def run_stats(args: argparse.Namespace) -> int:
         raise UsageError(f"--out '{args.out}' is a folder; name the statistics file to write")
     if args.out.exists() and not args.force:
         raise OutputExistsError(f"'{args.out}' exists; choose another --out or pass --force")
-    policy = policy_from_args(args)
     a = load_cli_model(args, args.model_a, seed=0)
+    choose_policy(args, a)
+    policy = policy_from_args(args)
     b = load_cli_model(args, args.model_b, seed=args.seed_b)
     check_same_architecture(a, b)
     adapter, analysis, plan = prepare(a, policy, where=args.policy)

@@ -207,3 +207,83 @@ def test_recommended_settings_have_built_in_names(berts, tmp_path):
     assert run.returncode == 0, run.stderr
     kinds = {g["kind"] for g in _report(out)["groups"]}
     assert {"attn", "ffn", "residual"} <= kinds
+
+
+# --- 4. the output reproduces the merge ---------------------------------------------------------
+
+
+def _tensors(path: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
+@pytest.fixture(scope="module")
+def merged(berts, tmp_path_factory) -> Path:
+    a, b = berts
+    out = tmp_path_factory.mktemp("merged") / "m"
+    run = graphperm_cli(
+        "merge", str(a), str(b), "--policy", "fnn-attn", "--calib", str(TEXT), "--weight-a", "0.7",
+        "--num-clips", "8", "--dtype", "bfloat16", "-q", "--out", str(out),
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    return out
+
+
+def test_written_policy_is_accepted_back(berts, merged, tmp_path):
+    a, b = berts
+    out = tmp_path / "again"
+    run = graphperm_cli(
+        "merge", str(a), str(b), "--policy", str(merged / "policy.yaml"), "--calib", str(TEXT),
+        "--dtype", "bfloat16", "-q", "--out", str(out),
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert (
+        _tensors(out / "permutations.safetensors").keys()
+        == _tensors(merged / "permutations.safetensors").keys()
+    )
+    first, again = _tensors(merged / "model.safetensors"), _tensors(out / "model.safetensors")
+    assert all(v.equal(again[k]) for k, v in first.items())  # weights 0.7/0.3 and 8 texts kept
+
+
+def test_merge_config_reruns_the_whole_merge(merged, tmp_path):
+    import yaml
+
+    config = yaml.safe_load((merged / "merge.yaml").read_text())
+    assert config["weights"] == [0.7, pytest.approx(0.3)] and config["dtype"] == "bfloat16"
+    assert (
+        config["calib"] == [str(TEXT.resolve())]
+        and config["policy"]["calibration"]["num_clips"] == 8
+    )
+    out = tmp_path / "again"
+    run = graphperm_cli("merge", "--config", str(merged / "merge.yaml"), "-q", "--out", str(out))
+    assert run.returncode == 0, run.stderr
+    first, again = _tensors(merged / "model.safetensors"), _tensors(out / "model.safetensors")
+    assert first.keys() == again.keys() and all(v.equal(again[k]) for k, v in first.items())
+    assert "graphperm merge --config merge.yaml" in (merged / "README.md").read_text()
+
+
+def test_merge_config_with_models_too_is_one_line(merged, berts, tmp_path):
+    a, b = berts
+    out = tmp_path / "x"
+    run = graphperm_cli(
+        "merge", str(a), str(b), "--config", str(merged / "merge.yaml"), "--out", str(out)
+    )
+    assert run.returncode == 2 and "do not pass MODEL_A too" in run.stderr, run.stderr
+    run = graphperm_cli("merge", "--out", str(out))
+    assert run.returncode == 2 and "needs MODEL_A and MODEL_B" in run.stderr
+    assert not out.exists()
+
+
+# --- 13. the model card says what happened ------------------------------------------------------
+
+
+def test_card_of_a_plain_average_names_no_alignment_method(berts, tmp_path):
+    a, b = berts
+    out = tmp_path / "m"
+    run = graphperm_cli("merge", str(a), str(b), "--policy", "average", "-q", "--out", str(out))
+    assert run.returncode == 0, run.stderr
+    card = (out / "README.md").read_text()
+    assert "- alignment method: none (plain interpolation)" in card
+    assert "base_model:" not in card and str(a) not in card.split("---")[1]  # local paths
+    assert "pypi.org" not in card

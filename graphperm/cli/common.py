@@ -32,11 +32,14 @@ __all__ = [
 ]
 
 
-def add_model_args(p: argparse.ArgumentParser, *, names: tuple[str, ...] = ("model",)) -> None:
+def add_model_args(
+    p: argparse.ArgumentParser, *, names: tuple[str, ...] = ("model",), optional: bool = False
+) -> None:
     for name in names:
         p.add_argument(
             name,
             metavar=name.upper(),
+            nargs="?" if optional else None,
             help="a folder saved with save_pretrained, a hub id, or builtin:NAME",
         )
     p.add_argument(
@@ -142,9 +145,11 @@ def say(*lines: str) -> None:
         print(line)
 
 
-def add_merge_args(p: argparse.ArgumentParser, out_help: str = "output folder") -> None:
+def add_merge_args(
+    p: argparse.ArgumentParser, out_help: str = "output folder", optional_models: bool = False
+) -> None:
     """The arguments of ``merge``, ``align`` and ``stats``: two models, policy, data, output."""
-    add_model_args(p, names=("model_a", "model_b"))
+    add_model_args(p, names=("model_a", "model_b"), optional=optional_models)
     p.add_argument(
         "--policy",
         help="a policy file (YAML/JSON, e.g. a merge's own policy.yaml) or a built-in name: "

@@ -64,6 +64,27 @@ def kind_summary(groups: list[dict]) -> list[dict]:
     ]
 
 
+def _is_hub_id(source: str) -> bool:
+    """``org/name`` that is not a local path (what a hub model card's ``base_model`` takes)."""
+    from pathlib import Path
+
+    return (
+        source.count("/") == 1
+        and not source.startswith((".", "/", "~", "builtin:"))
+        and not Path(source).exists()
+    )
+
+
+def _overridden(report: dict, weights: Sequence[float]) -> str:
+    """A note when the merge did not use the policy's own weights (its description names
+    them)."""
+    own = report.get("policy_weights")
+    if own is None or [round(w, 6) for w in own] == [round(w, 6) for w in weights]:
+        return ""
+    listed = "/".join(f"{w:g}" for w in own)
+    return f" (the policy's weights {listed} were replaced by the weights above)"
+
+
 def _fmt(v: float | None) -> str:
     return "–" if v is None else f"{v:.3f}"
 
@@ -85,19 +106,17 @@ def model_card(report: dict, command: str) -> str:
     """The card's text from ``merge_report.json``'s content and the reproducing command."""
     sources = report.get("models") or [report["model_a"], report["model_b"]]
     weights = report.get("weights") or [report["weight_a"], 1.0 - report["weight_a"]]
-    front = {
-        "library_name": "transformers",
-        "tags": ["graphperm", "merge"],
-        "base_model": list(sources),
-    }
+    front: dict = {"library_name": "transformers", "tags": ["graphperm", "merge"]}
+    hub = [s for s in sources if _is_hub_id(s)]  # a local path is no base_model to link
+    if hub:
+        front["base_model"] = hub
     lines = ["---", yaml.safe_dump(front, sort_keys=False).rstrip(), "---", ""]
     lines += [
         f"# Merge of {len(sources)} {report['model_class']} encoders",
         "",
-        "Made with [graphperm](https://pypi.org/project/graphperm/) "
-        f"{report['graphperm']}: every model after the first had its units permuted into the "
-        "first model's basis (permutation groups derived from the exported graph), then the "
-        "weights were interpolated.",
+        f"Made with graphperm {report['graphperm']}: every model after the first had its units "
+        "permuted into the first model's basis (permutation groups derived from the exported "
+        "graph), then the weights were interpolated.",
         "",
         "## Source models",
         "",
@@ -110,7 +129,7 @@ def model_card(report: dict, command: str) -> str:
         "",
         "## Policy and method",
         "",
-        f"- policy: {report['policy']}",
+        f"- policy: {report['policy']}" + _overridden(report, weights),
         f"- alignment method: {report['method']}",
     ]
     if cal.get("description"):
@@ -142,12 +161,21 @@ def model_card(report: dict, command: str) -> str:
     lines += [
         "## Reproduce",
         "",
+        "`merge.yaml` holds everything that made this merge (models, policy, calibration "
+        "sources, weights, seeds, dtype); run it again with:",
+        "",
+        "```bash",
+        "graphperm merge --config merge.yaml --out merged-again/",
+        "```",
+        "",
+        "The command that made it:",
+        "",
         "```bash",
         command,
         "```",
         "",
-        "The folder also holds the permutations (`permutations*.safetensors`), the resolved "
-        "policy (`policy.yaml`) and the full report (`merge_report.json`).",
+        "The folder also holds the permutations (`permutations*.safetensors`), the policy "
+        "(`policy.yaml`, accepted by `--policy`) and the full report (`merge_report.json`).",
         "",
     ]
     return "\n".join(lines)

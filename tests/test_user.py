@@ -287,3 +287,48 @@ def test_card_of_a_plain_average_names_no_alignment_method(berts, tmp_path):
     assert "- alignment method: none (plain interpolation)" in card
     assert "base_model:" not in card and str(a) not in card.split("---")[1]  # local paths
     assert "pypi.org" not in card
+
+
+# --- 7. apply -----------------------------------------------------------------------------------
+
+
+def test_apply_weight_without_a_model_to_merge_into_is_refused(berts, merged, tmp_path):
+    _, b = berts
+    out = tmp_path / "x"
+    perms = str(merged / "permutations.safetensors")
+    run = graphperm_cli("apply", str(b), "--perms", perms, "--weight-a", "0.5", "--out", str(out))
+    assert run.returncode == 2 and len(run.stderr.strip().splitlines()) == 1, run.stderr
+    assert "--merge-into" in run.stderr and not out.exists()
+
+
+def test_apply_writes_a_report_and_a_card(berts, merged, tmp_path):
+    import json
+
+    a, b = berts
+    perms = str(merged / "permutations.safetensors")
+    out = tmp_path / "merged"
+    run = graphperm_cli(
+        "apply",
+        str(b),
+        "--perms",
+        perms,
+        "--merge-into",
+        str(a),
+        "--dtype",
+        "bfloat16",
+        "--out",
+        str(out),
+    )
+    assert run.returncode == 0, run.stderr
+    report = json.loads((out / "merge_report.json").read_text())
+    assert report["weight_a"] == 0.7  # the policy.yaml next to --perms
+    assert report["verification"]["ok"] and "permutations read from" in report["method"]
+    assert "| 0.7 |" in (out / "README.md").read_text()
+    first, again = _tensors(merged / "model.safetensors"), _tensors(out / "model.safetensors")
+    bad = [k for k, v in first.items() if not v.equal(again[k])]
+    assert not bad, (bad, [(first[k].dtype, again[k].dtype) for k in bad])  # bit for bit
+    out = tmp_path / "permuted"
+    run = graphperm_cli("apply", str(b), "--perms", perms, "--out", str(out))
+    assert run.returncode == 0, run.stderr
+    assert json.loads((out / "apply_report.json").read_text())["verification"]["ok"]
+    assert "with its units permuted" in (out / "README.md").read_text()

@@ -17,7 +17,14 @@ from collections.abc import Sequence
 
 import yaml
 
-__all__ = ["command_line", "kind_summary", "model_card", "report_dict_example"]
+__all__ = [
+    "command_line",
+    "kind_summary",
+    "model_card",
+    "permuted_card",
+    "permuted_report",
+    "report_dict_example",
+]
 
 
 def command_line(
@@ -102,8 +109,9 @@ def _table(groups: list[dict]) -> list[str]:
     return lines
 
 
-def model_card(report: dict, command: str) -> str:
-    """The card's text from ``merge_report.json``'s content and the reproducing command."""
+def model_card(report: dict, command: str, *, config: bool = True) -> str:
+    """The card's text from ``merge_report.json``'s content and the reproducing command
+    (``config``: the folder holds a ``merge.yaml`` that re-runs the merge)."""
     sources = report.get("models") or [report["model_a"], report["model_b"]]
     weights = report.get("weights") or [report["weight_a"], 1.0 - report["weight_a"]]
     front: dict = {"library_name": "transformers", "tags": ["graphperm", "merge"]}
@@ -158,16 +166,18 @@ def model_card(report: dict, command: str) -> str:
         lines += [*_table(report["groups"]), ""]
     else:
         lines += ["No group was aligned (plain interpolation).", ""]
+    lines += ["## Reproduce", ""]
+    if config:
+        lines += [
+            "`merge.yaml` holds everything that made this merge (models, policy, calibration "
+            "sources, weights, seeds, dtype); run it again with:",
+            "",
+            "```bash",
+            "graphperm merge --config merge.yaml --out merged-again/",
+            "```",
+            "",
+        ]
     lines += [
-        "## Reproduce",
-        "",
-        "`merge.yaml` holds everything that made this merge (models, policy, calibration "
-        "sources, weights, seeds, dtype); run it again with:",
-        "",
-        "```bash",
-        "graphperm merge --config merge.yaml --out merged-again/",
-        "```",
-        "",
         "The command that made it:",
         "",
         "```bash",
@@ -179,6 +189,50 @@ def model_card(report: dict, command: str) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def permuted_report(model: str, perms: str, check) -> dict:
+    """What ``graphperm apply`` without ``--merge-into`` writes as ``apply_report.json``:
+    the model, the permutations file and the check (a ``VerifyReport``)."""
+    from graphperm import __version__
+
+    return {
+        "graphperm": __version__,
+        "model": model,
+        "permutations": perms,
+        "verification": {
+            "ok": check.ok,
+            "max_abs_error": check.max_abs,
+            "max_rel_error": check.max_rel,
+        },
+    }
+
+
+def permuted_card(report: dict, command: str) -> str:
+    """The card of a model with saved permutations applied (no merge)."""
+    ver = report["verification"]
+    state = "passed" if ver["ok"] else "FAILED"
+    return "\n".join(
+        [
+            "---",
+            yaml.safe_dump({"library_name": "transformers", "tags": ["graphperm"]}).rstrip(),
+            "---",
+            "",
+            f"# {report['model']} with its units permuted",
+            "",
+            f"Made with graphperm {report['graphperm']}: the weights of {report['model']} with the "
+            f"permutations of `{report['permutations']}` applied (copied here as "
+            "`permutations.safetensors`). It computes the same function, up to the same "
+            f"permutation of its outputs: check {state}, max rel error {ver['max_rel_error']:.2g}.",
+            "",
+            "## Reproduce",
+            "",
+            "```bash",
+            command,
+            "```",
+            "",
+        ]
+    )
 
 
 def report_dict_example() -> dict:

@@ -332,3 +332,57 @@ def test_apply_writes_a_report_and_a_card(berts, merged, tmp_path):
     assert run.returncode == 0, run.stderr
     assert json.loads((out / "apply_report.json").read_text())["verification"]["ok"]
     assert "with its units permuted" in (out / "README.md").read_text()
+
+
+# --- 12, 14, 15. smaller things ----------------------------------------------------------------
+
+
+def test_did_you_mean_never_suggests_what_was_typed(tmp_path):
+    policy = tmp_path / "p.yaml"
+    policy.write_text('align:\n  - kind: ffn\n    groups: "encoder.layer.*.attention"\n')
+    tiny = "builtin:bert-tiny"
+    run = graphperm_cli(
+        "merge", tiny, tiny, "--random-init", "--policy", str(policy), "--out", str(tmp_path / "m")
+    )
+    assert run.returncode == 2
+    assert "did you mean 'encoder.layer.*.attention'" not in run.stderr
+    assert "matches only attn groups, not ffn ones" in run.stderr, run.stderr
+
+
+def test_verify_names_outputs_as_the_model_does():
+    run = graphperm_cli("verify", "builtin:bert-tiny")
+    assert run.returncode == 0, run.stderr
+    rows = [line.split()[0] for line in run.stdout.splitlines()[4:6]]
+    assert rows == ["last_hidden_state", "pooler_output"], run.stdout
+
+
+def test_help_says_what_calib_reads_and_where_the_demo_encoders_are():
+    from graphperm.demo import ENCODERS
+
+    merge = graphperm_cli("merge", "--help").stdout
+    assert ".jsonl" in merge and "images" in merge
+    demo = " ".join(graphperm_cli("demo", "--help").stdout.split())
+    assert "speech" in demo and ENCODERS["speech"].name in demo and "encoders" in demo
+
+
+def test_models_lists_the_zoo_and_the_policies():
+    from graphperm.trace.builtin import ZOO
+
+    run = graphperm_cli("models")
+    assert run.returncode == 0, run.stderr
+    listed = {w for line in run.stdout.splitlines() for w in line.split()[:1]}
+    assert {f"builtin:zoo/{name}" for name in ZOO} <= listed
+    assert {"builtin:bert-tiny", "paper", "orth", "all"} <= listed
+
+
+@pytest.mark.parametrize("policy", ["weights", "orth-weights"])
+def test_every_method_shows_a_quality_figure(berts, policy, tmp_path):
+    a, b = berts
+    out = tmp_path / "m"
+    run = graphperm_cli("merge", str(a), str(b), "--policy", policy, "--out", str(out))
+    assert run.returncode == 0, run.stderr
+    line = next(x for x in run.stdout.splitlines() if x.startswith("weights of B against A"))
+    figure = _report(out)["weight_agreement"]
+    assert f"{figure['before']:.3f} before, {figure['after']:.3f} after" in line
+    assert figure["after"] > figure["before"] + 0.05  # alignment made the weights agree
+    assert f"{figure['after']:.3f} after" in (out / "README.md").read_text()

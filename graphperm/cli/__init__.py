@@ -17,6 +17,7 @@ from graphperm.cli import (
     apply_cmd,
     demo_cmd,
     merge_cmd,
+    models_cmd,
     schema_cmd,
     shards_cmd,
     trace_cmd,
@@ -27,7 +28,7 @@ from graphperm.errors import GraphpermError
 
 __all__ = ["build_parser", "main"]
 
-COMMANDS = (trace_cmd, verify_cmd, merge_cmd, apply_cmd, schema_cmd, demo_cmd)
+COMMANDS = (trace_cmd, verify_cmd, merge_cmd, apply_cmd, schema_cmd, demo_cmd, models_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:

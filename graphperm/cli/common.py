@@ -162,7 +162,9 @@ def add_merge_args(
         action="append",
         default=[],
         metavar="PATH",
-        help="calibration audio: a file or folder; repeat to mix sources",
+        help="calibration data, what the model reads: audio files or folders, texts (.txt one "
+        "per line, .jsonl with a 'text' field), images, or a .safetensors of ready-made "
+        "batches; repeat to mix sources",
     )
     p.add_argument("--out", type=Path, required=True, metavar="OUT", help=out_help)
     p.add_argument("--force", action="store_true", help="replace an existing output")
@@ -252,5 +254,12 @@ def print_alignment(alignment: Alignment) -> None:
             format_table(rows, ["group", "kind", "parts", "moved", "corr before", "corr after"]),
             "",
         )
+    for k, figure in enumerate(alignment.weight_agreement):
+        if figure:
+            who = "B" if alignment.models == 2 else f"model {k + 2}"
+            say(
+                f"weights of {who} against A (cosine of the weight matrices alignment moves): "
+                f"{figure['before']:.3f} before, {figure['after']:.3f} after"
+            )
     for missing in alignment.plan.unmeasured:
         say(f"warning: {missing} has no activation site; left in place")

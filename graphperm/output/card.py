@@ -150,6 +150,15 @@ def model_card(report: dict, command: str, *, config: bool = True) -> str:
             f"{last['round']} round(s), objective ({first['measure']}) "
             f"{first['objective']:.3f} → {last['objective']:.3f}"
         )
+    agreement = report.get("weight_agreement_by_model") or (
+        {sources[1]: report["weight_agreement"]} if report.get("weight_agreement") else {}
+    )
+    for source, figure in agreement.items():
+        if figure:
+            lines.append(
+                f"- weights of {source} against {sources[0]} (cosine of the weight matrices "
+                f"alignment moves): {figure['before']:.3f} before, {figure['after']:.3f} after"
+            )
     ver = report.get("verification")
     if ver is not None:
         state = "passed" if ver["ok"] else "FAILED"

@@ -78,6 +78,8 @@ def report_dict(alignment: Alignment, result: MergeResult | None = None) -> dict
         "calibration": alignment.calibration,
         "groups": [r.to_dict() for r in alignment.reports],
         "unmeasured": alignment.plan.unmeasured,
+        # every method: cosine of each model's weight matrices with A's, before/after alignment
+        "weight_agreement": alignment.weight_agreement[0] if alignment.weight_agreement else {},
         "warnings": alignment.analysis.warnings,
         "timings_s": {k: round(v, 3) for k, v in alignment.timings.items()},
     }
@@ -86,6 +88,10 @@ def report_dict(alignment: Alignment, result: MergeResult | None = None) -> dict
         out["groups_by_model"] = {
             alignment.sources[k + 1]: [r.to_dict() for r in rows]
             for k, rows in enumerate(alignment.model_reports)
+        }
+        out["weight_agreement_by_model"] = {
+            alignment.sources[k + 1]: agreement
+            for k, agreement in enumerate(alignment.weight_agreement)
         }
         if result is not None:
             out["weights"] = result.weights

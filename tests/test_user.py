@@ -386,3 +386,52 @@ def test_every_method_shows_a_quality_figure(berts, policy, tmp_path):
     assert f"{figure['before']:.3f} before, {figure['after']:.3f} after" in line
     assert figure["after"] > figure["before"] + 0.05  # alignment made the weights agree
     assert f"{figure['after']:.3f} after" in (out / "README.md").read_text()
+
+
+# --- eval ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def mlm_berts(tmp_path_factory, berts) -> tuple[Path, Path]:
+    """The two BERTs with a masked-LM head and their tokenizer."""
+    import torch
+    import transformers as tf
+
+    root = tmp_path_factory.mktemp("mlm")
+    out = []
+    for seed, src in enumerate(berts):
+        torch.manual_seed(seed)
+        model = tf.BertForMaskedLM.from_pretrained(src)
+        model.save_pretrained(root / src.name)
+        tf.AutoTokenizer.from_pretrained(src).save_pretrained(root / src.name)
+        out.append(root / src.name)
+    return out[0], out[1]
+
+
+def test_eval_scores_merges_against_their_parents(mlm_berts, tmp_path):
+    import json
+
+    a, b = mlm_berts
+    out = tmp_path / "m"
+    run = graphperm_cli(
+        "merge", str(a), str(b), "--policy", "weights", "--weight-a", "0.9", "-q", "--out", str(out)
+    )
+    assert run.returncode == 0, run.stderr
+    run = graphperm_cli("eval", str(a), str(b), str(out), str(a), "--calib", str(TEXT), "--json")
+    assert run.returncode == 0, run.stderr
+    scores = json.loads(run.stdout)
+    cka = scores["cka"]
+    assert cka["0-3"] == pytest.approx(1.0)  # A against itself
+    assert cka["0-2"] > cka["1-2"] and cka["0-2"] > cka["0-1"]  # 0.9·A + 0.1·B' is near A
+    loss = scores["mlm_loss"]
+    assert len(loss) == 4 and all(v > 0 for v in loss) and loss[3] == pytest.approx(loss[0])
+    table = graphperm_cli("eval", str(a), str(b), str(out), "--calib", str(TEXT))
+    assert (
+        table.returncode == 0 and "masked-LM loss" in table.stdout and "CKA with B" in table.stdout
+    )
+
+
+def test_eval_of_models_of_other_architectures_is_one_line(berts, tmp_path):
+    a, _ = berts
+    run = graphperm_cli("eval", str(a), str(a), "builtin:hubert-tiny", "--calib", str(TEXT))
+    assert run.returncode == 2 and len(run.stderr.strip().splitlines()) == 1, run.stderr

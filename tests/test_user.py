@@ -198,7 +198,7 @@ def test_missing_calibration_file_is_what_the_error_says(berts, tmp_path):
 def test_recommended_settings_have_built_in_names(berts, tmp_path):
     from graphperm.policy import policy_names
 
-    assert {"all", "orth", "orth-weights", "pre-ln", "weights", "paper"} <= set(policy_names())
+    assert {"all", "orth", "orth-no-data", "pre-ln", "weights", "paper"} <= set(policy_names())
     a, b = berts
     out = tmp_path / "m"
     run = graphperm_cli(
@@ -375,7 +375,7 @@ def test_models_lists_the_zoo_and_the_policies():
     assert {"builtin:bert-tiny", "paper", "orth", "all"} <= listed
 
 
-@pytest.mark.parametrize("policy", ["weights", "orth-weights"])
+@pytest.mark.parametrize("policy", ["weights", "orth-no-data"])
 def test_every_method_shows_a_quality_figure(berts, policy, tmp_path):
     a, b = berts
     out = tmp_path / "m"

@@ -155,7 +155,7 @@ def add_merge_args(
         help="a policy file (YAML/JSON, e.g. a merge's own policy.yaml) or a built-in name: "
         + ", ".join(policy_names())
         + " (default: chosen from model A and printed: paper for a convolutional front end, "
-        "orth otherwise; without --calib weights or orth-weights)",
+        "orth otherwise; without --calib weights or orth-no-data)",
     )
     p.add_argument(
         "--calib",

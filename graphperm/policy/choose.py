@@ -6,7 +6,7 @@
 - anything else (text, vision): ``orth``, every group with every exact rotation on activations
   plus weights, 0.5/0.5 — the most consistent setting of the loss-barrier testbed
   (examples/barrier), as good as every group on activations where nothing rotates;
-- without calibration data, their data-free versions: ``weights`` and ``orth-weights``.
+- without calibration data, their data-free versions: ``weights`` and ``orth-no-data``.
 
 The choice reads the model's groups, never its class name.
 
@@ -34,4 +34,4 @@ def default_policy(analysis: Analysis, *, data: bool) -> tuple[str, str]:
         return "weights", "a convolutional front end, no --calib: data-free (with --calib: paper)"
     if data:
         return "orth", "no convolutional front end: every group, every exact rotation"
-    return "orth-weights", "no convolutional front end, no --calib: data-free (with --calib: orth)"
+    return "orth-no-data", "no convolutional front end, no --calib: data-free (with --calib: orth)"

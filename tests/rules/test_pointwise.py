@@ -261,3 +261,41 @@ def test_pointwise_add_of_one_value_is_not_a_skip_connection():
 def test_glu_multiply_and_pointwise_adds_semantics():
     for analysis in (glu(), multiply(), gelu_new_ffn()):
         assert_verifies(analysis)
+
+
+# ------------------------------------------------------------------ in-place detach (GPT-Neo)
+class DetachInPlace(nn.Module):
+    """``gelu(h).detach_()`` on an activation, and a constant made in ``forward`` (GPT-Neo's attention
+    mask value: ``torch.tensor(...)``, exported as ``lift_fresh_copy`` then ``detach_``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(8, 12)
+        self.b = nn.Linear(12, 4)
+
+    def forward(self, x):
+        h = F.gelu(self.a(x)).detach_()
+        low = torch.tensor(-1.0)
+        return self.b(torch.where(h > 0, h, low))
+
+
+@functools.cache
+def detach_in_place():
+    torch.manual_seed(0)
+    return analysed(DetachInPlace(), x=torch.randn(2, 3, 8))
+
+
+def test_in_place_detach_keeps_every_axis():
+    a = detach_in_place()
+    ax = Axes(a)
+    assert len(nodes(a, "detach_")) == 2 and not a.coupling.unknown
+    n = next(n for n in nodes(a, "detach_") if len(n.meta["val"].shape) == 3)
+    assert [ax.arg(n, 0, d) for d in range(3)] == [ax.out(n, d) for d in range(3)]
+    assert ax.out(n, -1) == ax.p("a.weight", 0) == ax.p("b.weight", 1)
+    assert ax.movable(ax.out(n, -1))
+
+
+def test_in_place_detach_semantics():
+    a = detach_in_place()
+    assert group_of(a, "a.weight", 0).kind == "ffn"
+    assert_verifies(a)

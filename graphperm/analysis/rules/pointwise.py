@@ -17,7 +17,7 @@ cosh erf erfc erfinv reciprocal sign sgn square floor ceil round trunc frac logi
 bitwise_not isnan isinf isfinite nan_to_num clamp clamp_min clamp_max clip gelu relu
 relu6 silu elu selu celu leaky_relu hardtanh tanh sigmoid softplus mish hardswish
 hardsigmoid log_sigmoid logit dropout alpha_dropout feature_dropout
-feature_alpha_dropout native_dropout contiguous clone detach alias lift_fresh_copy
+feature_alpha_dropout native_dropout contiguous clone detach detach_ alias lift_fresh_copy
 _to_copy to positive fill zero relu_ gelu_ silu_ tanh_ sigmoid_ clamp_ dropout_ fill_
 zero_ mul_ div_ abs_ neg_ exp_""".split()
 
@@ -123,6 +123,7 @@ rotates(
     "aten.contiguous",
     "aten.clone",
     "aten.detach",
+    "aten.detach_",
     "aten.alias",
     "aten.lift_fresh_copy",
     "aten._to_copy",

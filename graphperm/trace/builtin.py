@@ -371,9 +371,7 @@ ZOO: dict[str, ZooModel] = {
     "qwen2": ZooModel("decoder", lambda: tf.Qwen2Config(**_GQA)),
     "qwen3": ZooModel("decoder", lambda: tf.Qwen3Config(**_GQA, head_dim=8)),
     "gemma": ZooModel("decoder", lambda: tf.GemmaConfig(**_GQA, head_dim=8)),
-    "gemma2": ZooModel(
-        "decoder", lambda: tf.Gemma2Config(**_GQA, head_dim=8, sliding_window=8)
-    ),
+    "gemma2": ZooModel("decoder", lambda: tf.Gemma2Config(**_GQA, head_dim=8, sliding_window=8)),
     "phi": ZooModel("decoder", lambda: tf.PhiConfig(**_DEC, partial_rotary_factor=0.5)),
     "phi3": ZooModel("decoder", lambda: tf.Phi3Config(**_GQA)),
     "olmo": ZooModel("decoder", lambda: tf.OlmoConfig(**_GQA)),

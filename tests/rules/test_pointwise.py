@@ -265,8 +265,9 @@ def test_glu_multiply_and_pointwise_adds_semantics():
 
 # ------------------------------------------------------------------ in-place detach (GPT-Neo)
 class DetachInPlace(nn.Module):
-    """``gelu(h).detach_()`` on an activation, and a constant made in ``forward`` (GPT-Neo's attention
-    mask value: ``torch.tensor(...)``, exported as ``lift_fresh_copy`` then ``detach_``)."""
+    """``gelu(h).detach_()`` on an activation, and a constant made in ``forward`` (GPT-Neo's
+    attention mask value: ``torch.tensor(...)``, exported as ``lift_fresh_copy`` then
+    ``detach_``)."""
 
     def __init__(self) -> None:
         super().__init__()

@@ -396,7 +396,7 @@ def test_index_put_semantics():
 
 
 # ------------------------------------------------------------------ slices that tile an axis
-class FusedQkv(nn.Module):
+class SlicedQkv(nn.Module):
     """Phi-3's fused projection: one Linear(8 → 24) cut by slices into pieces of 12, 6 and 6,
     each read by its own Linear; and a lone slice ``g[..., :6]`` of another value, which leaves
     the rest of its axis unread (no tiling: blocked)."""
@@ -432,13 +432,13 @@ class RotateHalf(nn.Module):
 
 
 @functools.cache
-def fused_qkv():
+def sliced_qkv():
     torch.manual_seed(0)
-    return analysed(FusedQkv(), x=torch.randn(2, 3, 8))
+    return analysed(SlicedQkv(), x=torch.randn(2, 3, 8))
 
 
 def test_slices_that_tile_an_axis_make_it_their_segments():
-    a = fused_qkv()
+    a = sliced_qkv()
     ax = Axes(a)
     fused = ax.p("qkv.weight", 0)
     assert ax.segments(fused) == [12, 6, 6]
@@ -456,7 +456,7 @@ def test_rejoined_slices_stay_blocked():
 
 
 def test_slices_that_tile_an_axis_semantics():
-    a = fused_qkv()
+    a = sliced_qkv()
     group = group_of(a, "qkv.weight", 0)
     assert group.structure == "channels0 12 + channels1 6 + channels2 6"
     assert_verifies(a)

@@ -71,8 +71,7 @@ EXPECTED: dict[str, dict[str, int]] = {
     "mt5-encoder": {"residual": 1, "attn": 1, "ffn": 2},
     "modernbert": {"residual": 1, "attn": 2, "ffn": 2},
     "ibert": {"residual": 1, "attn": 2, "ffn": 2, "other": 1},
-    # sliding-window attention through as_strided and in-place copies: no rules, heads stay
-    "longformer": {"residual": 1, "ffn": 2, "other": 1},
+    "longformer": {"residual": 1, "attn": 2, "ffn": 2, "other": 1},
     "vit": {"residual": 1, "attn": 2, "ffn": 2, "other": 1},
     "deit": {"residual": 1, "attn": 2, "ffn": 2, "other": 1},
     "beit": {"residual": 1, "attn": 2, "ffn": 2},

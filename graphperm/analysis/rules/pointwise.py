@@ -89,6 +89,13 @@ def _is_skip(ctx: RuleContext, tensors: list) -> bool:
     return len(origins) > 1
 
 
+@register("aten.copy_", "aten.copy")
+def copy(ctx: RuleContext) -> None:
+    """``dst.copy_(src)``: the result is ``src`` broadcast to ``dst``'s shape, in ``dst``."""
+    dst, src = ctx.arg(0), ctx.arg(1)
+    ctx.elementwise([dst, src], ctx.out)
+
+
 @register("aten._assert_tensor_metadata", "aten._assert_async", "aten._functional_assert_async")
 def assertion(ctx: RuleContext) -> None:
     """Runtime checks of metadata: indifferent to permutations."""
@@ -124,6 +131,8 @@ rotates(
     "aten.clone",
     "aten.detach",
     "aten.detach_",
+    "aten.copy_",
+    "aten.copy",
     "aten.alias",
     "aten.lift_fresh_copy",
     "aten._to_copy",

@@ -133,7 +133,6 @@ def expand(ctx: RuleContext) -> None:
         ctx.reduce(*other.axes())
 
 
-# views, dimension permutations and broadcasts only move values: every rule in this file
 @register("aten.as_strided", "aten.as_strided_copy")
 def as_strided(ctx: RuleContext) -> None:
     """A window view by explicit strides (Longformer's overlapping chunks). Output dim ``d`` is
@@ -171,4 +170,5 @@ def as_strided(ctx: RuleContext) -> None:
     ctx.block(*(out[d] for d in range(out.ndim) if d not in tied_out), reason=why)
 
 
+# views, dimension permutations and broadcasts only move values: every rule in this file
 rotates("move", *rules_in(__name__))

@@ -124,7 +124,8 @@ def write_model(
     target = resolve_dtype(dtype, loaded.source)
     if target is not None:
         full = {k: v.to(target) if v.is_floating_point() else v for k, v in full.items()}
-    loaded.model.save_pretrained(folder, state_dict=full, safe_serialization=True)
+    with loaded.as_loaded() as model:  # its own config, not the settings graphperm ran it with
+        model.save_pretrained(folder, state_dict=full, safe_serialization=True)
     if target is not None:
         _set_config_dtype(folder / "config.json", target)
     copy_extras(loaded.source, folder)

@@ -85,7 +85,9 @@ def test_three_models_on_the_command_line(audio: Path, tmp_path: Path) -> None:
     for name in ("permutations.safetensors", "permutations_2.safetensors"):
         assert load_file(str(out / name))  # one set per model after A
     card = (out / "README.md").read_text()
-    assert card.startswith("---\n") and "- graphperm" in card and "base_model:" in card
+    assert card.startswith("---\n") and "- graphperm" in card
+    assert "base_model:" not in card  # no hub id among the sources
+    assert "(the policy's weights 0.9/0.05/0.05 were replaced by the weights above)" in card
     assert "--weights 0.5 0.25 0.25" in card  # the command that made it
     assert card.count("| builtin:hubert-tiny |") == 3
     assert "mean moved fraction" in card

@@ -16,7 +16,9 @@ from graphperm import __version__
 from graphperm.cli import (
     apply_cmd,
     demo_cmd,
+    eval_cmd,
     merge_cmd,
+    models_cmd,
     schema_cmd,
     shards_cmd,
     trace_cmd,
@@ -27,7 +29,16 @@ from graphperm.errors import GraphpermError
 
 __all__ = ["build_parser", "main"]
 
-COMMANDS = (trace_cmd, verify_cmd, merge_cmd, apply_cmd, schema_cmd, demo_cmd)
+COMMANDS = (
+    trace_cmd,
+    verify_cmd,
+    merge_cmd,
+    apply_cmd,
+    eval_cmd,
+    schema_cmd,
+    demo_cmd,
+    models_cmd,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

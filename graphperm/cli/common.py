@@ -10,29 +10,36 @@ from pathlib import Path
 import torch
 
 from graphperm.analysis import Analysis, analyse
+from graphperm.distributed import is_main
 from graphperm.errors import ModelLoadError
 from graphperm.merge import Alignment
-from graphperm.policy import Policy, load_policy
+from graphperm.policy import Policy, default_policy, load_policy, policy_names
 from graphperm.report import format_table
 from graphperm.trace import LoadedModel, example_inputs, load_model, trace
 
 __all__ = [
+    "add_dtype_arg",
     "add_merge_args",
     "add_model_args",
     "analyse_model",
+    "choose_policy",
     "load_cli_model",
     "policy_from_args",
     "print_alignment",
     "say",
     "setup_logging",
+    "user_inputs",
 ]
 
 
-def add_model_args(p: argparse.ArgumentParser, *, names: tuple[str, ...] = ("model",)) -> None:
+def add_model_args(
+    p: argparse.ArgumentParser, *, names: tuple[str, ...] = ("model",), optional: bool = False
+) -> None:
     for name in names:
         p.add_argument(
             name,
             metavar=name.upper(),
+            nargs="?" if optional else None,
             help="a folder saved with save_pretrained, a hub id, or builtin:NAME",
         )
     p.add_argument(
@@ -111,26 +118,53 @@ def analyse_model(args: argparse.Namespace, loaded: LoadedModel) -> Analysis:
     return analyse(trace(loaded, cli_inputs(args, loaded)))
 
 
+def user_inputs(args: argparse.Namespace) -> dict[str, str | Path | None]:
+    """Every local path the user passed (models, ``--calib`` sources, policy, permutations,
+    inputs), by the name an error shows: what an output may never be, contain or lie in."""
+    names = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+    found: dict[str, str | Path | None] = {}
+    models = [getattr(args, "model_a", None), getattr(args, "model_b", None)]
+    models += list(getattr(args, "more_models", None) or [])
+    for k, model in enumerate(models):
+        found[f"model {names[k] if k < 26 else k + 1}"] = model
+    for key, name in (("model", "the model"), ("merge_into", "--merge-into model")):
+        found[name] = getattr(args, key, None)
+    for k, source in enumerate(getattr(args, "calib", None) or []):
+        found[f"--calib source {k + 1}"] = source
+    for key in ("policy", "perms", "inputs", "config"):
+        value = getattr(args, key, None)
+        found[f"--{key} file"] = value if isinstance(value, (str, Path)) else None
+    for k, path in enumerate(getattr(args, "stats", None) or []):
+        found[f"statistics file {k + 1}"] = path
+    return found
+
+
 def say(*lines: str) -> None:
     """Print to stdout (the CLI prints; the library logs)."""
     for line in lines:
         print(line)
 
 
-def add_merge_args(p: argparse.ArgumentParser, out_help: str = "output folder") -> None:
+def add_merge_args(
+    p: argparse.ArgumentParser, out_help: str = "output folder", optional_models: bool = False
+) -> None:
     """The arguments of ``merge``, ``align`` and ``stats``: two models, policy, data, output."""
-    add_model_args(p, names=("model_a", "model_b"))
+    add_model_args(p, names=("model_a", "model_b"), optional=optional_models)
     p.add_argument(
         "--policy",
-        default="paper",
-        help="a policy file (YAML/JSON) or a built-in name (default: paper)",
+        help="a policy file (YAML/JSON, e.g. a merge's own policy.yaml) or a built-in name: "
+        + ", ".join(policy_names())
+        + " (default: chosen from model A and printed: paper for a convolutional front end, "
+        "orth otherwise; without --calib weights or orth-no-data)",
     )
     p.add_argument(
         "--calib",
         action="append",
         default=[],
         metavar="PATH",
-        help="calibration audio: a file or folder; repeat to mix sources",
+        help="calibration data, what the model reads: audio files or folders, texts (.txt one "
+        "per line, .jsonl with a 'text' field), images, or a .safetensors of ready-made "
+        "batches; repeat to mix sources",
     )
     p.add_argument("--out", type=Path, required=True, metavar="OUT", help=out_help)
     p.add_argument("--force", action="store_true", help="replace an existing output")
@@ -156,6 +190,27 @@ def add_merge_args(p: argparse.ArgumentParser, out_help: str = "output folder") 
         type=int,
         default=1,
         help="with --random-init: seed of model B's weights (A uses 0)",
+    )
+
+
+def choose_policy(args: argparse.Namespace, loaded: LoadedModel) -> None:
+    """Set ``args.policy`` to the built-in policy for ``loaded`` when none was given, and say
+    which and why (:func:`graphperm.policy.default_policy`)."""
+    if args.policy is not None:
+        return
+    name, why = default_policy(analyse_model(args, loaded), data=bool(args.calib))
+    args.policy = name
+    if is_main():
+        say(f"policy: {name} (the default for this model: {why}; --policy to choose)")
+
+
+def add_dtype_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", "float32", "float16", "bfloat16"],
+        help="dtype of the written weights (auto: the dtype model A was saved in; the merge "
+        "itself is computed in float32)",
     )
 
 
@@ -199,5 +254,12 @@ def print_alignment(alignment: Alignment) -> None:
             format_table(rows, ["group", "kind", "parts", "moved", "corr before", "corr after"]),
             "",
         )
+    for k, figure in enumerate(alignment.weight_agreement):
+        if figure:
+            who = "B" if alignment.models == 2 else f"model {k + 2}"
+            say(
+                f"weights of {who} against A (cosine of the weight matrices alignment moves): "
+                f"{figure['before']:.3f} before, {figure['after']:.3f} after"
+            )
     for missing in alignment.plan.unmeasured:
         say(f"warning: {missing} has no activation site; left in place")

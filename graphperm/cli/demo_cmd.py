@@ -19,7 +19,12 @@ WEIGHTS_A = (0.5, 0.9)  # uniform averaging, where plain interpolation collapses
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    p = sub.add_parser("demo", help=HELP, description=HELP)
+    where = (
+        f"{HELP}. The two encoders are save_pretrained folders shipped with graphperm, in "
+        f"{ENCODERS['speech']} and {ENCODERS['music']} (any command takes them as MODEL); the "
+        f"calibration clips and probe tasks are in {ENCODERS['speech'].parents[1] / 'demo'}."
+    )
+    p = sub.add_parser("demo", help=HELP, description=where)
     p.add_argument(
         "--out",
         type=Path,

@@ -9,18 +9,23 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
+from pathlib import Path
 
 from graphperm.cli.common import (
+    add_dtype_arg,
     add_merge_args,
+    choose_policy,
     load_cli_model,
     policy_from_args,
     print_alignment,
     say,
+    user_inputs,
 )
 from graphperm.distributed import finish, is_main
-from graphperm.errors import PolicyError
+from graphperm.errors import PolicyError, UsageError
 from graphperm.merge import align_models, merge_all
 from graphperm.output import check_output, output_folder, save_alignment, save_merge
+from graphperm.output.config import load_merge_config
 
 MERGE_HELP = "align models B, C, ... to model A's units on calibration data, then interpolate"
 ALIGN_HELP = "find the permutations only (permutations*.safetensors, policy, report)"
@@ -45,8 +50,15 @@ def _add_more(p: argparse.ArgumentParser) -> None:
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser("merge", help=MERGE_HELP, description=MERGE_HELP)
-    add_merge_args(p)
+    add_merge_args(p, optional_models=True)
     _add_more(p)
+    p.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="re-run a merge from its merge.yaml (models, policy, calibration, weights, seeds, "
+        "dtype; given instead of MODEL_A MODEL_B, --policy, --calib and --weights)",
+    )
     p.add_argument(
         "--weight-a",
         type=float,
@@ -62,6 +74,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="interpolation weight of every model, A first, summing to 1 (overrides the "
         "policy's model_weights)",
     )
+    add_dtype_arg(p)
     p.set_defaults(func=run_merge)
     return p
 
@@ -99,10 +112,49 @@ def _weights(args: argparse.Namespace, models: int) -> list[float] | None:
     return None
 
 
+def _from_config(args: argparse.Namespace) -> None:
+    """Fill the merge's arguments from ``--config`` (a merge folder's ``merge.yaml``)."""
+    if getattr(args, "config", None) is None:
+        if args.model_a is None or args.model_b is None:
+            raise UsageError("merge needs MODEL_A and MODEL_B (or --config merge.yaml)")
+        return
+    given = {
+        "MODEL_A": args.model_a,
+        "--policy": args.policy,
+        "--calib": args.calib,
+        "--weights": args.weights,
+        "--weight-a": args.weight_a,
+    }
+    clash = next((name for name, value in given.items() if value not in (None, [])), None)
+    if clash is not None:
+        raise UsageError(
+            f"--config gives the models, policy, calibration and weights; do not pass {clash} too"
+        )
+    config = load_merge_config(args.config)
+    args.model_a, args.model_b, *args.more_models = config.models
+    args.policy, args.calib, args.weights = config.policy, list(config.calib), config.weights
+    args.random_init = args.random_init or config.random_init
+    args.trust_remote_code = args.trust_remote_code or config.trust_remote_code
+    args.seed_b = config.seed_b
+    if args.dtype == "auto":
+        args.dtype = config.dtype
+
+
+def _where(args: argparse.Namespace) -> str:
+    """How errors name the policy."""
+    config = getattr(args, "config", None)
+    return f"{config}: policy" if isinstance(args.policy, dict) else str(args.policy)
+
+
 def _setup(args: argparse.Namespace):
-    check_output(args.out, args.force)  # before any heavy work
+    check_output(args.out, args.force, user_inputs(args))  # before any heavy work
     specs = _specs(args)
     weights = _weights(args, len(specs))  # a bad weight fails before any model is loaded
+    seeds = [0] + [args.seed_b + k for k in range(len(specs) - 1)]
+    models = []
+    if args.policy is None:  # the default is chosen from model A
+        models = [load_cli_model(args, specs[0], seed=0)]
+        choose_policy(args, models[0])
     policy = policy_from_args(args)
     rounds = getattr(args, "consensus_rounds", None)
     if rounds is not None:
@@ -115,15 +167,17 @@ def _setup(args: argparse.Namespace):
     try:  # the policy's own model_weights must fit the models too
         (policy.with_weights(weights) if weights else policy).base_weights(len(specs))
     except ValueError as err:
-        raise PolicyError(f"{args.policy}: {err}") from None
-    seeds = [0] + [args.seed_b + k for k in range(len(specs) - 1)]
-    models = [load_cli_model(args, spec, seed=seed) for spec, seed in zip(specs, seeds)]
+        raise PolicyError(f"{_where(args)}: {err}") from None
+    models += [
+        load_cli_model(args, spec, seed=seed)
+        for spec, seed in list(zip(specs, seeds))[len(models) :]
+    ]
     alignment = align_models(
         models,
         policy,
         args.calib,
         progress=not args.quiet,
-        where=args.policy,
+        where=_where(args),
         device=args.device,
     )
     return models, alignment, weights
@@ -137,13 +191,20 @@ def run_merge(args: argparse.Namespace) -> int:
 
 
 def _merge(args: argparse.Namespace) -> int:
+    _from_config(args)
     models, alignment, weights = _setup(args)
     if not is_main():
         return 0
     alignment.stats = None  # free the statistics before the merge needs memory
     result = merge_all(alignment, models, weights=weights, inplace=True)
     command = shlex.join(["graphperm", *sys.argv[1:]])
-    save_merge(result, args.out, force=args.force, command=command)
+    config = {
+        "calib": list(args.calib),
+        "random_init": args.random_init,
+        "seed_b": args.seed_b,
+        "trust_remote_code": args.trust_remote_code,
+    }
+    save_merge(result, args.out, force=args.force, command=command, dtype=args.dtype, config=config)
     print_alignment(alignment)
     if result.check is not None:
         worst = max(c.max_rel for c in result.checks)
@@ -165,7 +226,7 @@ def run_align(args: argparse.Namespace) -> int:
         _, alignment, _ = _setup(args)
         if not is_main():
             return 0
-        with output_folder(args.out, force=args.force) as tmp:
+        with output_folder(args.out, force=args.force, inputs=user_inputs(args)) as tmp:
             save_alignment(alignment, tmp)
         print_alignment(alignment)
         say(f"permutations written to {args.out / 'permutations.safetensors'}")

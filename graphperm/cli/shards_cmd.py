@@ -13,14 +13,16 @@ from pathlib import Path
 from graphperm import __version__
 from graphperm.cli.common import (
     add_merge_args,
+    choose_policy,
     load_cli_model,
     policy_from_args,
     print_alignment,
     say,
+    user_inputs,
 )
 from graphperm.errors import OutputExistsError, UsageError
 from graphperm.merge import check_same_architecture, finish_alignment, prepare
-from graphperm.output import check_output, output_folder, save_alignment
+from graphperm.output import check_not_an_input, check_output, output_folder, save_alignment
 from graphperm.policy import load_policy
 from graphperm.stats import calibrate
 from graphperm.stats.io import load_statistics, save_statistics
@@ -70,12 +72,14 @@ def _shard(text: str) -> tuple[int, int]:
 
 def run_stats(args: argparse.Namespace) -> int:
     shard = _shard(args.shard)
+    check_not_an_input(args.out, user_inputs(args))
     if args.out.is_dir():
         raise UsageError(f"--out '{args.out}' is a folder; name the statistics file to write")
     if args.out.exists() and not args.force:
         raise OutputExistsError(f"'{args.out}' exists; choose another --out or pass --force")
-    policy = policy_from_args(args)
     a = load_cli_model(args, args.model_a, seed=0)
+    choose_policy(args, a)
+    policy = policy_from_args(args)
     b = load_cli_model(args, args.model_b, seed=args.seed_b)
     check_same_architecture(a, b)
     adapter, analysis, plan = prepare(a, policy, where=args.policy)
@@ -110,7 +114,7 @@ def run_stats(args: argparse.Namespace) -> int:
 
 
 def run_solve(args: argparse.Namespace) -> int:
-    check_output(args.out, args.force)
+    check_output(args.out, args.force, user_inputs(args))
     loaded = [load_statistics(p) for p in args.stats]
     stats, meta = loaded[0]
     for path, (other, m) in zip(args.stats[1:], loaded[1:]):
@@ -150,7 +154,7 @@ def run_solve(args: argparse.Namespace) -> int:
         (meta["model_a"], meta["model_b"]),
         states=[a.state_dict(), b.state_dict()],
     )
-    with output_folder(args.out, force=args.force) as tmp:
+    with output_folder(args.out, force=args.force, inputs=user_inputs(args)) as tmp:
         save_alignment(alignment, tmp)
     print_alignment(alignment)
     say(f"permutations written to {args.out / 'permutations.safetensors'}")

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from graphperm.apply import verify
+from graphperm.analysis import Analysis
+from graphperm.apply import check_inputs, verify
 from graphperm.apply.verify import ATOL, RTOL
 from graphperm.cli.common import add_model_args, analyse_model, load_cli_model, say
 from graphperm.report import format_table
@@ -28,6 +29,22 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     return p
 
 
+def output_labels(analysis: Analysis) -> list[str]:
+    """The model's names for its output tensors (``last_hidden_state``, ``pooler_output``;
+    ``0``, ``1`` for a tuple), in the order the graph returns them."""
+    import torch
+    from torch.utils import _pytree as pytree
+
+    module, inputs = analysis.traced.loaded.module, check_inputs(analysis)
+    with torch.no_grad():
+        leaves, _ = pytree.tree_flatten_with_path(module(**inputs))
+    return [
+        pytree.keystr(path).replace("']['", ".").strip("[]'\".") or "output"
+        for path, leaf in leaves
+        if isinstance(leaf, torch.Tensor)
+    ]
+
+
 def run(args: argparse.Namespace) -> int:
     analysis = analyse_model(args, load_cli_model(args, args.model))
     report = verify(analysis, seed=args.seed, rotations=not args.no_rotations)
@@ -38,16 +55,19 @@ def run(args: argparse.Namespace) -> int:
         f"(seed {args.seed})",
         "",
     )
+    labels = output_labels(analysis)
+    if len(labels) != len(report.outputs):
+        labels = [o.name for o in report.outputs]
     rows = [
         [
-            o.name,
+            label,
             "x".join(map(str, o.shape)),
             "yes" if o.moved else "no",
             f"{o.max_abs:.3g}",
             f"{o.max_rel:.3g}",
             "ok" if o.ok else "MISMATCH",
         ]
-        for o in report.outputs
+        for label, o in zip(labels, report.outputs)
     ]
     say(format_table(rows, ["output", "shape", "permuted", "max abs err", "max rel err", ""]), "")
     if report.ok:

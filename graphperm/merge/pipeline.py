@@ -40,6 +40,7 @@ from graphperm.errors import CalibrationError, PolicyError
 from graphperm.inputs import InputAdapter, calibration_adapter
 from graphperm.merge.checks import check_same_architecture
 from graphperm.merge.interpolate import interpolate
+from graphperm.merge.quality import weight_agreement
 from graphperm.merge.results import Alignment, MergeResult
 from graphperm.policy import Plan, Policy, load_policy, resolve
 from graphperm.runtime import release_memory
@@ -218,6 +219,14 @@ def finish_alignment(
         t = time.perf_counter()
         perms, consensus = _consensus(analysis, plan, perms, reports, stats, list(states or []))
         timings["consensus_s"] = time.perf_counter() - t
+    agreement = (
+        [  # a quality figure for every method: A's and each model's weights
+            weight_agreement(analysis, perm, states[0], state)
+            for perm, state in zip(perms, states[1:])
+        ]
+        if states
+        else []
+    )
     return Alignment(
         analysis,
         plan,
@@ -229,6 +238,7 @@ def finish_alignment(
         sources,
         method.name,
         consensus,
+        agreement,
     )
 
 

@@ -46,6 +46,8 @@ class Alignment:
     sources: tuple[str, ...] = ("", "")
     method: str = "activations"
     consensus: list[dict] = field(default_factory=list)  # per round, with consensus_rounds
+    # per model after A: cosine of its weights with A's before/after (merge/quality.py)
+    weight_agreement: list[dict] = field(default_factory=list)
 
     @classmethod
     def unaligned(cls, analysis: Analysis, plan: Plan, sources: tuple[str, ...], **kw) -> Alignment:

@@ -6,10 +6,11 @@ Example:
 
 from __future__ import annotations
 
-from graphperm.output.folder import check_output, output_folder
+from graphperm.output.folder import check_not_an_input, check_output, output_folder
 from graphperm.output.save import report_dict, save_alignment, save_merge, write_model
 
 __all__ = [
+    "check_not_an_input",
     "check_output",
     "output_folder",
     "report_dict",

@@ -17,7 +17,14 @@ from collections.abc import Sequence
 
 import yaml
 
-__all__ = ["command_line", "kind_summary", "model_card", "report_dict_example"]
+__all__ = [
+    "command_line",
+    "kind_summary",
+    "model_card",
+    "permuted_card",
+    "permuted_report",
+    "report_dict_example",
+]
 
 
 def command_line(
@@ -64,6 +71,27 @@ def kind_summary(groups: list[dict]) -> list[dict]:
     ]
 
 
+def _is_hub_id(source: str) -> bool:
+    """``org/name`` that is not a local path (what a hub model card's ``base_model`` takes)."""
+    from pathlib import Path
+
+    return (
+        source.count("/") == 1
+        and not source.startswith((".", "/", "~", "builtin:"))
+        and not Path(source).exists()
+    )
+
+
+def _overridden(report: dict, weights: Sequence[float]) -> str:
+    """A note when the merge did not use the policy's own weights (its description names
+    them)."""
+    own = report.get("policy_weights")
+    if own is None or [round(w, 6) for w in own] == [round(w, 6) for w in weights]:
+        return ""
+    listed = "/".join(f"{w:g}" for w in own)
+    return f" (the policy's weights {listed} were replaced by the weights above)"
+
+
 def _fmt(v: float | None) -> str:
     return "–" if v is None else f"{v:.3f}"
 
@@ -81,23 +109,22 @@ def _table(groups: list[dict]) -> list[str]:
     return lines
 
 
-def model_card(report: dict, command: str) -> str:
-    """The card's text from ``merge_report.json``'s content and the reproducing command."""
+def model_card(report: dict, command: str, *, config: bool = True) -> str:
+    """The card's text from ``merge_report.json``'s content and the reproducing command
+    (``config``: the folder holds a ``merge.yaml`` that re-runs the merge)."""
     sources = report.get("models") or [report["model_a"], report["model_b"]]
     weights = report.get("weights") or [report["weight_a"], 1.0 - report["weight_a"]]
-    front = {
-        "library_name": "transformers",
-        "tags": ["graphperm", "merge"],
-        "base_model": list(sources),
-    }
+    front: dict = {"library_name": "transformers", "tags": ["graphperm", "merge"]}
+    hub = [s for s in sources if _is_hub_id(s)]  # a local path is no base_model to link
+    if hub:
+        front["base_model"] = hub
     lines = ["---", yaml.safe_dump(front, sort_keys=False).rstrip(), "---", ""]
     lines += [
         f"# Merge of {len(sources)} {report['model_class']} encoders",
         "",
-        "Made with [graphperm](https://pypi.org/project/graphperm/) "
-        f"{report['graphperm']}: every model after the first had its units permuted into the "
-        "first model's basis (permutation groups derived from the exported graph), then the "
-        "weights were interpolated.",
+        f"Made with graphperm {report['graphperm']}: every model after the first had its units "
+        "permuted into the first model's basis (permutation groups derived from the exported "
+        "graph), then the weights were interpolated.",
         "",
         "## Source models",
         "",
@@ -110,7 +137,7 @@ def model_card(report: dict, command: str) -> str:
         "",
         "## Policy and method",
         "",
-        f"- policy: {report['policy']}",
+        f"- policy: {report['policy']}" + _overridden(report, weights),
         f"- alignment method: {report['method']}",
     ]
     if cal.get("description"):
@@ -123,6 +150,15 @@ def model_card(report: dict, command: str) -> str:
             f"{last['round']} round(s), objective ({first['measure']}) "
             f"{first['objective']:.3f} → {last['objective']:.3f}"
         )
+    agreement = report.get("weight_agreement_by_model") or (
+        {sources[1]: report["weight_agreement"]} if report.get("weight_agreement") else {}
+    )
+    for source, figure in agreement.items():
+        if figure:
+            lines.append(
+                f"- weights of {source} against {sources[0]} (cosine of the weight matrices "
+                f"alignment moves): {figure['before']:.3f} before, {figure['after']:.3f} after"
+            )
     ver = report.get("verification")
     if ver is not None:
         state = "passed" if ver["ok"] else "FAILED"
@@ -139,18 +175,73 @@ def model_card(report: dict, command: str) -> str:
         lines += [*_table(report["groups"]), ""]
     else:
         lines += ["No group was aligned (plain interpolation).", ""]
+    lines += ["## Reproduce", ""]
+    if config:
+        lines += [
+            "`merge.yaml` holds everything that made this merge (models, policy, calibration "
+            "sources, weights, seeds, dtype); run it again with:",
+            "",
+            "```bash",
+            "graphperm merge --config merge.yaml --out merged-again/",
+            "```",
+            "",
+        ]
     lines += [
-        "## Reproduce",
+        "The command that made it:",
         "",
         "```bash",
         command,
         "```",
         "",
-        "The folder also holds the permutations (`permutations*.safetensors`), the resolved "
-        "policy (`policy.yaml`) and the full report (`merge_report.json`).",
+        "The folder also holds the permutations (`permutations*.safetensors`), the policy "
+        "(`policy.yaml`, accepted by `--policy`) and the full report (`merge_report.json`).",
         "",
     ]
     return "\n".join(lines)
+
+
+def permuted_report(model: str, perms: str, check) -> dict:
+    """What ``graphperm apply`` without ``--merge-into`` writes as ``apply_report.json``:
+    the model, the permutations file and the check (a ``VerifyReport``)."""
+    from graphperm import __version__
+
+    return {
+        "graphperm": __version__,
+        "model": model,
+        "permutations": perms,
+        "verification": {
+            "ok": check.ok,
+            "max_abs_error": check.max_abs,
+            "max_rel_error": check.max_rel,
+        },
+    }
+
+
+def permuted_card(report: dict, command: str) -> str:
+    """The card of a model with saved permutations applied (no merge)."""
+    ver = report["verification"]
+    state = "passed" if ver["ok"] else "FAILED"
+    return "\n".join(
+        [
+            "---",
+            yaml.safe_dump({"library_name": "transformers", "tags": ["graphperm"]}).rstrip(),
+            "---",
+            "",
+            f"# {report['model']} with its units permuted",
+            "",
+            f"Made with graphperm {report['graphperm']}: the weights of {report['model']} with the "
+            f"permutations of `{report['permutations']}` applied (copied here as "
+            "`permutations.safetensors`). It computes the same function, up to the same "
+            f"permutation of its outputs: check {state}, max rel error {ver['max_rel_error']:.2g}.",
+            "",
+            "## Reproduce",
+            "",
+            "```bash",
+            command,
+            "```",
+            "",
+        ]
+    )
 
 
 def report_dict_example() -> dict:

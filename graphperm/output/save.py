@@ -9,7 +9,6 @@ Example:
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import torch
@@ -18,17 +17,19 @@ import yaml
 from graphperm import __version__
 from graphperm.merge.results import Alignment, MergeResult
 from graphperm.output.card import command_line, model_card
+from graphperm.output.config import write_merge_config
+from graphperm.output.extras import copy_extras, resolve_dtype
 from graphperm.output.folder import output_folder
 from graphperm.trace import LoadedModel
 
-__all__ = ["report_dict", "save_alignment", "save_merge", "write_model"]
+__all__ = ["report_dict", "save_alignment", "save_merge", "write_model", "write_policy"]
 
 
-def save_alignment(alignment: Alignment, folder: Path) -> None:
+def save_alignment(alignment: Alignment, folder: Path, weights: list[float] | None = None) -> None:
     """Write ``permutations.safetensors`` (one per model after A for three or more models:
     ``permutations.safetensors`` for the second, ``permutations_2.safetensors`` for the third,
-    ...), the resolved ``policy.yaml`` and ``merge_report.json`` (without merge-specific
-    fields) into ``folder``."""
+    ...), ``policy.yaml`` (the policy as used, with the merge's ``weights`` when given) and
+    ``merge_report.json`` (without merge-specific fields) into ``folder``."""
     a = alignment.analysis.traced.loaded
     for k, perm in enumerate(alignment.perms):
         name = "permutations.safetensors" if k == 0 else f"permutations_{k + 1}.safetensors"
@@ -41,12 +42,25 @@ def save_alignment(alignment: Alignment, folder: Path) -> None:
                 "model_b": alignment.sources[k + 1],
             },
         )
-    resolved = alignment.plan.to_dict()
-    (folder / "policy.yaml").write_text(
-        "# The policy as graphperm resolved it for this merge (defaults filled in).\n"
-        + yaml.safe_dump(resolved, sort_keys=False, allow_unicode=True)
-    )
+    write_policy(folder / "policy.yaml", alignment, weights)
     (folder / "merge_report.json").write_text(json.dumps(report_dict(alignment), indent=2))
+
+
+def write_policy(path: Path, alignment: Alignment, weights: list[float] | None = None) -> None:
+    """The policy as used (defaults filled in, ``weights`` applied), readable back by
+    ``--policy``; what it aligned in this model follows as comments."""
+    policy = alignment.policy.with_weights(weights) if weights else alignment.policy
+    lines = [
+        "# The policy of this merge, defaults filled in: `--policy policy.yaml` uses it again.",
+        yaml.safe_dump(policy.model_dump(mode="json"), sort_keys=False, allow_unicode=True),
+        "# What it aligned in this model (group / part: measured at):",
+    ]
+    for t in alignment.plan.targets:
+        how = f" ({t.transform})" if t.transform != "perm" else ""
+        sites = ", ".join(sorted({s.module for s in t.sites})) or "-"
+        lines.append(f"#   {t.group} / {t.part}{how}: {t.role}, {sites}")
+    lines += [f"#   not measured, left in place: {m}" for m in alignment.plan.unmeasured]
+    path.write_text("\n".join(lines) + "\n")
 
 
 def report_dict(alignment: Alignment, result: MergeResult | None = None) -> dict:
@@ -58,11 +72,14 @@ def report_dict(alignment: Alignment, result: MergeResult | None = None) -> dict
         "model_b": alignment.sources[1],
         "model_class": type(alignment.analysis.traced.loaded.module).__name__,
         "policy": policy.description or "custom",
-        "method": alignment.method,
+        "method": alignment.method if alignment.plan.targets else "none (plain interpolation)",
+        "policy_weights": policy.base_weights(alignment.models),
         "weight_a": result.weight_a if result is not None else policy.weight_a,
         "calibration": alignment.calibration,
         "groups": [r.to_dict() for r in alignment.reports],
         "unmeasured": alignment.plan.unmeasured,
+        # every method: cosine of each model's weight matrices with A's, before/after alignment
+        "weight_agreement": alignment.weight_agreement[0] if alignment.weight_agreement else {},
         "warnings": alignment.analysis.warnings,
         "timings_s": {k: round(v, 3) for k, v in alignment.timings.items()},
     }
@@ -71,6 +88,10 @@ def report_dict(alignment: Alignment, result: MergeResult | None = None) -> dict
         out["groups_by_model"] = {
             alignment.sources[k + 1]: [r.to_dict() for r in rows]
             for k, rows in enumerate(alignment.model_reports)
+        }
+        out["weight_agreement_by_model"] = {
+            alignment.sources[k + 1]: agreement
+            for k, agreement in enumerate(alignment.weight_agreement)
         }
         if result is not None:
             out["weights"] = result.weights
@@ -87,31 +108,84 @@ def report_dict(alignment: Alignment, result: MergeResult | None = None) -> dict
     return out
 
 
-def write_model(folder: Path, loaded: LoadedModel, state: dict[str, torch.Tensor]) -> None:
+def write_model(
+    folder: Path,
+    loaded: LoadedModel,
+    state: dict[str, torch.Tensor],
+    *,
+    dtype: str | torch.dtype | None = "auto",
+) -> None:
     """Save ``loaded``'s whole model with ``state`` (keys relative to the traced module) in place
-    of the traced module's weights, as a ``save_pretrained`` folder (config + safetensors)."""
+    of the traced module's weights, as a ``save_pretrained`` folder (config + safetensors), in
+    ``dtype`` (``auto``: the dtype the model was saved in), with the model's tokenizer,
+    processor and generation files next to it."""
     full = dict(loaded.model.state_dict())
     full.update({loaded.prefix + k: v for k, v in state.items()})
+    target = resolve_dtype(dtype, loaded.source)
+    if target is not None:
+        full = {k: v.to(target) if v.is_floating_point() else v for k, v in full.items()}
     with loaded.as_loaded() as model:  # its own config, not the settings graphperm ran it with
         model.save_pretrained(folder, state_dict=full, safe_serialization=True)
-    prep = Path(loaded.source) / "preprocessor_config.json"
-    if prep.is_file():
-        shutil.copy(prep, folder / prep.name)
+    if target is not None:
+        _set_config_dtype(folder / "config.json", target)
+    copy_extras(loaded.source, folder)
+
+
+def _dtype_name(dtype: str | torch.dtype | None) -> str:
+    """``--dtype``'s spelling of ``dtype`` (None: the float32 the merge is computed in)."""
+    if isinstance(dtype, str):
+        return dtype
+    return str(dtype or torch.float32).removeprefix("torch.")
+
+
+def _set_config_dtype(path: Path, dtype: torch.dtype) -> None:
+    """Say in ``config.json`` the dtype the weights were written in (save_pretrained writes the
+    in-memory model's, float32)."""
+    if not path.is_file():
+        return
+    config = json.loads(path.read_text())
+    name = str(dtype).removeprefix("torch.")
+    config["dtype"] = name
+    if "torch_dtype" in config:
+        config["torch_dtype"] = name
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def save_merge(
-    result: MergeResult, out: str | Path, *, force: bool = False, command: str | None = None
+    result: MergeResult,
+    out: str | Path,
+    *,
+    force: bool = False,
+    command: str | None = None,
+    dtype: str | torch.dtype | None = "auto",
+    config: dict | None = None,
 ) -> Path:
     """Write the merged model folder (loadable with ``AutoModel.from_pretrained``), the
     permutations, the resolved policy, the report and a model card (``README.md``; ``command``
     is the command line that made the merge, else an equivalent one is written); all or
-    nothing."""
+    nothing. ``dtype``: the weights' dtype (``auto``: model A's as saved; the merge itself is
+    computed in float32). ``merge.yaml`` reproduces the merge with ``graphperm merge --config``;
+    ``config`` adds what the result does not know (``calib`` sources, ``random_init``,
+    ``seed_b``, ``trust_remote_code``)."""
     out = Path(out)
-    with output_folder(out, force=force) as tmp:
-        write_model(tmp, result.model_a, result.state)
-        save_alignment(result.alignment, tmp)
+    sources = result.alignment.sources
+    inputs = {f"model {k + 1}": source for k, source in enumerate(sources)}
+    with output_folder(out, force=force, inputs=inputs) as tmp:
+        write_model(tmp, result.model_a, result.state, dtype=dtype)
+        save_alignment(result.alignment, tmp, result.weights)
         report = report_dict(result.alignment, result)
         (tmp / "merge_report.json").write_text(json.dumps(report, indent=2))
+        policy = result.alignment.policy.with_weights(result.weights)
+        write_merge_config(
+            tmp / "merge.yaml",
+            {
+                "models": list(sources),
+                "policy": policy.model_dump(mode="json"),
+                "weights": list(result.weights),
+                "dtype": _dtype_name(dtype),
+                **(config or {}),
+            },
+        )
         if command is None:
             command = command_line(
                 result.alignment.sources,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from graphperm.policy.choose import default_policy
 from graphperm.policy.load import SPECS, load_policy, policy_names
 from graphperm.policy.model import AlignRule, Calibration, Policy, WeightOverride
 from graphperm.policy.resolve import Plan, Target, resolve
@@ -14,6 +15,7 @@ __all__ = [
     "Policy",
     "Target",
     "WeightOverride",
+    "default_policy",
     "load_policy",
     "policy_names",
     "resolve",

@@ -134,13 +134,28 @@ def _sites_for(group: PermutationGroup, part: str, role: str, at: str = "all") -
     return {"first": sites[:1], "last": sites[-1:]}.get(at, sites)
 
 
+def _glob(name: str) -> str:
+    """``name`` with its layer numbers as ``*`` (``encoder.layer.*.attention``)."""
+    return re.sub(r"\d+", "*", name)
+
+
 def _hint(rule, names: list[str], analysis: Analysis) -> str:
     kinds = sorted({g.kind for g in analysis.groups})
     if rule.kind is not None and rule.kind not in kinds:
         return f": this model has no '{rule.kind}' groups (it has {', '.join(kinds)})"
-    candidates = sorted(set(names) | {re.sub(r"\d+", "*", n) for n in names})
+    of_kind = [g.name for g in analysis.groups if rule.kind is None or g.kind == rule.kind]
+    for pat in rule.groups:
+        other = sorted({g.kind for g in analysis.groups if fnmatchcase(g.name, pat)})
+        if other:  # the glob is right, the kind is not
+            return (
+                f": '{pat}' matches only {', '.join(other)} groups, not {rule.kind} ones; "
+                f"change the kind or the glob (e.g. '{_glob(of_kind[0])}')"
+                if of_kind
+                else ""
+            )
+    candidates = sorted(set(of_kind) | {_glob(n) for n in of_kind})
     for pat in rule.groups:
         close = difflib.get_close_matches(pat, candidates, n=1, cutoff=0.5)
-        if close:
+        if close and close[0] != pat:
             return f": '{pat}' matches no group name (did you mean '{close[0]}'?)"
     return f": check the group names with `graphperm trace` (e.g. '{names[0]}')" if names else ""

@@ -14,14 +14,19 @@ import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import torch
+from torch.export import ExportedProgram
+
 from graphperm.analysis import Analysis
-from graphperm.errors import CalibrationError
+from graphperm.data import check_sources
+from graphperm.errors import CalibrationError, TraceError
 from graphperm.inputs import InputAdapter, is_tensor_source, tensor_calibration
 from graphperm.policy import Plan
 from graphperm.runtime import release_memory, resolve_device
 from graphperm.stats.accumulate import reference_pairs
 from graphperm.stats.collect import Statistics, collect
-from graphperm.trace import LoadedModel
+from graphperm.stats.runner import InterleavedRunner, match_values
+from graphperm.trace import LoadedModel, trace
 
 __all__ = ["calibrate"]
 
@@ -56,17 +61,25 @@ def calibrate(
             "this policy aligns groups, which needs calibration data; pass --calib PATH "
             "(files or folders)"
         )
+    check_sources(sources)
     cal = plan.policy.calibration
     if is_tensor_source(sources):  # ready-made batches, for any model
         data = tensor_calibration(adapter, sources, shard=shard)
     else:
         data = adapter.calibration(sources, shard=shard)
     log.info("calibration: %s", data.summary.get("description", f"{len(data)} items"))
+    batches = data.batches(cal.batch_size)
+    program, names = None, None
+    if data.dynamic is not None:
+        program, names = own_length_graph(analysis, plan, models[0], data.dynamic)
+        if program is None:  # pad every batch to the exported shape instead
+            batches = (adapter.padded(b, cal.batch_size) for b in batches)
+            data.summary["padded"] = True
     stats = collect(
         analysis,
         plan.sites(),
         [m.state_dict() for m in models],
-        data.batches(cal.batch_size),
+        batches,
         total=len(data),
         progress=progress,
         precision=cal.precision,
@@ -79,6 +92,8 @@ def calibrate(
         float64_sites={
             (s.key, s.dim) for t in plan.targets if t.transform == "orth" for s in t.sites
         },
+        program=program,
+        names=names,
     )
     info = {adapter.item: stats.items, f"{adapter.item}_planned": len(data)}
     if adapter.unit == "s":
@@ -89,6 +104,51 @@ def calibrate(
     info["device"] = device
     release_memory()
     return stats, info
+
+
+def own_length_graph(
+    analysis: Analysis, plan: Plan, model: LoadedModel, dynamic: dict
+) -> tuple[ExportedProgram | None, dict[str, str] | None]:
+    """``model`` exported again with the ``dynamic`` axes, and its node name for each site
+    value of the analysed graph; checked on the analysed graph's example inputs (every site's
+    values must agree). ``(None, None)`` with a warning when the export or the check fails: the
+    caller then pads every batch to the exported shape."""
+    keys = sorted({s.key for s in plan.sites()})
+    inputs = analysis.traced.inputs
+    try:
+        program = trace(model, inputs, dynamic_shapes=dynamic).program
+    except TraceError as err:
+        log.warning(
+            "%s; clips are padded to clip_seconds instead (padding then reaches real frames)", err
+        )
+        return None, None
+    names = match_values(analysis.traced.program.graph, program.graph)
+    if all(k in names for k in keys):
+        want = _fingerprints(analysis.traced.program, keys, model, inputs)
+        got = _fingerprints(program, [names[k] for k in keys], model, inputs)
+        if all(torch.allclose(w, g, rtol=1e-4, atol=1e-6) for w, g in zip(want, got)):
+            return program, names
+    log.warning(
+        "%s exported with a dynamic length does not compute the same site values; clips are "
+        "padded to clip_seconds instead (padding then reaches real frames)",
+        type(model.module).__name__,
+    )
+    return None, None
+
+
+def _fingerprints(
+    program: ExportedProgram, keys: list[str], model: LoadedModel, inputs: dict
+) -> list[torch.Tensor]:
+    """(shape..., sum, sum of squares) of each value ``keys`` on ``inputs``, one site alive
+    at a time."""
+    out: list[torch.Tensor] = [torch.zeros(0)] * len(keys)
+
+    def visit(i: int, values: list[torch.Tensor]) -> None:
+        v = values[0].double()
+        out[i] = torch.tensor([*v.shape, float(v.sum()), float(v.square().sum())])
+
+    InterleavedRunner(program, keys, 1)([model.state_dict()], inputs, visit)
+    return out
 
 
 def _large_blocks_from_the_os(threshold: int = 1 << 20) -> None:

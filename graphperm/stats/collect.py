@@ -17,6 +17,7 @@ from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import torch
+from torch.export import ExportedProgram
 from tqdm.auto import tqdm
 
 from graphperm.analysis import Analysis, Site
@@ -130,6 +131,8 @@ def collect(
     check_every: int = 0,
     device: torch.device | str = "cpu",
     float64_sites: Collection[SiteKey] = (),
+    program: ExportedProgram | None = None,
+    names: dict[str, str] | None = None,
 ) -> Statistics:
     """Run every model (``states[0]`` is the reference A) on every batch and accumulate
     statistics at ``sites``.
@@ -144,6 +147,9 @@ def collect(
     bar. On ``device="cuda"`` the forwards and the sums run on the GPU; the statistics come back
     on the CPU. ``float64_sites`` accumulate in float64 whatever the precision (sites of rotated
     parts: a Procrustes solve amplifies rounding by the covariance's condition number).
+    ``program`` (with ``names``: its node name for each value of the analysed graph) runs the
+    batches instead of the analysed graph: the same model exported with a dynamic batch and
+    length, for batches of any shape whose rows are each all real or all padding.
     """
     device = torch.device(device)
     if device.type != "cpu":
@@ -179,7 +185,20 @@ def collect(
     for (key, _), lay in layouts.items():  # a value's sites share one time axis and stride
         if strides[(key, _)] > 1:
             in_graph.setdefault(key, (lay.time, strides[(key, _)]))
-    runner = InterleavedRunner(analysis.traced.program, keys, len(states), in_graph, device=device)
+    dynamic = program is not None
+    if program is not None:
+        rename = names or {}
+        runner = InterleavedRunner(
+            program,
+            [rename.get(k, k) for k in keys],
+            len(states),
+            {rename.get(k, k): v for k, v in in_graph.items()},
+            device=device,
+        )
+    else:
+        runner = InterleavedRunner(
+            analysis.traced.program, keys, len(states), in_graph, device=device
+        )
     by_value: dict[str, list[SiteKey]] = {}
     for k in layouts:
         by_value.setdefault(k[0], []).append(k)
@@ -192,6 +211,8 @@ def collect(
             layout = layouts[k]
             step = in_graph.get(k[0], (0, 1))[1]
             full = shapes[k][layout.time] if layout.time is not None else 0
+            if full and dynamic:  # this batch's length (its rows are all real or all padding)
+                full = values[0].shape[layout.time] * step
             if full not in steps:  # no time axis (0): a row counts if any of it is real
                 mask = now["mask"]
                 steps[full] = step_mask(mask, full) if full else mask.any(1, keepdim=True)

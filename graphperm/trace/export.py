@@ -36,15 +36,23 @@ class Traced:
     seconds: float
 
 
-def trace(loaded: LoadedModel, inputs: dict[str, torch.Tensor] | None = None) -> Traced:
-    """Export ``loaded.module`` on ``inputs`` (default: :func:`example_inputs`)."""
+def trace(
+    loaded: LoadedModel,
+    inputs: dict[str, torch.Tensor] | None = None,
+    *,
+    dynamic_shapes: dict | None = None,
+) -> Traced:
+    """Export ``loaded.module`` on ``inputs`` (default: :func:`example_inputs`);
+    ``dynamic_shapes`` (as :func:`torch.export.export` takes it) lets axes vary."""
     inputs = inputs if inputs is not None else example_inputs(loaded)
     module = loaded.module.eval()
     start = time.perf_counter()
     try:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
-            program = torch.export.export(module, (), dict(inputs), strict=False)
+            program = torch.export.export(
+                module, (), dict(inputs), dynamic_shapes=dynamic_shapes, strict=False
+            )
     except Exception as err:
         first = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
         raise TraceError(

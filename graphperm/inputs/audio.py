@@ -143,7 +143,8 @@ class AudioAdapter(InputAdapter):
         """Batch and time axes of the main input may vary (see :attr:`own_length`)."""
         from torch.export import Dim
 
-        return {self.input_name: {0: Dim.AUTO, 1: Dim.AUTO}}
+        one = self.settings is not None and self.settings.batch_size == 1
+        return {self.input_name: {1: Dim.AUTO} if one else {0: Dim.AUTO, 1: Dim.AUTO}}
 
     def stream(self, data: CalibrationSet, batch_size: int) -> Iterator[ModelBatch]:
         """Model batches of ``batch_size`` clips: of one length each (:attr:`own_length`),

@@ -140,7 +140,7 @@ def collect(
     ``pairs`` are the model pairs whose cross statistics are kept (default ``(0, k)``: each
     model against A). ``precision`` is ``fp32``, ``bf16`` (forwards under bf16 autocast and bf16
     cross products, fp32 sums: about twice as fast on CPUs with bf16 units, less exact) or
-    ``fp64`` (the exact reference). ``max_frames_per_row`` subsamples a site's time axis evenly
+    ``fp64`` (the exact reference: forwards and sums in float64). ``max_frames_per_row`` subsamples a site's time axis evenly
     to at most that many frames per batch row (the high-rate conv sites); ``None`` keeps every
     frame. ``split_half`` alternates batches between two halves. Every ``check_every`` batches,
     ``stop(stats)`` may end the pass early (enough data). ``total`` (items) sizes the progress
@@ -152,6 +152,9 @@ def collect(
     length, for batches of any shape whose rows are each all real or all padding.
     """
     device = torch.device(device)
+    wide = precision == "fp64"
+    if wide:  # the forwards too: the graph runs in any float dtype
+        states = [{k: _wide(v) for k, v in s.items()} for s in states]
     if device.type != "cpu":
         states = [{k: v.to(device) for k, v in s.items()} for s in states]
     pairs = tuple(pairs) if pairs is not None else reference_pairs(len(states))
@@ -231,7 +234,7 @@ def collect(
     bar = tqdm(total=total, unit="item", desc="statistics", disable=not progress)
     with bar:
         for batch in batches:
-            inputs = {k: v.to(device) for k, v in batch.inputs.items()}
+            inputs = {k: (_wide(v) if wide else v).to(device) for k, v in batch.inputs.items()}
             now.update(
                 mask=batch.mask.to(device), steps={}, part=stats.parts[stats.batches % halves]
             )
@@ -249,6 +252,10 @@ def collect(
     if device.type != "cpu":
         stats.parts = [{k: s.to("cpu") for k, s in part.items()} for part in stats.parts]
     return stats
+
+
+def _wide(t: torch.Tensor) -> torch.Tensor:
+    return t.double() if t.is_floating_point() else t
 
 
 def _stride(steps: int, max_frames: int | None) -> int:

@@ -163,7 +163,7 @@ def test_log_mel_statistics_are_those_of_each_clip_alone(tmp_path, batch_size) -
 
 @pytest.fixture(scope="module")
 def berts(tmp_path_factory) -> tuple[Path, Path, Path]:
-    from textmodels import save_tiny_bert
+    from tests.textmodels import save_tiny_bert
 
     root = tmp_path_factory.mktemp("ref-text")
     texts = [

@@ -95,16 +95,29 @@ class TokenAdapter(InputAdapter):
         if source.startswith("builtin:"):
             raise CalibrationError(missing)
         folder = Path(source)
-        if folder.is_dir() and not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        saved = [name for name in TOKENIZER_FILES if (folder / name).is_file()]
+        if folder.is_dir() and not saved:
             raise CalibrationError(missing)
         from transformers import AutoTokenizer
 
         try:
             tok = AutoTokenizer.from_pretrained(source)
         except Exception as err:  # transformers raises OSError, ValueError, TypeError, ...
-            raise CalibrationError(missing) from err
-        if len(tok) <= len(tok.all_special_tokens):  # built from the config alone: no vocabulary
-            raise CalibrationError(missing)
+            if not saved:
+                raise CalibrationError(missing) from err
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+            raise CalibrationError(
+                f"cannot load the tokenizer saved in '{source}' ({', '.join(saved)}): {first}; "
+                "save it again with tokenizer.save_pretrained"
+            ) from err
+        if len(tok) <= len(tok.all_special_tokens):  # no word of its own: nothing to read
+            if not saved:  # built from the config alone
+                raise CalibrationError(missing)
+            raise CalibrationError(
+                f"the tokenizer saved in '{source}' ({', '.join(saved)}) has an empty vocabulary "
+                f"(only its {len(tok)} special tokens); save the tokenizer with its vocabulary "
+                "(tokenizer.save_pretrained after training or loading it)"
+            )
         return tok
 
     def calibration(
@@ -113,7 +126,8 @@ class TokenAdapter(InputAdapter):
         if self.settings is None:
             raise CalibrationError("calibration needs the policy's calibration settings")
         tok = self.tokenizer()
-        texts = read_texts(sources)
+        counts: dict = {}
+        texts = read_texts(sources, counts)
         found = len(texts)
         texts = pick(texts, self.settings.num_clips, self.settings.seed, shard)
 
@@ -121,10 +135,14 @@ class TokenAdapter(InputAdapter):
             for i in range(0, len(texts), batch_size):
                 yield self.batch(tok, texts[i : i + batch_size], batch_size)
 
+        description = f"{len(texts)} of {found} texts, up to {self.length} tokens each"
+        if counts["skipped_texts"]:
+            description += f"; {counts['skipped_texts']} records without text skipped"
         summary = {
-            "files": len({str(s) for s in sources}),
+            "files": counts["files"],
             "skipped_files": [],
-            "description": f"{len(texts)} of {found} texts, up to {self.length} tokens each",
+            "skipped_texts": counts["skipped_texts"],
+            "description": description,
         }
         return CalibrationData(stream, len(texts), summary)
 

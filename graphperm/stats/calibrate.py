@@ -96,6 +96,10 @@ def calibrate(
         names=names,
     )
     info = {adapter.item: stats.items, f"{adapter.item}_planned": len(data)}
+    too_little = too_little_data(stats, plan)
+    if too_little:
+        log.warning("%s", too_little)
+        info["warnings"] = [too_little]
     if adapter.unit == "s":
         info["seconds"] = round(stats.positions / adapter.per_unit, 3)
     else:
@@ -104,6 +108,29 @@ def calibrate(
     info["device"] = device
     release_memory()
     return stats, info
+
+
+def too_little_data(stats: Statistics, plan: Plan) -> str | None:
+    """A warning when some aligned group was measured at fewer positions than it has units:
+    its correlation matrix then has a rank below its size, and the units it cannot separate
+    are matched by noise (None when every group has enough)."""
+    worst = None
+    for target in plan.targets:
+        for site in target.sites:
+            key = (site.key, site.dim)
+            if key not in stats.parts[0]:
+                continue
+            n, units = int(stats.site(key).n), int(stats.site(key).shift.shape[-1])
+            if n < units and (worst is None or units > worst[1]):
+                worst = (n, units, site.module or site.key)
+    if worst is None:
+        return None
+    n, units, where = worst
+    return (
+        f"the calibration data gave {n} positions at {where} for {units} units: fewer "
+        "positions than units, so the statistics cannot tell the units apart and the "
+        "permutations are mostly noise; pass more calibration data"
+    )
 
 
 def own_length_graph(

@@ -140,10 +140,11 @@ def collect(
     ``pairs`` are the model pairs whose cross statistics are kept (default ``(0, k)``: each
     model against A). ``precision`` is ``fp32``, ``bf16`` (forwards under bf16 autocast and bf16
     cross products, fp32 sums: about twice as fast on CPUs with bf16 units, less exact) or
-    ``fp64`` (the exact reference: forwards and sums in float64). ``max_frames_per_row`` subsamples a site's time axis evenly
-    to at most that many frames per batch row (the high-rate conv sites); ``None`` keeps every
-    frame. ``split_half`` alternates batches between two halves. Every ``check_every`` batches,
-    ``stop(stats)`` may end the pass early (enough data). ``total`` (items) sizes the progress
+    ``fp64`` (the exact reference: forwards and sums in float64). ``max_frames_per_row``
+    subsamples a site's time axis evenly to at most that many frames per batch row (the
+    high-rate conv sites); ``None`` keeps every frame. ``split_half`` alternates batches
+    between two halves. Every ``check_every`` batches, ``stop(stats)`` may end the pass early
+    (enough data). ``total`` (items) sizes the progress
     bar. On ``device="cuda"`` the forwards and the sums run on the GPU; the statistics come back
     on the CPU. ``float64_sites`` accumulate in float64 whatever the precision (sites of rotated
     parts: a Procrustes solve amplifies rounding by the covariance's condition number).

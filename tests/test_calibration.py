@@ -4,6 +4,7 @@ accounted for, wrong or too little data said in one line."""
 
 from __future__ import annotations
 
+import importlib
 import logging
 from pathlib import Path
 
@@ -71,6 +72,26 @@ def test_the_same_clips_give_the_same_statistics_whatever_clip_seconds(tmp_path)
         assert short.site(key).n == long.site(key).n
         diff = float((short.correlation(key) - long.correlation(key)).abs().max())
         assert diff < 1e-5, (key, diff)
+
+
+def test_a_model_without_a_dynamic_length_export_falls_back_to_padding(tmp_path, monkeypatch):
+    """Said in a warning and in the summary; the statistics still count only real frames."""
+    from graphperm.errors import TraceError
+
+    calibration = importlib.import_module("graphperm.stats.calibrate")  # not the function
+
+    def no_export(*args, **kwargs):
+        raise TraceError("torch.export could not capture it")
+
+    for i, seconds in enumerate([1.0, 0.6, 1.0]):
+        _noise(tmp_path / f"c{i}.wav", seconds, seed=i)
+    a, b = load_model("builtin:hubert-tiny"), load_model("builtin:hubert-tiny", seed=1)
+    own, info = _stats(a, b, _policy("paper", clip_seconds=1.0), [tmp_path])
+    assert "padded" not in info
+    monkeypatch.setattr(calibration, "trace", no_export)
+    padded, info = _stats(a, b, _policy("paper", clip_seconds=1.0), [tmp_path])
+    assert info["padded"] is True and padded.items == own.items == 3
+    assert padded.positions == own.positions == 16000 * 2.6
 
 
 # -- issue 25.2: Whisper shards pack exactly as one process

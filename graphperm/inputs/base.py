@@ -128,6 +128,11 @@ class InputAdapter:
             f"(main input '{self.input_name}')"
         )
 
+    def padded(self, batch: ModelBatch, batch_size: int) -> ModelBatch:
+        """``batch`` (from a stream with :attr:`CalibrationData.dynamic` axes) padded to
+        :meth:`example`'s shape, for a model that cannot be exported with those axes."""
+        raise NotImplementedError
+
     def max_steps(self, rate: float | None) -> int | None:
         """Steps per batch row that ``rate`` steps per ``unit`` allow (None: keep all)."""
         return None

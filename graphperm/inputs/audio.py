@@ -143,8 +143,7 @@ class AudioAdapter(InputAdapter):
         """Batch and time axes of the main input may vary (see :attr:`own_length`)."""
         from torch.export import Dim
 
-        one = self.settings is not None and self.settings.batch_size == 1
-        return {self.input_name: {1: Dim.AUTO} if one else {0: Dim.AUTO, 1: Dim.AUTO}}
+        return {self.input_name: {0: Dim.AUTO, 1: Dim.AUTO}}
 
     def stream(self, data: CalibrationSet, batch_size: int) -> Iterator[ModelBatch]:
         """Model batches of ``batch_size`` clips: of one length each (:attr:`own_length`),
@@ -157,18 +156,11 @@ class AudioAdapter(InputAdapter):
             yield self.batch(batch, batch_size)
 
     def own_length_batch(self, batch: AudioBatch, batch_size: int) -> ModelBatch:
-        """``batch`` (clips of one length) as it is; a batch of one gets a second, all-zero
-        row (masked out) where the graph was exported on more than one (its batch axis is
-        dynamic from 2)."""
+        """``batch`` (clips of one length) as it is: nothing padded."""
         rows, n = batch.waveforms.shape
-        total = max(rows, min(2, batch_size))
-        wave = torch.zeros(total, n)
-        wave[:rows] = batch.waveforms
-        lengths = torch.zeros(total, dtype=torch.long)
-        lengths[:rows] = n
-        mask = torch.zeros(total, n, dtype=torch.bool)
-        mask[:rows] = True
-        return ModelBatch(self.features(wave, lengths), mask, rows)
+        lengths = torch.full((rows,), n, dtype=torch.long)
+        mask = torch.ones(rows, n, dtype=torch.bool)
+        return ModelBatch(self.features(batch.waveforms, lengths), mask, rows)
 
     def padded(self, batch: ModelBatch, batch_size: int) -> ModelBatch:
         """An own-length ``batch`` zero-padded to :meth:`example`'s shape (``batch_size`` rows

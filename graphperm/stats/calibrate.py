@@ -20,7 +20,7 @@ from torch.export import ExportedProgram
 from graphperm.analysis import Analysis
 from graphperm.data import check_sources
 from graphperm.errors import CalibrationError, TraceError
-from graphperm.inputs import InputAdapter, is_tensor_source, tensor_calibration
+from graphperm.inputs import InputAdapter, ModelBatch, is_tensor_source, tensor_calibration
 from graphperm.policy import Plan
 from graphperm.runtime import release_memory, resolve_device
 from graphperm.stats.accumulate import reference_pairs
@@ -69,12 +69,14 @@ def calibrate(
         data = adapter.calibration(sources, shard=shard)
     log.info("calibration: %s", data.summary.get("description", f"{len(data)} items"))
     batches = data.batches(cal.batch_size)
-    program, names = None, None
+    programs = None
     if data.dynamic is not None:
-        program, names = own_length_graph(analysis, plan, models[0], data.dynamic)
-        if program is None:  # pad every batch to the exported shape instead
+        programs = own_length_graphs(analysis, plan, models[0], data.dynamic)
+        if not programs:  # pad every batch to the exported shape instead
             batches = (adapter.padded(b, cal.batch_size) for b in batches)
             data.summary["padded"] = True
+        elif 1 not in programs:  # a batch of one gets a second, masked-out row
+            batches = (_two_rows(b) if b.mask.shape[0] == 1 else b for b in batches)
     stats = collect(
         analysis,
         plan.sites(),
@@ -92,8 +94,7 @@ def calibrate(
         float64_sites={
             (s.key, s.dim) for t in plan.targets if t.transform == "orth" for s in t.sites
         },
-        program=program,
-        names=names,
+        programs=programs,
     )
     info = {adapter.item: stats.items, f"{adapter.item}_planned": len(data)}
     too_little = too_little_data(stats, plan)
@@ -133,49 +134,90 @@ def too_little_data(stats: Statistics, plan: Plan) -> str | None:
     )
 
 
-def own_length_graph(
+def own_length_graphs(
     analysis: Analysis, plan: Plan, model: LoadedModel, dynamic: dict
-) -> tuple[ExportedProgram | None, dict[str, str] | None]:
-    """``model`` exported again with the ``dynamic`` axes, and its node name for each site
-    value of the analysed graph; checked on the analysed graph's example inputs (every site's
-    values must agree). ``(None, None)`` with a warning when the export or the check fails: the
-    caller then pads every batch to the exported shape."""
+) -> dict[int | None, tuple[ExportedProgram, dict[str, str]]]:
+    """``model`` exported again with the ``dynamic`` axes, for batches of more than one row
+    (key None), and with a batch of one (key 1: batches of one clip then need no dummy row),
+    each with its node name for every site value of the analysed graph and checked on the
+    analysed graph's example inputs (every site's values must agree). Empty, with a warning,
+    when neither can be had: the caller then pads every batch to the exported shape."""
     keys = sorted({s.key for s in plan.sites()})
     inputs = analysis.traced.inputs
+    rows = next(iter(inputs.values())).shape[0]
+    want = _fingerprints(analysis.traced.program, keys, model, inputs)
+    programs = {}
+    one = {k: {d: v for d, v in axes.items() if d != 0} for k, axes in dynamic.items()}
+    if rows > 1:
+        got = _dynamic(analysis, model, inputs, dynamic, keys, want)
+        if got is None:
+            log.warning(
+                "%s cannot be exported with a dynamic batch and length (or then computes other "
+                "values); clips are padded to clip_seconds instead (the padding then reaches "
+                "real frames)",
+                type(model.module).__name__,
+            )
+            return {}
+        programs[None] = got
+        same = {k: v[:1].expand_as(v).contiguous() for k, v in inputs.items()}  # row 0 only
+        want = _fingerprints(analysis.traced.program, keys, model, same)
+    got = _dynamic(analysis, model, {k: v[:1] for k, v in inputs.items()}, one, keys, want)
+    if got is not None:
+        programs[1] = got
+    if not programs:
+        log.warning(
+            "%s cannot be exported with a dynamic length (or then computes other values); "
+            "clips are padded to clip_seconds instead (the padding then reaches real frames)",
+            type(model.module).__name__,
+        )
+    return programs
+
+
+def _dynamic(
+    analysis: Analysis,
+    model: LoadedModel,
+    inputs: dict[str, torch.Tensor],
+    dynamic: dict,
+    keys: list[str],
+    want: list[torch.Tensor],
+) -> tuple[ExportedProgram, dict[str, str]] | None:
+    """``model`` exported on ``inputs`` with ``dynamic`` axes and its names for ``keys``, if
+    its values there have the fingerprints ``want``."""
     try:
         program = trace(model, inputs, dynamic_shapes=dynamic).program
     except TraceError as err:
-        log.warning(
-            "%s; clips are padded to clip_seconds instead (padding then reaches real frames)", err
-        )
-        return None, None
+        log.info("%s", err)
+        return None
     names = match_values(analysis.traced.program.graph, program.graph)
-    if all(k in names for k in keys):
-        want = _fingerprints(analysis.traced.program, keys, model, inputs)
-        got = _fingerprints(program, [names[k] for k in keys], model, inputs)
-        if all(torch.allclose(w, g, rtol=1e-4, atol=1e-6) for w, g in zip(want, got)):
-            return program, names
-    log.warning(
-        "%s exported with a dynamic length does not compute the same site values; clips are "
-        "padded to clip_seconds instead (padding then reaches real frames)",
-        type(model.module).__name__,
-    )
-    return None, None
+    if not all(k in names for k in keys):
+        return None
+    got = _fingerprints(program, [names[k] for k in keys], model, inputs)
+    if all(torch.allclose(w, g, rtol=1e-4, atol=1e-6) for w, g in zip(want, got)):
+        return program, names
+    return None
 
 
 def _fingerprints(
     program: ExportedProgram, keys: list[str], model: LoadedModel, inputs: dict
 ) -> list[torch.Tensor]:
-    """(shape..., sum, sum of squares) of each value ``keys`` on ``inputs``, one site alive
-    at a time."""
+    """Per batch row: (elements, sum, sum of squares) of each value ``keys`` on ``inputs``,
+    one site alive at a time."""
+    rows = next(iter(inputs.values())).shape[0]
     out: list[torch.Tensor] = [torch.zeros(0)] * len(keys)
 
     def visit(i: int, values: list[torch.Tensor]) -> None:
         v = values[0].double()
-        out[i] = torch.tensor([*v.shape, float(v.sum()), float(v.square().sum())])
+        out[i] = torch.tensor([v.numel(), float(v.sum()), float(v.square().sum())]) / rows
 
     InterleavedRunner(program, keys, 1)([model.state_dict()], inputs, visit)
     return out
+
+
+def _two_rows(batch: ModelBatch) -> ModelBatch:
+    """A batch of one with a second row of zeros, masked out."""
+    inputs = {k: torch.cat([v, torch.zeros_like(v)]) for k, v in batch.inputs.items()}
+    mask = torch.cat([batch.mask, torch.zeros_like(batch.mask)])
+    return ModelBatch(inputs, mask, batch.items)
 
 
 def _large_blocks_from_the_os(threshold: int = 1 << 20) -> None:

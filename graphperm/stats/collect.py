@@ -131,8 +131,7 @@ def collect(
     check_every: int = 0,
     device: torch.device | str = "cpu",
     float64_sites: Collection[SiteKey] = (),
-    program: ExportedProgram | None = None,
-    names: dict[str, str] | None = None,
+    programs: dict[int | None, tuple[ExportedProgram, dict[str, str]]] | None = None,
 ) -> Statistics:
     """Run every model (``states[0]`` is the reference A) on every batch and accumulate
     statistics at ``sites``.
@@ -148,9 +147,10 @@ def collect(
     bar. On ``device="cuda"`` the forwards and the sums run on the GPU; the statistics come back
     on the CPU. ``float64_sites`` accumulate in float64 whatever the precision (sites of rotated
     parts: a Procrustes solve amplifies rounding by the covariance's condition number).
-    ``program`` (with ``names``: its node name for each value of the analysed graph) runs the
-    batches instead of the analysed graph: the same model exported with a dynamic batch and
-    length, for batches of any shape whose rows are each all real or all padding.
+    ``programs`` run the batches instead of the analysed graph: the same model exported with a
+    dynamic batch and length (each with its node name for every value of the analysed graph),
+    for batches of any shape whose rows are each all real or all padding; key 1 takes batches
+    of one row, key None any other.
     """
     device = torch.device(device)
     wide = precision == "fp64"
@@ -189,20 +189,17 @@ def collect(
     for (key, _), lay in layouts.items():  # a value's sites share one time axis and stride
         if strides[(key, _)] > 1:
             in_graph.setdefault(key, (lay.time, strides[(key, _)]))
-    dynamic = program is not None
-    if program is not None:
-        rename = names or {}
-        runner = InterleavedRunner(
+    dynamic = programs is not None
+    runners = {
+        rows: InterleavedRunner(
             program,
             [rename.get(k, k) for k in keys],
             len(states),
             {rename.get(k, k): v for k, v in in_graph.items()},
             device=device,
         )
-    else:
-        runner = InterleavedRunner(
-            analysis.traced.program, keys, len(states), in_graph, device=device
-        )
+        for rows, (program, rename) in (programs or {None: (analysis.traced.program, {})}).items()
+    }
     by_value: dict[str, list[SiteKey]] = {}
     for k in layouts:
         by_value.setdefault(k[0], []).append(k)
@@ -240,6 +237,8 @@ def collect(
                 mask=batch.mask.to(device), steps={}, part=stats.parts[stats.batches % halves]
             )
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+                rows = batch.mask.shape[0]
+                runner = runners.get(rows) or runners.get(None) or runners[rows]
                 runner(list(states), inputs, visit)
             stats.positions += batch.positions
             stats.batches += 1

@@ -84,10 +84,15 @@ def find_files(sources: Sequence[str | Path], suffixes: tuple[str, ...], what: s
         for kind, paths in others.items():
             endings = ", ".join(sorted({p.suffix.lower() for p in paths}))
             held = f"{_count(len(paths), kind)} ({endings})"
+            if not found:
+                raise CalibrationError(
+                    f"no {what} ({', '.join(suffixes)}) in '{src}', which holds {held}; pass "
+                    f"{what} or a folder of them"
+                )
             if len(paths) > len(found):
                 raise CalibrationError(
                     f"calibration folder '{src}' holds {held} and only "
-                    f"{_count(len(found), what[:-1])}: it is not a folder of {what}; pass "
+                    f"{_count(len(found), what)}: it is not a folder of {what}; pass "
                     f"{what} ({', '.join(suffixes)}) or a folder of them"
                 )
             log.warning("calibration: leaving out %s in '%s'", held, src)
@@ -98,10 +103,8 @@ def find_files(sources: Sequence[str | Path], suffixes: tuple[str, ...], what: s
     return files
 
 
-def _count(n: int, noun: str) -> str:
-    if n == 1:
-        return f"1 {noun[:-1] if noun.endswith('s') and not noun.endswith('ss') else noun}"
-    return f"{n} {noun}"
+def _count(n: int, plural: str) -> str:
+    return f"1 {plural.removesuffix('s')}" if n == 1 else f"{n} {plural}"
 
 
 def _record_text(record: object) -> str | None:

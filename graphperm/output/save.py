@@ -92,7 +92,8 @@ def write_model(folder: Path, loaded: LoadedModel, state: dict[str, torch.Tensor
     of the traced module's weights, as a ``save_pretrained`` folder (config + safetensors)."""
     full = dict(loaded.model.state_dict())
     full.update({loaded.prefix + k: v for k, v in state.items()})
-    loaded.model.save_pretrained(folder, state_dict=full, safe_serialization=True)
+    with loaded.as_loaded() as model:  # its own config, not the settings graphperm ran it with
+        model.save_pretrained(folder, state_dict=full, safe_serialization=True)
     prep = Path(loaded.source) / "preprocessor_config.json"
     if prep.is_file():
         shutil.copy(prep, folder / prep.name)

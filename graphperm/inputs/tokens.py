@@ -173,8 +173,9 @@ class TokenAdapter(InputAdapter):
         else:
             return
         if found is not None:
+            what = f"holds {found} and no text files" if source.is_dir() else f"is {found}"
             raise CalibrationError(
-                f"--calib '{source}' is {found}, but {self.describe_model()} reads text; pass "
+                f"--calib '{source}' {what}, but {self.describe_model()} reads text; pass "
                 f"text files ({', '.join(TEXT_SUFFIXES)}) or folders of them"
             )
 

@@ -125,7 +125,7 @@ def test_sources_are_interleaved_and_shuffled_deterministically(tmp_path):
     orders = {tuple(CalibrationSet(sources, seed=s).clips) for s in range(5)}
     assert len(orders) > 1  # the seed shuffles clips within each source
     assert all(sorted(o, key=str) == sorted(calib.clips, key=str) for o in orders)
-    assert calib.describe() == "10 clips (40.0 s) from 4 files in 2 sources"
+    assert calib.describe() == "10 clips (40.0 s) from 4 files in 2 sources (speech: 6, music: 4)"
 
 
 def test_num_clips_and_shards(tmp_path):

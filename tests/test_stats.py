@@ -48,8 +48,9 @@ def test_dead_channels_give_zero_not_nan() -> None:
 
 
 def test_padded_frames_never_enter_the_statistics(tmp_path) -> None:
-    """The sums at a site are exactly those of the real frames: a full clip and a short one
-    (padded to the clip length in the same batch) against the same frames picked by hand."""
+    """The mask keeps exactly the frames it marks: a full clip and a short one padded to the
+    clip length in one batch (as fixed-shape batches are) against the same frames by hand.
+    (Waveform calibration itself runs clips at their own length: test_reference.py.)"""
     import soundfile as sf
 
     from graphperm.analysis import analyse
@@ -66,8 +67,11 @@ def test_padded_frames_never_enter_the_statistics(tmp_path) -> None:
     wave = np.random.default_rng(0).normal(size=16000).astype(np.float32) * 0.1
     sf.write(tmp_path / "a.wav", wave, 16000)
     sf.write(tmp_path / "b.wav", wave[:9000], 16000)
-    data = adapter.calibration([tmp_path / "a.wav", tmp_path / "b.wav"])
-    (batch,) = list(data.batches(2))
+    from graphperm.data import CalibrationSet
+
+    calib = CalibrationSet([tmp_path / "a.wav", tmp_path / "b.wav"], clip_seconds=1.0)
+    (audio,) = list(calib.batches(2))  # padded the way Whisper's windows and the fallback are
+    batch = adapter.batch(audio, 2)
     assert batch.items == 2 and batch.positions == 16000 + 9000
     stats = collect(analysis, [site], [loaded.state_dict(), b.state_dict()], [batch])
     got = stats.site((site.key, site.dim))

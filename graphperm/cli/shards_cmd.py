@@ -39,7 +39,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "--shard",
         default="0/1",
         metavar="I/N",
-        help="this shard of N (clips I, I+N, I+2N, ...); default 0/1",
+        help="this shard of N (clips, texts or images I, I+N, I+2N, ...; Whisper: packed "
+        "windows); default 0/1",
     )
     p.set_defaults(func=run_stats)
     return p

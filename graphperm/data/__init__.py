@@ -8,5 +8,6 @@ Example:
 from __future__ import annotations
 
 from graphperm.data.audio import AudioBatch, CalibrationSet, Clip
+from graphperm.data.sources import check_sources
 
-__all__ = ["AudioBatch", "CalibrationSet", "Clip"]
+__all__ = ["AudioBatch", "CalibrationSet", "Clip", "check_sources"]

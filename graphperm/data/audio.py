@@ -28,6 +28,7 @@ import soxr
 import torch
 from tqdm import tqdm
 
+from graphperm.data.sources import check_sources
 from graphperm.errors import CalibrationError
 
 __all__ = ["AUDIO_EXTENSIONS", "AudioBatch", "CalibrationSet", "Clip"]
@@ -98,12 +99,17 @@ class AudioBatch:
 class CalibrationSet:
     """A deterministic, mixed plan of fixed-length clips from audio files and folders.
 
-    Each source is a file or a folder (searched recursively). Every file is cut into consecutive
-    clips of ``clip_seconds``; a shorter last clip is kept if it lasts at least
-    ``min_fraction * clip_seconds``. Clips are shuffled within each source (``seed``) and the
-    sources are interleaved round-robin, so any prefix of the plan mixes them evenly; ``num_clips``
-    keeps that many from the front and ``shard=(rank, world_size)`` keeps every world_size-th clip
-    from ``rank`` on, for distributed calibration.
+    Each source is a file or a folder (searched recursively); a source given twice, or inside
+    another, is refused. Every file is cut into consecutive clips of ``clip_seconds``; a shorter
+    last clip is kept if it lasts at least ``min_fraction * clip_seconds``, and a file too short
+    for any clip is skipped and counted (:attr:`skipped`). Clips are shuffled within each source
+    (``seed``) and the sources are interleaved round-robin, so any prefix of the plan mixes them
+    evenly: ``num_clips`` keeps that many from the front, each source giving an equal share
+    (a source with fewer clips than its share gives all it has, says so in a warning and in
+    :attr:`short_sources`, and the others fill the rest). ``shard=(rank, world_size)`` keeps
+    every world_size-th clip from ``rank`` on, for distributed calibration. ``by_length`` orders
+    the kept clips longest first (stable), so that clips of equal length are neighbours and
+    :meth:`batches` with ``equal_length`` fills its batches.
 
     Example:
         >>> calib = CalibrationSet(["speech/", "music/"], num_clips=128)  # doctest: +SKIP
@@ -126,10 +132,12 @@ class CalibrationSet:
         seed: int = 0,
         min_fraction: float = 0.5,
         shard: tuple[int, int] | None = None,
+        by_length: bool = False,
     ) -> None:
         if isinstance(sources, str | Path):
             sources = [sources]
         _check_arguments(sources, sample_rate, clip_seconds, num_clips, min_fraction, shard)
+        check_sources(sources)
         self.sources: tuple[Path, ...] = tuple(Path(s).expanduser() for s in sources)
         self.sample_rate = sample_rate
         self.clip_seconds = clip_seconds
@@ -138,10 +146,27 @@ class CalibrationSet:
         self.skipped: list[tuple[Path, str]] = []
         self._rates: dict[Path, int] = {}
 
+        self.short_files = 0
         per_source = [self._plan_source(i, root, seed) for i, root in enumerate(self.sources)]
         if not any(per_source):
             raise CalibrationError(self._why_empty())
         clips = _round_robin(per_source)[:num_clips]
+        self.short_sources: list[tuple[Path, int, int]] = []
+        """(source, clips it gave, its share) of each source too short for its share."""
+        if num_clips is not None and len(self.sources) > 1:
+            share = num_clips // len(self.sources)
+            given = [sum(c.source == i for c in clips) for i in range(len(self.sources))]
+            for root, planned, n in zip(self.sources, per_source, given):
+                if n < share and n < max(given):  # short, and the mix is uneven for it
+                    self.short_sources.append((root, len(planned), share))
+                    log.warning(
+                        "calibration source %s gives %s, short of its share of %d (of "
+                        "num_clips %d); the other sources fill the rest",
+                        root,
+                        _count(len(planned), "clip"),
+                        share,
+                        num_clips,
+                    )
         if shard is not None:
             rank, world_size = shard
             if rank >= len(clips):
@@ -150,6 +175,8 @@ class CalibrationSet:
                     f"{len(clips)}); use fewer processes or more calibration audio"
                 )
             clips = clips[rank::world_size]
+        if by_length:
+            clips = sorted(clips, key=lambda c: -c.seconds)
         self.clips: list[Clip] = clips
 
     def __len__(self) -> int:
@@ -175,19 +202,32 @@ class CalibrationSet:
             f"{_count(len(self.clips), 'clip')} ({self.seconds:.1f} s) from "
             f"{_count(n_files, 'file')} in {_count(len(self.sources), 'source')}"
         )
-        if self.skipped:
-            text += f"; {_count(len(self.skipped), 'unreadable file')} skipped"
+        if len(self.sources) > 1:
+            per = [sum(c.source == i for c in self.clips) for i in range(len(self.sources))]
+            text += " (" + ", ".join(f"{s.name or s}: {n}" for s, n in zip(self.sources, per)) + ")"
+        unreadable = len(self.skipped) - self.short_files
+        if unreadable:
+            text += f"; {_count(unreadable, 'unreadable file')} skipped"
+        if self.short_files:
+            shortest = self.min_fraction * self.clip_seconds
+            text += f"; {_count(self.short_files, 'file')} shorter than {shortest:g} s skipped"
         return text
 
     def batches(
-        self, batch_size: int, *, progress: bool = False, desc: str = "calibration"
+        self,
+        batch_size: int,
+        *,
+        progress: bool = False,
+        desc: str = "calibration",
+        equal_length: bool = False,
     ) -> Iterator[AudioBatch]:
         """Read the planned clips in order and yield them in padded batches.
 
         Each clip is read at its file's own rate, averaged to mono, resampled to ``sample_rate``
         with soxr and cut to at most ``round(clip_seconds * sample_rate)`` samples. A file that
         fails to read is skipped (and added to :attr:`skipped` once); every batch but the last
-        holds ``batch_size`` clips.
+        holds ``batch_size`` clips. With ``equal_length`` every batch holds clips of one length
+        only (nothing padded): a clip of another length starts the next batch.
 
         Example:
             >>> for batch in calib.batches(8, progress=True):  # doctest: +SKIP
@@ -210,6 +250,9 @@ class CalibrationSet:
                 if clip.path not in failed:
                     audio = self._read(clip, failed)
                     if audio is not None:
+                        if equal_length and pending and len(pending[0][1]) != len(audio):
+                            yield self._collate(pending)
+                            pending = []
                         pending.append((clip, audio))
                         n_read += 1
                 bar.update(clip.seconds)
@@ -233,9 +276,19 @@ class CalibrationSet:
             except _READ_ERRORS as err:
                 self._skip(path, _reason(path, err))
                 continue
+            chunks = self._chunk(path, index, info.frames, info.samplerate)
+            if not chunks:
+                shortest = self.min_fraction * self.clip_seconds
+                self.short_files += 1
+                self._skip(
+                    path,
+                    f"{info.frames / info.samplerate:.2f} s, shorter than min_fraction × "
+                    f"clip_seconds = {shortest:g} s",
+                )
+                continue
             self.files.append(path)
             self._rates[path] = info.samplerate
-            clips += self._chunk(path, index, info.frames, info.samplerate)
+            clips += chunks
         random.Random(seed).shuffle(clips)
         return clips
 
@@ -281,7 +334,7 @@ class CalibrationSet:
         return AudioBatch(waveforms, lengths, tuple(clip for clip, _ in items), self.sample_rate)
 
     def _skip(self, path: Path, reason: str) -> None:
-        log.warning("skipping unreadable calibration file %s: %s", path, reason)
+        log.warning("skipping calibration file %s: %s", path, reason)
         self.skipped.append((path, reason))
 
     def _why_empty(self) -> str:
@@ -292,17 +345,18 @@ class CalibrationSet:
                 f"no audio files ({endings}) found in calibration sources {where}; "
                 "pass a folder that contains audio files"
             )
-        if not self.files:
-            path, reason = self.skipped[0]
+        if self.short_files == len(self.skipped):
+            shortest = self.min_fraction * self.clip_seconds
             return (
                 f"all {_count(len(self.skipped), 'audio file')} in calibration sources {where} "
-                f"are unreadable (first: {path}: {reason}); pass audio that soundfile can read"
+                f"are shorter than min_fraction * clip_seconds = {shortest:g} s; "
+                "lower clip_seconds or min_fraction"
             )
-        shortest = self.min_fraction * self.clip_seconds
+        path, reason = next((p, r) for p, r in self.skipped if "shorter than" not in r)
+        short = f"; {self.short_files} too short" if self.short_files else ""
         return (
-            f"all {_count(len(self.files), 'audio file')} in calibration sources {where} are "
-            f"shorter than min_fraction * clip_seconds = {shortest:g} s; "
-            "lower clip_seconds or min_fraction"
+            f"all {_count(len(self.skipped), 'audio file')} in calibration sources {where} "
+            f"are unreadable (first: {path}: {reason}{short}); pass audio that soundfile can read"
         )
 
 

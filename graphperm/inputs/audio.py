@@ -1,8 +1,15 @@
 """Audio adapters: waveforms (HuBERT, wav2vec2, MERT) and Whisper's log-mel window.
 
-Calibration audio is cut into clips by :class:`~graphperm.data.CalibrationSet`; every batch is
-padded to one fixed shape (batch size × clip length, or Whisper's fixed window) so one exported
-graph serves all of them, and the mask marks the real samples.
+Calibration audio is cut into clips by :class:`~graphperm.data.CalibrationSet`.
+
+- Waveform encoders (HuBERT, wav2vec2, MERT) run every clip at its own length: a batch holds
+  clips of one length only (the plan puts equal lengths next to each other), and the graph is
+  exported with a dynamic batch and time axis, so no real frame ever sees padding (their
+  GroupNorm, positional convolution and attention would mix it in) and every frame counts.
+- Whisper's log-mel encoder takes a fixed window (30 s), as it does in transformers: a clip
+  alone is padded to the window, or several are packed end to end into it
+  (``calibration.pack``); packing is decided per window before sharding, so any ``--shard``
+  split packs exactly as one process does.
 
 Example:
     >>> from graphperm.trace import load_model
@@ -18,6 +25,7 @@ import json
 import logging
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any, ClassVar
 
 import torch
 
@@ -51,6 +59,9 @@ class AudioAdapter(InputAdapter):
 
     item = "clips"
     unit = "s"
+    #: Each clip runs at its own length (batches of equal-length clips, a dynamic-shape graph)
+    #: instead of padded to :attr:`span`.
+    own_length: ClassVar[bool] = False
 
     def __init__(self, loaded, settings=None) -> None:
         super().__init__(loaded, settings)
@@ -90,27 +101,78 @@ class AudioAdapter(InputAdapter):
                     f"--calib '{source}' is {kind}, but {self.describe_model()} reads audio; "
                     "pass audio files or folders"
                 )
-        data = CalibrationSet(
+        data = self.plan(sources, shard)
+        summary: dict[str, Any] = {"sample_rate": self.sample_rate}
+
+        def describe() -> None:  # again after reading: a file may fail only then
+            summary["files"] = len(data.files)
+            summary["skipped_files"] = [f"{p}: {why}" for p, why in data.skipped]
+            summary["description"] = data.describe() + self.packing_note(data)
+            if data.short_sources:
+                summary["short_sources"] = [
+                    f"{root}: {n} of its share of {share} clips"
+                    for root, n, share in data.short_sources
+                ]
+
+        def stream(batch_size: int) -> Iterator[ModelBatch]:
+            yield from self.stream(data, batch_size)
+            describe()
+
+        describe()
+        dynamic = self.dynamic_shapes() if self.own_length else None
+        return CalibrationData(stream, len(data), summary, dynamic)
+
+    def plan(self, sources: Sequence[str | Path], shard: tuple[int, int] | None) -> CalibrationSet:
+        """The clips this process reads."""
+        cal = self.settings
+        assert cal is not None
+        return CalibrationSet(
             sources,
             sample_rate=self.sample_rate,
             clip_seconds=cal.clip_seconds,
             num_clips=cal.num_clips,
             seed=cal.seed,
             shard=shard,
+            by_length=self.own_length,
         )
 
-        summary = {
-            "files": len(data.files),
-            "skipped_files": [f"{p}: {why}" for p, why in data.skipped],
-            "description": data.describe(),
-            "sample_rate": self.sample_rate,
-        }
-        return CalibrationData(lambda size: self.stream(data, size), len(data), summary)
+    def packing_note(self, data: CalibrationSet) -> str:
+        return ""
+
+    def dynamic_shapes(self) -> dict[str, Any]:
+        """Batch and time axes of the main input may vary (see :attr:`own_length`)."""
+        from torch.export import Dim
+
+        return {self.input_name: {0: Dim.AUTO, 1: Dim.AUTO}}
 
     def stream(self, data: CalibrationSet, batch_size: int) -> Iterator[ModelBatch]:
-        """Model batches of ``batch_size`` padded clips."""
+        """Model batches of ``batch_size`` clips: of one length each (:attr:`own_length`),
+        else padded to :attr:`span`."""
+        if self.own_length:
+            for batch in data.batches(batch_size, equal_length=True):
+                yield self.own_length_batch(batch, batch_size)
+            return
         for batch in data.batches(batch_size):
             yield self.batch(batch, batch_size)
+
+    def own_length_batch(self, batch: AudioBatch, batch_size: int) -> ModelBatch:
+        """``batch`` (clips of one length) as it is: nothing padded."""
+        rows, n = batch.waveforms.shape
+        lengths = torch.full((rows,), n, dtype=torch.long)
+        mask = torch.ones(rows, n, dtype=torch.bool)
+        return ModelBatch(self.features(batch.waveforms, lengths), mask, rows)
+
+    def padded(self, batch: ModelBatch, batch_size: int) -> ModelBatch:
+        """An own-length ``batch`` zero-padded to :meth:`example`'s shape (``batch_size`` rows
+        of :attr:`span` samples): the fallback when the model cannot be exported with a dynamic
+        length. The padding then reaches the real frames through the model (see the README)."""
+        ((name, x),) = batch.inputs.items()
+        wave = torch.zeros(batch_size, self.span, dtype=x.dtype)
+        rows, n = min(batch_size, x.shape[0]), min(self.span, x.shape[1])
+        wave[:rows, :n] = x[:rows, :n]
+        mask = torch.zeros(batch_size, self.span, dtype=torch.bool)
+        mask[:rows, :n] = batch.mask[:rows, :n]
+        return ModelBatch({name: wave}, mask, batch.items)
 
     def batch(self, batch: AudioBatch, batch_size: int) -> ModelBatch:
         """Pad ``batch`` to ``batch_size`` rows of :attr:`span` samples."""
@@ -133,9 +195,11 @@ def _is_waveform(loaded) -> bool:
 
 @register_adapter("input_values", when=_is_waveform)
 class WaveformAdapter(AudioAdapter):
-    """Raw waveforms, normalised per clip when the feature extractor says so."""
+    """Raw waveforms, normalised per clip when the feature extractor says so; each clip at its
+    own length."""
 
     kind = "waveform"
+    own_length = True
 
     def __init__(self, loaded, settings=None) -> None:
         super().__init__(loaded, settings)
@@ -199,6 +263,40 @@ class LogMelAdapter(AudioAdapter):
         if self.settings is None or not self.settings.pack:
             return 1
         return max(1, self.window_samples // self.clip_samples)
+
+    def plan(self, sources: Sequence[str | Path], shard: tuple[int, int] | None) -> CalibrationSet:
+        """The whole plan is cut into windows of :attr:`per_window` clips first, then a shard
+        takes every n-th window: each window holds the same clips whatever the sharding."""
+        data = super().plan(sources, None)
+        if shard is not None:
+            rank, size = shard
+            k = self.per_window
+            windows = [data.clips[i : i + k] for i in range(0, len(data.clips), k)]
+            if rank >= len(windows):
+                raise CalibrationError(
+                    f"calibration shard {rank} of {size} gets no window (the plan fills only "
+                    f"{len(windows)}); use fewer processes or more calibration audio"
+                )
+            data.clips = [clip for window in windows[rank::size] for clip in window]
+        return data
+
+    def packing_note(self, data: CalibrationSet) -> str:
+        """How much of what a clip's frames attend to is other clips (packing shares context:
+        Whisper's encoder has no attention mask, and the log-mel scale is set per window)."""
+        k = self.per_window
+        if k == 1:
+            return "; one clip per window"
+        shared, total = 0.0, 0.0
+        for i in range(0, len(data.clips), k):
+            window = [c.seconds for c in data.clips[i : i + k]]
+            for own in window:
+                shared += own * (sum(window) - own) / sum(window)
+                total += own
+        frac = shared / total if total else 0.0
+        return (
+            f"; packed {k} clips per window: {100 * frac:.0f} % of the audio a clip's frames "
+            "attend to is other clips' (calibration.pack: false runs each clip alone)"
+        )
 
     def stream(self, data: CalibrationSet, batch_size: int) -> Iterator[ModelBatch]:
         """With packing, each batch row is one window holding up to :attr:`per_window` clips

@@ -77,12 +77,17 @@ class CalibrationData:
     """Calibration data planned from the user's sources, streamed as :class:`ModelBatch` es.
 
     ``stream(batch_size)`` yields batches; ``planned`` is the number of items planned;
-    ``summary`` describes what was found (files, skipped files, a one-line description).
+    ``summary`` describes what was found (files, skipped files, a one-line description; an
+    adapter may complete it once the stream is spent). ``dynamic``, when set, is the
+    ``dynamic_shapes`` argument of :func:`torch.export.export` for inputs whose batch and length
+    vary from batch to batch (each item run at its own length, nothing padded inside a row);
+    None: every batch has the shape of :meth:`InputAdapter.example`.
     """
 
     stream: Callable[[int], Iterator[ModelBatch]]
     planned: int
     summary: dict[str, Any] = field(default_factory=dict)
+    dynamic: dict[str, Any] | None = None
 
     def batches(self, batch_size: int) -> Iterator[ModelBatch]:
         return self.stream(batch_size)
@@ -122,6 +127,11 @@ class InputAdapter:
             f"calibration from files is not supported for {self.describe_model()} "
             f"(main input '{self.input_name}')"
         )
+
+    def padded(self, batch: ModelBatch, batch_size: int) -> ModelBatch:
+        """``batch`` (from a stream with :attr:`CalibrationData.dynamic` axes) padded to
+        :meth:`example`'s shape, for a model that cannot be exported with those axes."""
+        raise NotImplementedError
 
     def max_steps(self, rate: float | None) -> int | None:
         """Steps per batch row that ``rate`` steps per ``unit`` allow (None: keep all)."""

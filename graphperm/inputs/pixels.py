@@ -5,6 +5,11 @@ model's image processor when its folder has a ``preprocessor_config.json``; othe
 is resized to the config's ``image_size`` (bilinear) and normalised with the ImageNet mean
 (0.485, 0.456, 0.406) and std (0.229, 0.224, 0.225). One mask position per image.
 
+Every image is first brought to 8-bit RGB (or grayscale, for one-channel models) by its real
+range (:func:`to_8bit`): 16- and 32-bit grayscale scaled from their bit depth (PIL's own
+conversion clips them to white), palettes expanded, transparency laid over white (as
+transformers' ``convert_rgb`` does), CMYK converted.
+
 Example:
     >>> from graphperm.trace import load_model
     >>> adapter = adapter_for(load_model("builtin:vit-tiny"))
@@ -17,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from graphperm.data.text import IMAGE_SUFFIXES, find_files, pick
@@ -29,10 +35,41 @@ from graphperm.inputs.base import (
     register_adapter,
 )
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "PixelAdapter", "adapter_for"]
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "PixelAdapter", "adapter_for", "to_8bit"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def to_8bit(im, mode: str = "RGB"):
+    """PIL image ``im`` as an 8-bit ``mode`` (``"RGB"`` or ``"L"``) image, by its real range.
+
+    Example:
+        >>> from PIL import Image
+        >>> deep = Image.fromarray(np.full((2, 2), 32768, dtype=np.uint16))  # mode I;16
+        >>> deep.convert("RGB").getpixel((0, 0)), to_8bit(deep).getpixel((0, 0))
+        ((255, 255, 255), (128, 128, 128))
+        >>> clear = Image.new("RGBA", (1, 1), (0, 0, 0, 0))  # transparent: white, not black
+        >>> to_8bit(clear).getpixel((0, 0))
+        (255, 255, 255)
+    """
+    from PIL import Image
+
+    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        x = np.asarray(im, dtype=np.float64)
+        if im.mode == "F":
+            top = 1.0 if x.max(initial=0.0) <= 1.0 else 65535.0
+        else:  # I;16*, and I: the mode PIL gives many 16-bit files
+            top = 65535.0
+        gray = Image.fromarray(np.clip(np.rint(x / top * 255.0), 0, 255).astype(np.uint8), "L")
+        return gray if mode == "L" else gray.convert(mode)
+    if im.mode == "P":
+        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+    if im.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
+        rgba = im.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        im = Image.alpha_composite(white, rgba).convert("RGB")
+    return im.convert(mode)
 
 
 @register_adapter("pixel_values")
@@ -71,6 +108,8 @@ class PixelAdapter(InputAdapter):
     def pixels(self, images: list, processor) -> torch.Tensor:
         """``(len(images), C, H, W)`` float pixel values of PIL ``images``."""
         h, w = self.image_size()
+        mode = "RGB" if self.channels == 3 else "L"
+        images = [to_8bit(im, mode) for im in images]
         if processor is not None:
             out = processor(images=images, return_tensors="pt")["pixel_values"].float()
             if tuple(out.shape[-2:]) != (h, w):
@@ -79,12 +118,11 @@ class PixelAdapter(InputAdapter):
                     f"expects {(h, w)}; fix preprocessor_config.json"
                 )
             return out
-        mode = "RGB" if self.channels == 3 else "L"
         mean = torch.tensor(IMAGENET_MEAN if self.channels == 3 else (0.5,)).view(-1, 1, 1)
         std = torch.tensor(IMAGENET_STD if self.channels == 3 else (0.5,)).view(-1, 1, 1)
         rows = []
         for im in images:
-            im = im.convert(mode).resize((w, h), resample=2)  # 2: bilinear
+            im = im.resize((w, h), resample=2)  # 2: bilinear
             x = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8).float() / 255.0
             x = x.view(h, w, -1).permute(2, 0, 1)
             rows.append((x - mean) / std)

@@ -99,16 +99,29 @@ class TokenAdapter(InputAdapter):
         if source.startswith("builtin:"):
             raise CalibrationError(missing)
         folder = Path(source)
-        if folder.is_dir() and not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        saved = [name for name in TOKENIZER_FILES if (folder / name).is_file()]
+        if folder.is_dir() and not saved:
             raise CalibrationError(missing)
         from transformers import AutoTokenizer
 
         try:
             tok = AutoTokenizer.from_pretrained(source)
         except Exception as err:  # transformers raises OSError, ValueError, TypeError, ...
-            raise CalibrationError(missing) from err
-        if len(tok) <= len(tok.all_special_tokens):  # built from the config alone: no vocabulary
-            raise CalibrationError(missing)
+            if not saved:
+                raise CalibrationError(missing) from err
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+            raise CalibrationError(
+                f"cannot load the tokenizer saved in '{source}' ({', '.join(saved)}): {first}; "
+                "save it again with tokenizer.save_pretrained"
+            ) from err
+        if len(tok) <= len(tok.all_special_tokens):  # no word of its own: nothing to read
+            if not saved:  # built from the config alone
+                raise CalibrationError(missing)
+            raise CalibrationError(
+                f"the tokenizer saved in '{source}' ({', '.join(saved)}) has an empty vocabulary "
+                f"(only its {len(tok)} special tokens); save the tokenizer with its vocabulary "
+                "(tokenizer.save_pretrained after training or loading it)"
+            )
         if tok.pad_token is None:  # causal LMs (GPT-2, Llama) often have none: pad with EOS
             tok.pad_token = tok.eos_token or tok.unk_token or tok.bos_token
         if tok.pad_token is None:
@@ -127,7 +140,8 @@ class TokenAdapter(InputAdapter):
         for source in sources:
             self._check_is_text(Path(source))
         tok = self.tokenizer()
-        texts = read_texts(sources)
+        counts: dict = {}
+        texts = read_texts(sources, counts)
         found = len(texts)
         texts = pick(texts, self.settings.num_clips, self.settings.seed, shard)
 
@@ -135,10 +149,14 @@ class TokenAdapter(InputAdapter):
             for i in range(0, len(texts), batch_size):
                 yield self.batch(tok, texts[i : i + batch_size], batch_size)
 
+        description = f"{len(texts)} of {found} texts, up to {self.length} tokens each"
+        if counts["skipped_texts"]:
+            description += f"; {counts['skipped_texts']} records without text skipped"
         summary = {
-            "files": len({str(s) for s in sources}),
+            "files": counts["files"],
             "skipped_files": [],
-            "description": f"{len(texts)} of {found} texts, up to {self.length} tokens each",
+            "skipped_texts": counts["skipped_texts"],
+            "description": description,
         }
         return CalibrationData(stream, len(texts), summary)
 
@@ -155,8 +173,9 @@ class TokenAdapter(InputAdapter):
         else:
             return
         if found is not None:
+            what = f"holds {found} and no text files" if source.is_dir() else f"is {found}"
             raise CalibrationError(
-                f"--calib '{source}' is {found}, but {self.describe_model()} reads text; pass "
+                f"--calib '{source}' {what}, but {self.describe_model()} reads text; pass "
                 f"text files ({', '.join(TEXT_SUFFIXES)}) or folders of them"
             )
 

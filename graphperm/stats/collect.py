@@ -17,6 +17,7 @@ from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import torch
+from torch.export import ExportedProgram
 from tqdm.auto import tqdm
 
 from graphperm.analysis import Analysis, Site
@@ -130,6 +131,7 @@ def collect(
     check_every: int = 0,
     device: torch.device | str = "cpu",
     float64_sites: Collection[SiteKey] = (),
+    programs: dict[int | None, tuple[ExportedProgram, dict[str, str]]] | None = None,
 ) -> Statistics:
     """Run every model (``states[0]`` is the reference A) on every batch and accumulate
     statistics at ``sites``.
@@ -137,15 +139,23 @@ def collect(
     ``pairs`` are the model pairs whose cross statistics are kept (default ``(0, k)``: each
     model against A). ``precision`` is ``fp32``, ``bf16`` (forwards under bf16 autocast and bf16
     cross products, fp32 sums: about twice as fast on CPUs with bf16 units, less exact) or
-    ``fp64`` (the exact reference). ``max_frames_per_row`` subsamples a site's time axis evenly
-    to at most that many frames per batch row (the high-rate conv sites); ``None`` keeps every
-    frame. ``split_half`` alternates batches between two halves. Every ``check_every`` batches,
-    ``stop(stats)`` may end the pass early (enough data). ``total`` (items) sizes the progress
+    ``fp64`` (the exact reference: forwards and sums in float64). ``max_frames_per_row``
+    subsamples a site's time axis evenly to at most that many frames per batch row (the
+    high-rate conv sites); ``None`` keeps every frame. ``split_half`` alternates batches
+    between two halves. Every ``check_every`` batches, ``stop(stats)`` may end the pass early
+    (enough data). ``total`` (items) sizes the progress
     bar. On ``device="cuda"`` the forwards and the sums run on the GPU; the statistics come back
     on the CPU. ``float64_sites`` accumulate in float64 whatever the precision (sites of rotated
     parts: a Procrustes solve amplifies rounding by the covariance's condition number).
+    ``programs`` run the batches instead of the analysed graph: the same model exported with a
+    dynamic batch and length (each with its node name for every value of the analysed graph),
+    for batches of any shape whose rows are each all real or all padding; key 1 takes batches
+    of one row, key None any other.
     """
     device = torch.device(device)
+    wide = precision == "fp64"
+    if wide:  # the forwards too: the graph runs in any float dtype
+        states = [{k: _wide(v) for k, v in s.items()} for s in states]
     if device.type != "cpu":
         states = [{k: v.to(device) for k, v in s.items()} for s in states]
     pairs = tuple(pairs) if pairs is not None else reference_pairs(len(states))
@@ -179,7 +189,17 @@ def collect(
     for (key, _), lay in layouts.items():  # a value's sites share one time axis and stride
         if strides[(key, _)] > 1:
             in_graph.setdefault(key, (lay.time, strides[(key, _)]))
-    runner = InterleavedRunner(analysis.traced.program, keys, len(states), in_graph, device=device)
+    dynamic = programs is not None
+    runners = {
+        rows: InterleavedRunner(
+            program,
+            [rename.get(k, k) for k in keys],
+            len(states),
+            {rename.get(k, k): v for k, v in in_graph.items()},
+            device=device,
+        )
+        for rows, (program, rename) in (programs or {None: (analysis.traced.program, {})}).items()
+    }
     by_value: dict[str, list[SiteKey]] = {}
     for k in layouts:
         by_value.setdefault(k[0], []).append(k)
@@ -192,6 +212,8 @@ def collect(
             layout = layouts[k]
             step = in_graph.get(k[0], (0, 1))[1]
             full = shapes[k][layout.time] if layout.time is not None else 0
+            if full and dynamic:  # this batch's length (its rows are all real or all padding)
+                full = values[0].shape[layout.time] * step
             if full not in steps:  # no time axis (0): a row counts if any of it is real
                 mask = now["mask"]
                 steps[full] = step_mask(mask, full) if full else mask.any(1, keepdim=True)
@@ -210,11 +232,13 @@ def collect(
     bar = tqdm(total=total, unit="item", desc="statistics", disable=not progress)
     with bar:
         for batch in batches:
-            inputs = {k: v.to(device) for k, v in batch.inputs.items()}
+            inputs = {k: (_wide(v) if wide else v).to(device) for k, v in batch.inputs.items()}
             now.update(
                 mask=batch.mask.to(device), steps={}, part=stats.parts[stats.batches % halves]
             )
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+                rows = batch.mask.shape[0]
+                runner = runners.get(rows) or runners.get(None) or runners[rows]
                 runner(list(states), inputs, visit)
             stats.positions += batch.positions
             stats.batches += 1
@@ -228,6 +252,10 @@ def collect(
     if device.type != "cpu":
         stats.parts = [{k: s.to("cpu") for k, s in part.items()} for part in stats.parts]
     return stats
+
+
+def _wide(t: torch.Tensor) -> torch.Tensor:
+    return t.double() if t.is_floating_point() else t
 
 
 def _stride(steps: int, max_frames: int | None) -> int:

@@ -15,6 +15,7 @@ Example:
 from __future__ import annotations
 
 import copy
+import difflib
 from collections.abc import Callable
 
 import torch
@@ -22,7 +23,7 @@ from torch import fx
 from torch.export import ExportedProgram
 from torch.export.graph_signature import InputKind
 
-__all__ = ["InterleavedRunner", "SiteRunner"]
+__all__ = ["InterleavedRunner", "SiteRunner", "match_values"]
 
 
 class SiteRunner:
@@ -217,3 +218,36 @@ def _constants(program, device: torch.device) -> dict:
     return {
         k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in program.constants.items()
     }
+
+
+def match_values(static: fx.Graph, dynamic: fx.Graph) -> dict[str, str]:
+    """Node names of ``dynamic`` (the same model exported with dynamic shapes) for the ATen
+    values of ``static``: both run the same ops in the same order, but the dynamic graph has
+    shape arithmetic (and a few slices) in between, which shifts the numbering of names. Only
+    runs of equal ops are matched; callers check the values agree.
+
+    Example:
+        >>> from graphperm.trace import load_model, trace
+        >>> from torch.export import Dim
+        >>> m = load_model("builtin:hubert-tiny")
+        >>> a = trace(m).program.graph
+        >>> b = trace(m, dynamic_shapes={"input_values": {1: Dim.AUTO}}).program.graph
+        >>> names = match_values(a, b)
+        >>> names["gelu"], all(names[k] == k for k in ("conv1d", "layer_norm"))
+        ('gelu', True)
+    """
+
+    def ops(graph: fx.Graph) -> list[fx.Node]:
+        return [
+            n
+            for n in graph.nodes
+            if n.op == "call_function" and isinstance(n.target, torch._ops.OpOverload)
+        ]
+
+    a, b = ops(static), ops(dynamic)
+    matcher = difflib.SequenceMatcher(None, [str(n.target) for n in a], [str(n.target) for n in b])
+    names = {}
+    for i, j, size in matcher.get_matching_blocks():
+        for k in range(size):
+            names[a[i + k].name] = b[j + k].name
+    return names

@@ -46,8 +46,14 @@ class Traced:
     specialised: bool = False
 
 
-def trace(loaded: LoadedModel, inputs: dict[str, torch.Tensor] | None = None) -> Traced:
-    """Export ``loaded.module`` on ``inputs`` (default: :func:`example_inputs`)."""
+def trace(
+    loaded: LoadedModel,
+    inputs: dict[str, torch.Tensor] | None = None,
+    *,
+    dynamic_shapes: dict | None = None,
+) -> Traced:
+    """Export ``loaded.module`` on ``inputs`` (default: :func:`example_inputs`);
+    ``dynamic_shapes`` (as :func:`torch.export.export` takes it) lets axes vary."""
     inputs = inputs if inputs is not None else example_inputs(loaded)
     module = loaded.module.eval()
     start = time.perf_counter()
@@ -56,9 +62,13 @@ def trace(loaded: LoadedModel, inputs: dict[str, torch.Tensor] | None = None) ->
         # on failure export prints the partial graph: the error below says what went wrong
         with warnings.catch_warnings(), torch.no_grad(), redirect_stderr(io.StringIO()):
             warnings.simplefilter("ignore")
-            program = torch.export.export(module, (), dict(inputs), strict=False)
+            program = torch.export.export(
+                module, (), dict(inputs), dynamic_shapes=dynamic_shapes, strict=False
+            )
     except Exception as err:
-        program = _specialised(module, inputs) if _data_dependent(err) else None
+        # specialised to the inputs' values (and so their shapes) only when no axis may vary
+        specialise = _data_dependent(err) and dynamic_shapes is None
+        program = _specialised(module, inputs) if specialise else None
         if program is None:
             first = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
             raise TraceError(

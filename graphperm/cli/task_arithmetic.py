@@ -71,8 +71,12 @@ def run_task_arithmetic(args: argparse.Namespace) -> int:
                     p.rename(tmp / p.name)
                 folder.rmdir()
     c = policy.combine
-    terms = " + ".join(f"{w:g}·τ_{chr(65 + i)}" for i, w in enumerate(weights[0]))
     how = "" if c.method == "interpolate" else f" ({c.method})"
-    where = f"{len(weights)} folders in {args.out}" if sweep else str(args.out)
-    say(f"merged = BASE + {c.scale:g}·({terms}){how} written to {where}")
+    if sweep:
+        terms = " + ".join(f"w_{chr(65 + i)}·τ_{chr(65 + i)}" for i in range(len(specs)))
+        each = ", ".join(sweep_folder(w[0]) for w in weights)
+        say(f"merged = BASE + {c.scale:g}·({terms}){how} written to {args.out}: {each}")
+    else:
+        terms = " + ".join(f"{w:g}·τ_{chr(65 + i)}" for i, w in enumerate(weights[0]))
+        say(f"merged = BASE + {c.scale:g}·({terms}){how} written to {args.out}")
     return 0

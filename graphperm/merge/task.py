@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from graphperm.errors import PolicyError
+from graphperm.errors import MismatchError, PolicyError
 from graphperm.merge.checks import check_same_architecture, model_letter
 from graphperm.merge.combine import combine
 from graphperm.policy import Combine, Policy
@@ -149,7 +149,14 @@ def task_arithmetic_sweep(
             "per-module weights (the policy's 'weights') are not supported with a base model; "
             "remove them or merge without --base"
         )
-    check_same_architecture(base, *models)
+    for k, m in enumerate(models):
+        try:
+            check_same_architecture(base, m)
+        except MismatchError as err:
+            raise MismatchError(
+                f"model {model_letter(k)} ({m.source}) does not have the architecture of the "
+                f"base {base.source} (below, A is the base and B that model): {err}"
+            ) from None
     t = time.perf_counter()
     base_state = base.state_dict()
     distances = [task_distance(base_state, m) for m in models]
@@ -161,7 +168,7 @@ def task_arithmetic_sweep(
                 f"{base.source} (median cosine of its weight matrices with the base's "
                 f"{d.median_cosine:.2f}); its task vector is the whole model"
             )
-            log.warning("%s", warnings[-1])
+            log.info("%s", warnings[-1])  # result.warnings: the caller shows them
     measured = time.perf_counter() - t
     states = [m.state_dict() for m in models]
     n = len(models)

@@ -25,8 +25,9 @@ from graphperm.cli.common import (
 )
 from graphperm.distributed import finish, is_main
 from graphperm.errors import PolicyError
-from graphperm.merge import align_models, merge_all, merge_sweep
+from graphperm.merge import Alignment, align_models, merge_all, merge_sweep
 from graphperm.output import check_output, output_folder, save_alignment, save_merge
+from graphperm.trace import LoadedModel
 
 MERGE_HELP = "align models B, C, ... to model A's units on calibration data, then interpolate"
 ALIGN_HELP = "find the permutations only (permutations*.safetensors, policy, report)"
@@ -179,7 +180,13 @@ def _merge(args: argparse.Namespace) -> int:
     return 0
 
 
-def _sweep(args, models, alignment, sweep: list[list[float]], command: str) -> int:
+def _sweep(
+    args: argparse.Namespace,
+    models: list[LoadedModel],
+    alignment: Alignment,
+    sweep: list[list[float]],
+    command: str,
+) -> int:
     """One merged folder per weight vector, OUT/weight-W/, from the one alignment."""
     with output_folder(args.out, force=args.force) as tmp:
         for result in merge_sweep(alignment, models, sweep, inplace=True):

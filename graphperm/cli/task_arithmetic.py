@@ -12,11 +12,12 @@ from graphperm.errors import PolicyError
 from graphperm.merge import task_arithmetic_sweep
 from graphperm.output import check_output, output_folder
 from graphperm.output.task import write_task_arithmetic
+from graphperm.policy import Policy
 
 __all__ = ["run_task_arithmetic"]
 
 
-def _weights(args: argparse.Namespace, models: int, policy) -> list[list[float]]:
+def _weights(args: argparse.Namespace, models: int, policy: Policy) -> list[list[float]]:
     sweep = sweep_from_args(args, models)
     if sweep is not None:
         return sweep

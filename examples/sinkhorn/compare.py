@@ -3,6 +3,7 @@ matched correlation (on the same statistics) is higher or lower.
 
     python examples/sinkhorn/compare.py                       # the demo speech/music encoders
     python examples/sinkhorn/compare.py builtin:hubert-tiny builtin:hubert-tiny
+    python examples/sinkhorn/compare.py --steps 100      # fewer optimisation steps (300)
 
 One calibration pass; both methods solve the same statistics. Prints one row per group: units
 placed differently, and the mean matched correlation of each solution.
@@ -10,24 +11,29 @@ placed differently, and the mean matched correlation of each solution.
 
 from __future__ import annotations
 
-import sys
+import argparse
 from importlib.resources import files
 
-import torch
-
+import graphperm.solve.sinkhorn as sinkhorn
 from graphperm.merge import align
 from graphperm.policy import load_policy
 from graphperm.solve import Problem, get_method
 from graphperm.trace import load_model
 
 
-def main(argv: list[str]) -> None:
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("models", nargs="*", help="A and B (default: the demo encoders)")
+    parser.add_argument("--steps", type=int, default=sinkhorn.STEPS, help="Sinkhorn steps")
+    parser.add_argument("--clips", type=int, default=32, help="calibration clips of 1 s")
+    args = parser.parse_args()
+    sinkhorn.STEPS = args.steps
     assets = files("graphperm") / "assets"
-    specs = argv or [str(assets / "encoders" / "speech"), str(assets / "encoders" / "music")]
+    specs = args.models or [str(assets / "encoders" / "speech"), str(assets / "encoders" / "music")]
     calib = [str(assets / "demo" / "calib")]
     a, b = load_model(specs[0]), load_model(specs[1], seed=1)
     policy = load_policy("paper").model_dump()
-    policy["calibration"].update(clip_seconds=1.0, num_clips=32)
+    policy["calibration"].update(clip_seconds=1.0, num_clips=args.clips)
     policy["tie_margin"] = 0.0  # compare the assignments themselves
     alignment = align(a, b, policy, calib)
     problem = Problem(alignment.analysis, alignment.plan, 1, alignment.stats)
@@ -46,8 +52,7 @@ def main(argv: list[str]) -> None:
             f"{r_lap.name:44s} matched corr: assignment {r_lap.corr_after:.4f}, "
             f"sinkhorn {r_soft.corr_after:.4f}"
         )
-    torch.set_printoptions(precision=4)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()

@@ -41,11 +41,12 @@ def main() -> None:
     soft = get_method("sinkhorn").align(problem)
     total = differ = 0
     print(f"{'group':44s} {'part':6s} {'units':>5s} {'differ':>6s}")
-    for (group, part), p in lap.perms.items():
-        q = soft.perm.get(group, part)
-        n, d = p.numel(), int((p != q).sum())
-        total, differ = total + n, differ + d
-        print(f"{group:44s} {part:6s} {n:5d} {d:6d}")
+    for group, parts in lap.perms.items():
+        for part, p in parts.items():
+            q = soft.perm.get(group, part)
+            n, d = p.numel(), int((p != q).sum())
+            total, differ = total + n, differ + d
+            print(f"{group:44s} {part:6s} {n:5d} {d:6d}")
     print(f"all parts: {differ} of {total} units placed differently ({100 * differ / total:.1f}%)")
     for r_soft, r_lap in zip(soft.reports, alignment.reports):
         print(

@@ -39,7 +39,7 @@ from graphperm.analysis import analyse  # noqa: E402
 from graphperm.apply import fold_state, folds_for  # noqa: E402
 from graphperm.inputs import ModelBatch  # noqa: E402
 from graphperm.merge import Alignment, align, finish_alignment, merge_models  # noqa: E402
-from graphperm.policy import Policy, load_policy, resolve  # noqa: E402
+from graphperm.policy import Combine, Policy, load_policy, resolve  # noqa: E402
 from graphperm.solve import get_method  # noqa: E402
 from graphperm.stats import collect  # noqa: E402
 from graphperm.trace import LoadedModel, trace  # noqa: E402
@@ -135,11 +135,11 @@ class AlignedMerger:
 
 
 def _aligned(
-    rules: list[dict], description: str, how: str = "activations"
+    rules: list[dict], description: str, how: str = "activations", combine: str = "interpolate"
 ) -> Callable[..., AlignedMerger]:
     def method(a: LoadedModel, b: LoadedModel, calib: Calib) -> AlignedMerger:
         policy = policy_for(rules, kinds_of(a, calib), description)
-        policy = policy.model_copy(update={"method": how})
+        policy = policy.model_copy(update={"method": how, "combine": Combine(method=combine)})
         start = time.perf_counter()
         alignment = find_alignment(a, b, policy, calib)
         info = {
@@ -239,6 +239,11 @@ METHODS: dict[str, Callable[[LoadedModel, LoadedModel, Calib], Merger]] = {
     "orth-all-first": _aligned(
         first(ORTH_ALL_RULES), "every exact rotation, residual measured at its first site"
     ),
+    # issue 20: the paper code's other tools on the best post-LN recipe (every group)
+    "all-sinkhorn": _aligned(ALL_RULES, "every group, Sinkhorn matching", how="sinkhorn"),
+    "all-ties": _aligned(ALL_RULES, "every group, then TIES (paper code's rule)", combine="ties"),
+    "all-dare": _aligned(ALL_RULES, "every group, then DARE (drop 0.5)", combine="dare"),
+    "plain-ties": _aligned([], "no alignment, TIES (paper code's rule)", combine="ties"),
     "orth-attn-hybrid-first": _aligned(
         first(ORTH_ATTN_RULES),
         "heads' qk/vo rotated, residual permuted and measured at its first site, + weights",

@@ -10,6 +10,8 @@ Library use (e.g. from a merge script in this folder)::
     best = best_accuracies(sp, mu)                     # per task, the better original model
     domain_scores(merged, fb, best)                    # {"speech": ..., "music": ..., "avg": ...}
     mcnemar(merged["tasks"]["ks"]["correct"], sp["tasks"]["ks"]["correct"])   # p-value
+    paired_bootstrap(merged["tasks"]["ks"]["correct"], sp["tasks"]["ks"]["correct"])
+    benjamini_hochberg([p_ks, p_sid, ...])              # q-values across tasks
 
 For each task, every clip is run once through the frozen encoder (`output_hidden_states=True`)
 and each layer's output is mean-pooled over time (clips of one task have one length, so there
@@ -320,6 +322,51 @@ def mcnemar(correct_a: Sequence[int], correct_b: Sequence[int]) -> float:
     if only_a + only_b == 0:
         return 1.0
     return float(binomtest(only_a, only_a + only_b, 0.5).pvalue)
+
+
+def paired_bootstrap(
+    correct_a: Sequence[int], correct_b: Sequence[int], *, resamples: int = 10_000, seed: int = 0
+) -> float:
+    """Two-sided paired-bootstrap p-value of the accuracy difference of two models scored on the
+    same clips: clips are resampled with replacement (both models together), and the p-value is
+    the share of resampled differences at least as far from the observed one as the observed one
+    is from zero (the bootstrap distribution shifted to the null).
+
+    >>> paired_bootstrap([1, 1, 0, 1], [1, 1, 0, 1])
+    1.0
+    >>> paired_bootstrap([1] * 60 + [0] * 40, [0] * 60 + [1] * 40) < 0.05
+    True
+    """
+    a, b = np.asarray(correct_a, dtype=float), np.asarray(correct_b, dtype=float)
+    if a.shape != b.shape:
+        raise ValueError(f"correctness vectors differ in length: {a.shape} vs {b.shape}")
+    diff = a - b
+    observed = float(diff.mean())
+    if observed == 0.0:
+        return 1.0
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(diff), size=(resamples, len(diff)))
+    boot = diff[idx].mean(axis=1)
+    return float(np.mean(np.abs(boot - observed) >= abs(observed)))
+
+
+def benjamini_hochberg(pvalues: Sequence[float]) -> list[float]:
+    """Benjamini–Hochberg adjusted p-values (q-values), in the input order: reject at false
+    discovery rate α where q ≤ α.
+
+    >>> [round(q, 3) for q in benjamini_hochberg([0.01, 0.04, 0.03, 0.2])]
+    [0.04, 0.053, 0.053, 0.2]
+    """
+    p = np.asarray(pvalues, dtype=float)
+    m = len(p)
+    if m == 0:
+        return []
+    order = np.argsort(p)
+    ranked = p[order] * m / np.arange(1, m + 1)
+    q = np.minimum.accumulate(ranked[::-1])[::-1]
+    out = np.empty(m)
+    out[order] = np.minimum(q, 1.0)
+    return [float(x) for x in out]
 
 
 # ------------------------------------------------------------------------------------------

@@ -178,7 +178,7 @@ def add_merge_args(
     p.add_argument(
         "--method",
         metavar="NAME",
-        help="override the policy's alignment method (activations, weights, hybrid)",
+        help="override the policy's alignment method (activations, weights, hybrid, sinkhorn)",
     )
     p.add_argument(
         "--transform",

@@ -11,6 +11,12 @@ import shlex
 import sys
 from pathlib import Path
 
+from graphperm.cli.combine_args import (
+    add_combine_args,
+    combine_policy,
+    sweep_folder,
+    sweep_from_args,
+)
 from graphperm.cli.common import (
     add_dtype_arg,
     add_merge_args,
@@ -23,9 +29,10 @@ from graphperm.cli.common import (
 )
 from graphperm.distributed import finish, is_main
 from graphperm.errors import PolicyError, UsageError
-from graphperm.merge import align_models, merge_all
+from graphperm.merge import Alignment, align_models, merge_all, merge_sweep
 from graphperm.output import check_output, output_folder, save_alignment, save_merge
 from graphperm.output.config import load_merge_config
+from graphperm.trace import LoadedModel
 
 MERGE_HELP = "align models B, C, ... to model A's units on calibration data, then interpolate"
 ALIGN_HELP = "find the permutations only (permutations*.safetensors, policy, report)"
@@ -62,9 +69,11 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument(
         "--weight-a",
         type=float,
+        nargs="+",
         metavar="W",
         help="interpolation weight of model A (overrides the policy's weight_a; the others "
-        "share the rest equally)",
+        "share the rest equally); several weights: one merged folder per weight, "
+        "OUT/weight-W/, from one calibration and one solve",
     )
     p.add_argument(
         "--weights",
@@ -75,6 +84,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "policy's model_weights)",
     )
     add_dtype_arg(p)
+    add_combine_args(p)
     p.set_defaults(func=run_merge)
     return p
 
@@ -95,6 +105,9 @@ def _weights(args: argparse.Namespace, models: int) -> list[float] | None:
     """The ``--weights`` / ``--weight-a`` override (None: the policy's), checked."""
     weights = getattr(args, "weights", None)
     weight_a = getattr(args, "weight_a", None)
+    if weight_a is not None and len(weight_a) > 1:
+        return None  # a sweep (sweep_from_args)
+    weight_a = weight_a[0] if weight_a else None
     if weights is not None and weight_a is not None:
         raise PolicyError("give --weights or --weight-a, not both")
     if weights is not None:
@@ -155,7 +168,7 @@ def _setup(args: argparse.Namespace):
     if args.policy is None:  # the default is chosen from model A
         models = [load_cli_model(args, specs[0], seed=0)]
         choose_policy(args, models[0])
-    policy = policy_from_args(args)
+    policy = combine_policy(args, policy_from_args(args))
     rounds = getattr(args, "consensus_rounds", None)
     if rounds is not None:
         if rounds < 0:
@@ -192,11 +205,15 @@ def run_merge(args: argparse.Namespace) -> int:
 
 def _merge(args: argparse.Namespace) -> int:
     _from_config(args)
+    if args.base:
+        from graphperm.cli.task_arithmetic import run_task_arithmetic
+
+        return run_task_arithmetic(args)
+    sweep = sweep_from_args(args, len(_specs(args)))  # checked before any model is loaded
     models, alignment, weights = _setup(args)
     if not is_main():
         return 0
     alignment.stats = None  # free the statistics before the merge needs memory
-    result = merge_all(alignment, models, weights=weights, inplace=True)
     command = shlex.join(["graphperm", *sys.argv[1:]])
     config = {
         "calib": list(args.calib),
@@ -204,6 +221,9 @@ def _merge(args: argparse.Namespace) -> int:
         "seed_b": args.seed_b,
         "trust_remote_code": args.trust_remote_code,
     }
+    if sweep is not None:
+        return _sweep(args, models, alignment, sweep, command)
+    result = merge_all(alignment, models, weights=weights, inplace=True)
     save_merge(result, args.out, force=args.force, command=command, dtype=args.dtype, config=config)
     print_alignment(alignment)
     if result.check is not None:
@@ -218,6 +238,25 @@ def _merge(args: argparse.Namespace) -> int:
     say(
         f"merged = {' + '.join(terms)} written to {args.out} (loads with AutoModel.from_pretrained)"
     )
+    return 0
+
+
+def _sweep(
+    args: argparse.Namespace,
+    models: list[LoadedModel],
+    alignment: Alignment,
+    sweep: list[list[float]],
+    command: str,
+) -> int:
+    """One merged folder per weight vector, OUT/weight-W/, from the one alignment."""
+    with output_folder(args.out, force=args.force) as tmp:
+        for result in merge_sweep(alignment, models, sweep, inplace=True):
+            save_merge(
+                result, tmp / sweep_folder(result.weight_a), command=command, dtype=args.dtype
+            )
+    print_alignment(alignment)
+    names = ", ".join(sweep_folder(w[0]) for w in sweep)
+    say(f"{len(sweep)} merges ({names}) written to {args.out}, from one calibration")
     return 0
 
 

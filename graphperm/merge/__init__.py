@@ -11,6 +11,7 @@ from graphperm.merge.interpolate import interpolate
 from graphperm.merge.pipeline import (
     align,
     align_models,
+    aligned_states,
     enough_data,
     finish_alignment,
     merge_all,
@@ -18,18 +19,32 @@ from graphperm.merge.pipeline import (
     prepare,
 )
 from graphperm.merge.results import Alignment, MergeResult
+from graphperm.merge.sweep import merge_sweep, sweep_weights
+from graphperm.merge.task import (
+    TaskArithmeticResult,
+    TaskDistance,
+    task_arithmetic,
+    task_arithmetic_sweep,
+)
 
 __all__ = [
     "Alignment",
     "MergeResult",
+    "TaskArithmeticResult",
+    "TaskDistance",
     "align",
     "align_models",
+    "aligned_states",
     "check_same_architecture",
     "enough_data",
     "finish_alignment",
     "interpolate",
     "merge_all",
     "merge_models",
+    "merge_sweep",
     "model_letter",
     "prepare",
+    "sweep_weights",
+    "task_arithmetic",
+    "task_arithmetic_sweep",
 ]

@@ -39,7 +39,7 @@ from graphperm.distributed import gather_calibration, world
 from graphperm.errors import CalibrationError, PolicyError
 from graphperm.inputs import InputAdapter, calibration_adapter
 from graphperm.merge.checks import check_same_architecture
-from graphperm.merge.interpolate import interpolate
+from graphperm.merge.combine import combine
 from graphperm.merge.quality import weight_agreement
 from graphperm.merge.results import Alignment, MergeResult
 from graphperm.policy import Plan, Policy, load_policy, resolve
@@ -58,6 +58,7 @@ from graphperm.trace import LoadedModel, trace
 __all__ = [
     "align",
     "align_models",
+    "aligned_states",
     "enough_data",
     "finish_alignment",
     "merge_all",
@@ -326,6 +327,28 @@ def merge_all(
     policy = alignment.policy
     if weights is not None:
         policy = policy.with_weights(list(weights))
+    states, checks, timings = aligned_states(
+        alignment, models, verify=policy.verify, inplace=inplace
+    )
+    t = time.perf_counter()
+    n = len(models)
+    merged = combine(
+        states, lambda key: policy.weights_for(key, n), policy.combine, inplace=inplace
+    )
+    timings["interpolate_s"] = time.perf_counter() - t
+    return MergeResult(alignment, merged, models[0], policy.base_weights(n), checks, timings)
+
+
+def aligned_states(
+    alignment: Alignment, models: Sequence[LoadedModel], *, verify: bool, inplace: bool = False
+) -> tuple[list[dict], list, dict[str, float]]:
+    """Every model's state in A's basis (A folded, the others permuted; with ``inplace`` the
+    models' own tensors), the checks that each permuted model computes what it computed
+    (``verify``), and the time each took: what every combination starts from."""
+    if len(models) != alignment.models:
+        raise PolicyError(
+            f"the alignment is for {alignment.models} models, {len(models)} were given"
+        )
     timings = {"permute_s": 0.0, "verify_s": 0.0}
     indexer = Indexer(alignment.analysis)
     inputs = check_inputs(alignment.analysis)
@@ -333,7 +356,7 @@ def merge_all(
     folds = folds_for(alignment.analysis, rotated)
     states, checks = [fold_state(models[0].state_dict(), folds, inplace=inplace)], []
     for model, perm in zip(models[1:], alignment.perms):
-        checking = policy.verify and bool(perm.perms)
+        checking = verify and bool(perm.perms)
         t = time.perf_counter()
         reference = outputs(model.module, inputs) if checking else None
         state = permute_state(indexer, model.state_dict(), perm, inplace=inplace)
@@ -350,8 +373,4 @@ def merge_all(
         states.append(state)
     if not checks:
         del timings["verify_s"]
-    t = time.perf_counter()
-    n = len(models)
-    merged = interpolate(states, lambda key: policy.weights_for(key, n), inplace=inplace)
-    timings["interpolate_s"] = time.perf_counter() - t
-    return MergeResult(alignment, merged, models[0], policy.base_weights(n), checks, timings)
+    return states, checks, timings

@@ -142,6 +142,10 @@ def model_card(report: dict, command: str, *, config: bool = True) -> str:
     ]
     if cal.get("description"):
         lines.append(f"- calibration data: {cal['description']}")
+    combine = report.get("combine") or {}
+    if combine.get("method", "interpolate") != "interpolate":
+        settings = ", ".join(f"{k} {v}" for k, v in combine.items() if k != "method")
+        lines.append(f"- combination: {combine['method']} ({settings}) instead of interpolation")
     rounds = report.get("consensus")
     if rounds:
         first, last = rounds[0], rounds[-1]

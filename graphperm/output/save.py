@@ -75,6 +75,7 @@ def report_dict(alignment: Alignment, result: MergeResult | None = None) -> dict
         "method": alignment.method if alignment.plan.targets else "none (plain interpolation)",
         "policy_weights": policy.base_weights(alignment.models),
         "weight_a": result.weight_a if result is not None else policy.weight_a,
+        "combine": policy.combine.model_dump(mode="json"),
         "calibration": alignment.calibration,
         "groups": [r.to_dict() for r in alignment.reports],
         "unmeasured": alignment.plan.unmeasured,

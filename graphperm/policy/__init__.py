@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from graphperm.policy.choose import default_policy
 from graphperm.policy.load import SPECS, load_policy, policy_names
-from graphperm.policy.model import AlignRule, Calibration, Policy, WeightOverride
+from graphperm.policy.model import AlignRule, Calibration, Combine, Policy, WeightOverride
 from graphperm.policy.resolve import Plan, Target, resolve
 
 __all__ = [
     "SPECS",
     "AlignRule",
     "Calibration",
+    "Combine",
     "Plan",
     "Policy",
     "Target",

@@ -15,11 +15,11 @@ import math
 import re
 from typing import Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from graphperm.analysis import KINDS, PART_NAMES
 
-__all__ = ["ROLES", "AlignRule", "Calibration", "Policy", "WeightOverride"]
+__all__ = ["ROLES", "AlignRule", "Calibration", "Combine", "Policy", "WeightOverride"]
 
 Kind = Literal[KINDS]  # type: ignore[valid-type]
 ROLES = ("auto", "pre", "post")
@@ -88,6 +88,51 @@ class WeightOverride(_Strict):
     @classmethod
     def _one_or_many(cls, v: object) -> object:
         return [v] if isinstance(v, str) else v
+
+
+class Combine(_Strict):
+    """How the aligned models are combined, element by element (``graphperm.merge.combine``).
+
+    Example:
+        >>> Combine.model_validate("ties").method, Combine(method="dare", drop=0.3).drop
+        ('ties', 0.3)
+    """
+
+    method: str = Field(
+        "interpolate",
+        description="'interpolate' (default): Σ_m w_m·model_m, or with a base θ_base + "
+        "scale·Σ_m w_m·(model_m − θ_base); 'ties': the paper code's TIES after alignment (where "
+        "|B′ − A| is below the quantile or the signs of A and B′ differ, keep A's value), with a "
+        "base TIES-merging of the task vectors (trim, elect sign, disjoint mean); 'dare': drop "
+        "each entry of every model's difference from A (or the base) with probability `drop` "
+        "and rescale the rest by 1/(1 − drop)",
+    )
+    quantile: float = Field(
+        0.8,
+        ge=0.0,
+        le=1.0,
+        description="ties: differences smaller in magnitude than this quantile of their tensor's "
+        "are trimmed (0.8 keeps the largest 20%, the paper code's --quantile)",
+    )
+    disagree: Literal["a", "larger"] = Field(
+        "a",
+        description="ties after alignment: where an entry is trimmed or the signs disagree, take "
+        "A's value ('a', the paper code's --maintain_hubert_behavior) or the value of larger "
+        "magnitude ('larger')",
+    )
+    drop: float = Field(0.5, ge=0.0, lt=1.0, description="dare: probability of dropping an entry")
+    seed: int = Field(0, ge=0, description="dare: seed of the drop masks (per tensor and model)")
+    scale: float = Field(
+        1.0,
+        gt=0.0,
+        le=4.0,
+        description="task arithmetic (a base model): factor of the combined task vectors",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _name_only(cls, v: object) -> object:
+        return {"method": v} if isinstance(v, str) else v
 
 
 class Calibration(_Strict):
@@ -180,6 +225,11 @@ class Policy(_Strict):
         "models the same as weight_a. null: weight_a for A, the rest shared equally",
     )
     weights: list[WeightOverride] = Field(default_factory=list)
+    combine: Combine = Field(
+        default_factory=Combine,
+        description="how the aligned models are combined with those weights: a name "
+        "(interpolate, ties, dare) or its settings",
+    )
     calibration: Calibration = Field(default_factory=Calibration)
     verify: bool = Field(True, description="check that the permuted B computes what B computed")
 

@@ -20,6 +20,7 @@ from graphperm.solve.methods import (
     register_method,
     split_half_agreement,
 )
+from graphperm.solve.sinkhorn import sinkhorn_match  # registers method sinkhorn
 from graphperm.solve.solver import GroupReport, solve
 from graphperm.solve.weights import weight_matching  # registers methods weights, hybrid
 
@@ -37,6 +38,7 @@ __all__ = [
     "match",
     "refine",
     "register_method",
+    "sinkhorn_match",
     "solve",
     "split_half_agreement",
     "weight_matching",

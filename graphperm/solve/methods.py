@@ -8,7 +8,7 @@ a new method is one class registered with :func:`register_method`.
 
 Example:
     >>> sorted(METHODS)
-    ['activations', 'hybrid', 'weights']
+    ['activations', 'hybrid', 'sinkhorn', 'weights']
     >>> get_method("activations").needs
     frozenset({'correlation'})
 """

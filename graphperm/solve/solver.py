@@ -14,6 +14,7 @@ Example:
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -67,15 +68,20 @@ def solve(
     pair: tuple[int, int] = (0, 1),
     reports: bool = True,
     states: list[dict[str, torch.Tensor]] | None = None,
+    assign: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[Permutation, list[GroupReport]]:
     """Permutations of model ``pair[1]`` towards model ``pair[0]`` for every target of ``plan``,
     and (unless ``reports=False``) a per-group report.
 
     With ``states`` (every model's weights), units the correlations cannot separate (dead or
     duplicated activations: see :mod:`graphperm.solve.tiebreak`) are matched on their weights,
-    within ``plan.policy.tie_margin``.
+    within ``plan.policy.tie_margin``. ``assign`` replaces the linear assignment (a function
+    from a score matrix to the permutation ``p``, B's unit ``p[i]`` for A's unit ``i``; the
+    tie-break is then off).
     """
     solver = _Solver(analysis, stats, pair)
+    if assign is not None:
+        solver.assign, states = assign, None
     margin = plan.policy.tie_margin
     if states and margin > 0:
         solver.weights = (states[pair[0]], states[pair[1]])
@@ -89,6 +95,11 @@ def solve(
     return perm, solver.reports(plan, perm) if reports else []
 
 
+def _assign_job(assign: Callable[[torch.Tensor], torch.Tensor], m) -> torch.Tensor:
+    """A :class:`Matcher` job running another assignment on the cleaned matrix."""
+    return assign(torch.from_numpy(m))
+
+
 class _Solver:
     def __init__(self, analysis: Analysis, stats: Statistics, pair: tuple[int, int]) -> None:
         self.analysis = analysis
@@ -100,6 +111,7 @@ class _Solver:
         self.counts: dict[str, list[int]] = {}  # group -> [on activations, on weights]
         self._by_target = {t: k for k, t in analysis.coupling.state.items()}
         self._corr: dict[tuple[str, int, bool], torch.Tensor] = {}
+        self.assign: Callable[[torch.Tensor], torch.Tensor] = match
 
     def corr(self, site: Site, *, covariance: bool = False) -> torch.Tensor:
         """The site's correlation (or, for rotations, covariance) of A's against B's units."""
@@ -168,7 +180,9 @@ class _Solver:
                 )
                 continue
             job = None
-            if self.weights is not None:  # the tie-break runs with the assignment, in a worker
+            if self.assign is not match:
+                job = partial(_assign_job, self.assign)
+            elif self.weights is not None:  # the tie-break runs with the assignment, in a worker
                 fa = self._fingerprints(self.weights[0], group, name, None)
                 fb = self._fingerprints(self.weights[1], group, name, None)
                 if fa is not None and fb is not None:
@@ -197,7 +211,7 @@ class _Solver:
                 if (score := self._block_scores(group, s, outer, targets)) is not None
             ]
             if scores:
-                rho = match(sum(scores))
+                rho = self.assign(sum(scores))
                 perm.set(group.name, outer.name, rho)
             else:
                 log.warning(
@@ -225,7 +239,8 @@ class _Solver:
                     ones = self.keeps_ones(group, inner.name)
                     rows.append(procrustes(block, keeps_ones=ones))
                 else:
-                    rows.append(self._settle(group, inner.name, block, match(block), (i, r)))
+                    p = self.assign(block)
+                    rows.append(self._settle(group, inner.name, block, p, (i, r)))
             perm.set(group.name, inner.name, torch.stack(rows))
 
     def _block_scores(

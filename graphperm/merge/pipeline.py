@@ -20,6 +20,7 @@ Example:
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import time
 from collections.abc import Sequence
@@ -37,7 +38,13 @@ from graphperm.apply import (
 )
 from graphperm.distributed import gather_calibration, world
 from graphperm.errors import CalibrationError, PolicyError
-from graphperm.inputs import InputAdapter, calibration_adapter
+from graphperm.inputs import (
+    InputAdapter,
+    calibration_adapter,
+    is_tensor_source,
+    tensor_calibration,
+)
+from graphperm.learn import LearnedAlignment  # noqa: F401  (registers method: learned)
 from graphperm.merge.checks import check_same_architecture
 from graphperm.merge.interpolate import interpolate
 from graphperm.merge.results import Alignment, MergeResult
@@ -45,6 +52,7 @@ from graphperm.policy import Plan, Policy, load_policy, resolve
 from graphperm.runtime import release_memory
 from graphperm.solve import (
     Problem,
+    RunContext,
     correlation_with_a,
     get_method,
     refine,
@@ -118,6 +126,7 @@ def align_models(
     shard: tuple[int, int] | None = None,
     where: str | None = None,
     device: str = "auto",
+    loss_fn=None,
 ) -> Alignment:
     """Find the permutations that bring every model after the first into the first's basis,
     from one pass over the calibration data (each model's statistics against A).
@@ -179,7 +188,37 @@ def align_models(
                 )
         timings["statistics_s"] = stats.elapsed
     states = [m.state_dict() for m in models]  # weight matching and tie-breaking read them
-    return finish_alignment(analysis, plan, stats, calibration, timings, sources, states=states)
+    context = None
+    if "models" in method.needs:  # learned alignment runs the models on calibration batches
+        assert adapter is not None
+        context = RunContext(
+            list(models),
+            learning_batches(adapter, calib, policy.learn.items, policy.calibration.batch_size),
+            loss_fn,
+            progress,
+        )
+    return finish_alignment(
+        analysis, plan, stats, calibration, timings, sources, states=states, context=context
+    )
+
+
+def learning_batches(
+    adapter: InputAdapter, calib: Sequence[str | Path], items: int, batch_size: int
+) -> list[dict]:
+    """The model inputs of the first ``items`` calibration items, in batches of
+    ``batch_size``, kept in memory (what learned alignment optimises on)."""
+    data = (
+        tensor_calibration(adapter, calib)
+        if is_tensor_source(calib)
+        else adapter.calibration(calib)
+    )
+    out, seen = [], 0
+    for batch in data.batches(batch_size):
+        out.append(dict(batch.inputs))
+        seen += batch.items
+        if seen >= items:
+            break
+    return out
 
 
 def finish_alignment(
@@ -191,25 +230,29 @@ def finish_alignment(
     sources: tuple[str, ...],
     *,
     states: list | None = None,
+    context: RunContext | None = None,
 ) -> Alignment:
     """Solve every model's permutations from complete statistics (or weights) with the plan's
-    alignment method, and measure split-half agreement when the statistics have two halves."""
+    alignment method, and measure split-half agreement when the statistics have two halves.
+    ``context`` gives methods that run the models (``learned``) the models and batches."""
     method = get_method(plan.policy.method)
-    perms, reports = [], []
+    perms, reports, extras = [], [], []
     t = time.perf_counter()
     problems = [
-        Problem(analysis, plan, k, stats, list(states or [])) for k in range(1, len(sources))
+        Problem(analysis, plan, k, stats, list(states or []), context)
+        for k in range(1, len(sources))
     ]
     for problem in problems:
         solution = method.align(problem)
         perms.append(solution.perm)
         reports.append(solution.reports)
+        extras.append(solution.extra)
     timings["solve_s"] = time.perf_counter() - t
     release_memory()
     if stats is not None and len(stats.parts) == 2:
         t = time.perf_counter()
         for problem, rows in zip(problems, reports):
-            halves = split_half_agreement(method, problem)
+            halves = split_half_agreement(method, dataclasses.replace(problem, context=None))
             for r in rows:
                 r.split_half_agreement = halves.get(r.name)
         timings["split_half_s"] = time.perf_counter() - t
@@ -229,6 +272,7 @@ def finish_alignment(
         sources,
         method.name,
         consensus,
+        extras if any(extras) else [],
     )
 
 

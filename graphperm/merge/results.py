@@ -46,6 +46,7 @@ class Alignment:
     sources: tuple[str, ...] = ("", "")
     method: str = "activations"
     consensus: list[dict] = field(default_factory=list)  # per round, with consensus_rounds
+    method_reports: list[dict] = field(default_factory=list)  # per model after A, if any
 
     @classmethod
     def unaligned(cls, analysis: Analysis, plan: Plan, sources: tuple[str, ...], **kw) -> Alignment:

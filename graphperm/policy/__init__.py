@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from graphperm.policy.load import SPECS, load_policy, policy_names
-from graphperm.policy.model import AlignRule, Calibration, Policy, WeightOverride
+from graphperm.policy.model import AlignRule, Calibration, Learn, Policy, WeightOverride
 from graphperm.policy.resolve import Plan, Target, resolve
 
 __all__ = [
     "SPECS",
     "AlignRule",
     "Calibration",
+    "Learn",
     "Plan",
     "Policy",
     "Target",

@@ -19,7 +19,7 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 
 from graphperm.analysis import KINDS, PART_NAMES
 
-__all__ = ["ROLES", "AlignRule", "Calibration", "Policy", "WeightOverride"]
+__all__ = ["ROLES", "AlignRule", "Calibration", "Learn", "Policy", "WeightOverride"]
 
 Kind = Literal[KINDS]  # type: ignore[valid-type]
 ROLES = ("auto", "pre", "post")
@@ -147,6 +147,46 @@ class Calibration(_Strict):
     )
 
 
+class Learn(_Strict):
+    """Settings of ``method: learned``: the transforms of another method optimised end to end
+    through the merged model on calibration data (:mod:`graphperm.learn`)."""
+
+    start: str = Field(
+        "hybrid",
+        description="the alignment method whose transforms learning starts from "
+        "('activations', 'hybrid', 'weights')",
+    )
+    steps: int = Field(200, ge=0, le=100_000, description="gradient steps (0: the start)")
+    lr: float = Field(
+        0.02,
+        gt=0.0,
+        le=10.0,
+        description="Adam's step size on the permutations' scores (a starting permutation has "
+        "score 1 on its entries) and the rotations' angles",
+    )
+    objective: Literal["outputs"] = Field(
+        "outputs",
+        description="'outputs' (no labels): the merged model's outputs should be the parents' "
+        "outputs interpolated in A's basis, at weights drawn around weight_a; a user's own "
+        "loss goes through the Python API (graphperm.learn.learn_alignment(loss_fn=...))",
+    )
+    items: int = Field(
+        32, ge=2, description="calibration items kept in memory for learning (the first ones)"
+    )
+    holdout: float = Field(
+        0.25,
+        gt=0.0,
+        lt=1.0,
+        description="fraction of those batches held out; the transforms that do best there "
+        "(the starting ones included) are kept",
+    )
+    spread: float = Field(
+        0.1, ge=0.0, le=0.5, description="each step draws A's weight from weight_a ± spread"
+    )
+    eval_every: int = Field(10, ge=1, description="steps between two held-out evaluations")
+    seed: int = Field(0, description="seed of the batch and weight draws")
+
+
 class Policy(_Strict):
     """A merge recipe (see ``specs/`` for the paper's Table I)."""
 
@@ -181,6 +221,9 @@ class Policy(_Strict):
     )
     weights: list[WeightOverride] = Field(default_factory=list)
     calibration: Calibration = Field(default_factory=Calibration)
+    learn: Learn = Field(
+        default_factory=Learn, description="settings of method: learned (ignored otherwise)"
+    )
     verify: bool = Field(True, description="check that the permuted B computes what B computed")
 
     @field_validator("model_weights")

@@ -161,3 +161,48 @@ def test_cli_learned_merge_writes_its_report(tmp_path):
     assert report["method"] == "learned"
     assert report["method_report"]["learn"]["steps"] == 2
     assert report["verification"]["ok"]
+
+
+def test_repair_brings_hidden_statistics_to_their_targets_and_says_it_is_not_exact(tmp_path):
+    a = load_model("builtin:vit-tiny")
+    b = load_model("builtin:vit-tiny", seed=1)
+    calib = [_pixels(tmp_path / "x.safetensors")]
+    policy = {"align": [{}], "method": "hybrid", "weight_a": 0.5, "repair": True}
+    from graphperm.merge import merge_models
+
+    alignment = align(a, b, policy, calib)
+    plain = merge_models(alignment, a, b)
+    assert plain.repair is not None
+    rep = plain.repair
+    assert rep["units"] > 0 and rep["exact"] is False
+    assert rep["mismatch_after"] < 0.2 * rep["mismatch_before"]
+    # only the writers of hidden units changed
+    off = dict(policy, repair=False)
+    unrepaired = merge_models(align(a, b, off, calib), a, b)
+    changed = {k for k, v in plain.state.items() if not torch.equal(v, unrepaired.state[k])}
+    from graphperm.learn.repair import writers
+
+    layers = writers(alignment.analysis, a.module, {g.name for g in alignment.analysis.groups})
+    assert layers
+    assert {g.kind for g in alignment.analysis.groups if g.name in set(layers.values())} == {"ffn"}
+    assert changed == {f"{n}.{w}" for n in layers for w in ("weight", "bias")}
+
+
+def test_repair_without_data_is_one_line_error(tmp_path):
+    policy = tmp_path / "p.json"
+    policy.write_text(json.dumps({"align": [{}], "method": "weights", "repair": True}))
+    r = graphperm_cli(
+        "merge",
+        "builtin:vit-tiny",
+        "builtin:vit-tiny",
+        "--seed-b",
+        "1",
+        "--policy",
+        str(policy),
+        "--out",
+        str(tmp_path / "m"),
+    )
+    assert r.returncode == 2
+    assert "--calib" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "m").exists()

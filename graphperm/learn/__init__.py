@@ -1,5 +1,7 @@
-"""Learned alignment: exact transforms chosen for the merged model as a whole, by gradient
-descent on calibration data (a label-free objective by default, a user's loss through the API).
+"""Past layer-by-layer alignment, with the models run on calibration data: learned alignment
+(exact transforms chosen for the merged model as a whole, by gradient descent; a label-free
+objective by default, a user's loss through the API) and REPAIR (hidden units' statistics reset
+after merging; not exact).
 
 Example:
     >>> from graphperm.solve import METHODS
@@ -11,6 +13,16 @@ from __future__ import annotations
 
 from graphperm.learn.learner import LearnReport, learn_alignment
 from graphperm.learn.method import LearnedAlignment  # registers method: learned
+from graphperm.learn.repair import RepairTargets, repair_state, repair_targets
 from graphperm.learn.transforms import LearnedTransforms, as_matrix
 
-__all__ = ["LearnReport", "LearnedAlignment", "LearnedTransforms", "as_matrix", "learn_alignment"]
+__all__ = [
+    "LearnReport",
+    "LearnedAlignment",
+    "LearnedTransforms",
+    "RepairTargets",
+    "as_matrix",
+    "learn_alignment",
+    "repair_state",
+    "repair_targets",
+]

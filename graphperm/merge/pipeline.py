@@ -45,6 +45,7 @@ from graphperm.inputs import (
     tensor_calibration,
 )
 from graphperm.learn import LearnedAlignment  # noqa: F401  (registers method: learned)
+from graphperm.learn.repair import repair_state, repair_targets
 from graphperm.merge.checks import check_same_architecture
 from graphperm.merge.interpolate import interpolate
 from graphperm.merge.results import Alignment, MergeResult
@@ -188,18 +189,24 @@ def align_models(
                 )
         timings["statistics_s"] = stats.elapsed
     states = [m.state_dict() for m in models]  # weight matching and tie-breaking read them
-    context = None
-    if "models" in method.needs:  # learned alignment runs the models on calibration batches
-        assert adapter is not None
-        context = RunContext(
-            list(models),
-            learning_batches(adapter, calib, policy.learn.items, policy.calibration.batch_size),
-            loss_fn,
-            progress,
-        )
-    return finish_alignment(
+    context, batches = None, []
+    wanted = max(
+        policy.learn.items if "models" in method.needs else 0,
+        policy.repair.items if policy.repair.enabled else 0,
+    )
+    if wanted:  # learned alignment and REPAIR run the models on calibration batches
+        if adapter is None or not calib:
+            raise CalibrationError(
+                "repair and method: learned run the models on calibration data; pass --calib PATH"
+            )
+        batches = learning_batches(adapter, calib, wanted, policy.calibration.batch_size)
+    if "models" in method.needs:
+        context = RunContext(list(models), batches, loss_fn, progress)
+    alignment = finish_alignment(
         analysis, plan, stats, calibration, timings, sources, states=states, context=context
     )
+    alignment.batches = batches
+    return alignment
 
 
 def learning_batches(
@@ -384,8 +391,48 @@ def merge_all(
         states.append(state)
     if not checks:
         del timings["verify_s"]
-    t = time.perf_counter()
     n = len(models)
+    targets = None
+    if policy.repair.enabled:  # measured before the interpolation overwrites A (inplace)
+        t = time.perf_counter()
+        targets = repair_targets(
+            alignment.analysis,
+            models[0].module,
+            states,
+            _repair_batches(alignment, policy.repair.items),
+            weights=policy.base_weights(n),
+            groups={t.group for t in alignment.plan.targets} or None,
+        )
+        timings["repair_s"] = time.perf_counter() - t
+    t = time.perf_counter()
     merged = interpolate(states, lambda key: policy.weights_for(key, n), inplace=inplace)
     timings["interpolate_s"] = time.perf_counter() - t
-    return MergeResult(alignment, merged, models[0], policy.base_weights(n), checks, timings)
+    repaired = None
+    if targets is not None:
+        t = time.perf_counter()
+        merged, repaired = repair_state(
+            models[0].module,
+            merged,
+            targets,
+            _repair_batches(alignment, policy.repair.items),
+            passes=policy.repair.passes,
+        )
+        timings["repair_s"] += time.perf_counter() - t
+    return MergeResult(
+        alignment, merged, models[0], policy.base_weights(n), checks, timings, repaired
+    )
+
+
+def _repair_batches(alignment: Alignment, items: int) -> list:
+    if not alignment.batches:
+        raise PolicyError(
+            "repair needs calibration data kept from the alignment: run `graphperm merge` "
+            "with --calib (apply --merge-into and solve cannot repair), or set repair: false"
+        )
+    out, seen = [], 0
+    for batch in alignment.batches:
+        out.append(batch)
+        seen += next(iter(batch.values())).shape[0]
+        if seen >= items:
+            break
+    return out

@@ -47,6 +47,7 @@ class Alignment:
     method: str = "activations"
     consensus: list[dict] = field(default_factory=list)  # per round, with consensus_rounds
     method_reports: list[dict] = field(default_factory=list)  # per model after A, if any
+    batches: list = field(default_factory=list, repr=False)  # inputs kept for learn / repair
 
     @classmethod
     def unaligned(cls, analysis: Analysis, plan: Plan, sources: tuple[str, ...], **kw) -> Alignment:
@@ -103,6 +104,7 @@ class MergeResult:
     weights: list[float]  # per model, A first (before per-module overrides)
     checks: list[VerifyReport] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    repair: dict | None = None  # what REPAIR did (policy repair.enabled)
 
     @property
     def check(self) -> VerifyReport | None:

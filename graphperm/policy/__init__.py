@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 from graphperm.policy.load import SPECS, load_policy, policy_names
-from graphperm.policy.model import AlignRule, Calibration, Learn, Policy, WeightOverride
+from graphperm.policy.model import (
+    AlignRule,
+    Calibration,
+    Learn,
+    Policy,
+    Repair,
+    WeightOverride,
+)
 from graphperm.policy.resolve import Plan, Target, resolve
 
 __all__ = [
@@ -13,6 +20,7 @@ __all__ = [
     "Learn",
     "Plan",
     "Policy",
+    "Repair",
     "Target",
     "WeightOverride",
     "load_policy",

@@ -19,7 +19,7 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 
 from graphperm.analysis import KINDS, PART_NAMES
 
-__all__ = ["ROLES", "AlignRule", "Calibration", "Learn", "Policy", "WeightOverride"]
+__all__ = ["ROLES", "AlignRule", "Calibration", "Learn", "Policy", "Repair", "WeightOverride"]
 
 Kind = Literal[KINDS]  # type: ignore[valid-type]
 ROLES = ("auto", "pre", "post")
@@ -187,6 +187,19 @@ class Learn(_Strict):
     seed: int = Field(0, description="seed of the batch and weight draws")
 
 
+class Repair(_Strict):
+    """REPAIR (Jordan et al. 2023) after merging: each aligned hidden unit's mean and standard
+    deviation before its nonlinearity reset to its parents' interpolated ones, folded into the
+    weights of the layer that writes it (:mod:`graphperm.learn.repair`). Not an exact
+    transform; the report says how far the statistics moved."""
+
+    enabled: bool = Field(False, description="apply REPAIR after interpolating")
+    passes: int = Field(
+        2, ge=1, le=20, description="measure-and-correct passes (later layers see earlier fixes)"
+    )
+    items: int = Field(32, ge=1, description="calibration items it measures on (the first ones)")
+
+
 class Policy(_Strict):
     """A merge recipe (see ``specs/`` for the paper's Table I)."""
 
@@ -224,6 +237,16 @@ class Policy(_Strict):
     learn: Learn = Field(
         default_factory=Learn, description="settings of method: learned (ignored otherwise)"
     )
+    repair: Repair = Field(
+        default_factory=Repair,
+        description="REPAIR after interpolating (`repair: true` or its settings); needs --calib",
+    )
+
+    @field_validator("repair", mode="before")
+    @classmethod
+    def _repair_switch(cls, v: object) -> object:
+        return {"enabled": v} if isinstance(v, bool) else v
+
     verify: bool = Field(True, description="check that the permuted B computes what B computed")
 
     @field_validator("model_weights")

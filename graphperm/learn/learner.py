@@ -120,9 +120,12 @@ def learn_alignment(
     n_held = max(1, round(len(batches) * settings.holdout))
     train, held = list(batches[:-n_held]), list(batches[-n_held:])
     names = analysis.traced.program.graph_signature.user_outputs
-    with torch.no_grad():
-        ref_a = [_outputs(module, state_a, b) for b in batches]
-        ref_b = [_outputs(module, state_b, b) for b in batches]
+    ref_a: list = []
+    ref_b: list = []
+    if loss_fn is None:  # the parents' outputs, once
+        with torch.no_grad():
+            ref_a = [_outputs(module, state_a, b) for b in batches]
+            ref_b = [_outputs(module, state_b, b) for b in batches]
 
     def run(perm: Permutation, lam: float, i: int, grad: bool) -> torch.Tensor:
         with torch.set_grad_enabled(grad):
@@ -160,8 +163,8 @@ def learn_alignment(
     for step in range(1, settings.steps + 1):
         lam = min(1.0, max(0.0, weight_a + gen.uniform(-settings.spread, settings.spread)))
         i = gen.choice(train_idx)
-        hard = params.hard()
-        loss = run(params.soft(), lam, i, True)
+        soft, hard = params.both()
+        loss = run(soft, lam, i, True)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -171,7 +174,7 @@ def learn_alignment(
             if score < best[0]:
                 best = (score, step, hard)
             if bar is not None:
-                bar.set_postfix(train=f"{float(loss):.4g}", heldout=f"{score:.4g}")
+                bar.set_postfix(train=f"{loss.detach().item():.4g}", heldout=f"{score:.4g}")
         if bar is not None:
             bar.update(1)
     if bar is not None:

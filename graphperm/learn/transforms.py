@@ -101,9 +101,17 @@ class LearnedTransforms(torch.nn.Module):
             q = torch.full((n, n), 1.0 / n, dtype=torch.float64) + u @ q @ u.T
         return self.start.get(*key) @ q
 
-    def soft(self) -> Permutation:
+    def both(self) -> tuple[Permutation, Permutation]:
+        """:meth:`soft` and :meth:`hard` from one assignment per part."""
+        assigned = {
+            key: _assign(self.scores[i]) for key, (k, i) in self._kind.items() if k == "perm"
+        }
+        return self.soft(assigned), self.hard(assigned)
+
+    def soft(self, assigned: dict | None = None) -> Permutation:
         """Every part as a float64 matrix: the hard permutation with the score's gradient
         (straight through), or the current rotation."""
+        assigned = assigned or {}
         out = Permutation()
         for g, p, t in self.start:
             key = (g, p)
@@ -115,12 +123,13 @@ class LearnedTransforms(torch.nn.Module):
                 out.perms.setdefault(g, {})[p] = self._rotation(key)
                 continue
             w = self.scores[i]
-            hard = as_matrix(_assign(w))
+            hard = as_matrix(assigned[key] if key in assigned else _assign(w))
             out.perms.setdefault(g, {})[p] = hard + (w - w.detach()).double()
         return out
 
-    def hard(self) -> Permutation:
+    def hard(self, assigned: dict | None = None) -> Permutation:
         """The exact transforms: index permutations and orthogonal matrices (float64)."""
+        assigned = assigned or {}
         out = Permutation()
         with torch.no_grad():
             for g, p, t in self.start:
@@ -131,6 +140,8 @@ class LearnedTransforms(torch.nn.Module):
                     r = self._rotation(key)
                     u, _, vh = torch.linalg.svd(r)  # back onto the orthogonal group exactly
                     out.set(g, p, u @ vh)
+                elif key in assigned:
+                    out.set(g, p, assigned[key])
                 else:
                     out.set(g, p, _assign(self.scores[self._kind[key][1]]))
         return out

@@ -36,11 +36,15 @@ def _policy(transform="perm", steps=4, start="hybrid"):
     }
 
 
-@pytest.mark.parametrize("transform", ["perm", "orth"])
-def test_started_from_the_exact_answer_it_stays_and_gives_back_a(tmp_path, transform):
+@pytest.mark.parametrize(
+    ("transform", "estimator"), [("perm", "scores"), ("orth", "scores"), ("perm", "weights")]
+)
+def test_started_from_the_exact_answer_it_stays_and_gives_back_a(tmp_path, transform, estimator):
     a = load_model("builtin:vit-tiny")
     calib = [_pixels(tmp_path / "x.safetensors")]
-    worst, alignment = function_oracle(a, _policy(transform), calib)
+    policy = _policy(transform)
+    policy["learn"]["estimator"] = estimator
+    worst, alignment = function_oracle(a, policy, calib)
     assert worst <= 1e-4
     learn = alignment.method_reports[0]["learn"]
     assert learn["heldout_before"] <= 1e-8 and learn["heldout_after"] <= 1e-8

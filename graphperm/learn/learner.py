@@ -40,7 +40,8 @@ from graphperm.analysis import Analysis
 from graphperm.apply import Indexer, Permutation, flat_outputs
 from graphperm.errors import PolicyError
 from graphperm.learn.transforms import LearnedTransforms
-from graphperm.policy import Learn
+from graphperm.policy import Learn, Plan
+from graphperm.solve import Problem, weight_matching
 from graphperm.trace import LoadedModel
 
 __all__ = ["LearnReport", "learn_alignment"]
@@ -83,12 +84,14 @@ def learn_alignment(
     weight_a: float,
     loss_fn: LossFn | None = None,
     progress: bool = False,
+    plan: Plan | None = None,
 ) -> tuple[Permutation, LearnReport]:
     """Optimise ``start`` (model B's transforms into A's basis) for the merged model.
 
     ``models`` are A and B (weights as the pipeline holds them: folded when parts rotate);
     ``batches`` are model inputs (with labels for ``loss_fn``); ``loss_fn(model, batch)`` gets a
     callable that runs the merged model on keyword inputs and returns a scalar loss.
+    ``plan`` (what is aligned, and how) is needed by ``settings.estimator == "weights"``.
     """
     if len(models) != 2:
         raise PolicyError("learned alignment brings one model into A's basis at a time")
@@ -127,11 +130,15 @@ def learn_alignment(
             ref_a = [_outputs(module, state_a, b) for b in batches]
             ref_b = [_outputs(module, state_b, b) for b in batches]
 
-    def run(perm: Permutation, lam: float, i: int, grad: bool) -> torch.Tensor:
+    def transformed(perm: Permutation) -> dict[str, torch.Tensor]:
+        b_prime = dict(state_b)
+        for name, classes in moving.items():
+            b_prime[name] = indexer.permute(state_b[name], classes, perm)
+        return b_prime
+
+    def run(perm: Permutation | dict, lam: float, i: int, grad: bool) -> torch.Tensor:
         with torch.set_grad_enabled(grad):
-            b_prime = dict(state_b)
-            for name, classes in moving.items():
-                b_prime[name] = indexer.permute(state_b[name], classes, perm)
+            b_prime = perm if isinstance(perm, dict) else transformed(perm)
             merged = {
                 k: (lam * v + (1 - lam) * b_prime[k]) if v.is_floating_point() else v
                 for k, v in state_a.items()
@@ -153,7 +160,23 @@ def learn_alignment(
     held_idx = list(range(len(train), len(batches)))
     train_before, held_before = evaluate(train_idx), evaluate(held_idx)
     best = (held_before, 0, hard)
-    opt = torch.optim.Adam(params.parameters(), lr=settings.lr)
+    proxy: dict[str, torch.Tensor] = {}
+    if settings.estimator == "weights":  # git re-basin's straight-through estimator
+        if plan is None:
+            raise PolicyError("learn.estimator 'weights' needs the plan (weight matching)")
+        with torch.no_grad():
+            start_b = transformed(hard)
+        proxy = {n: start_b[n].detach().clone().requires_grad_() for n in moving}
+        opt = torch.optim.Adam(list(proxy.values()), lr=settings.lr)
+    else:
+        opt = torch.optim.Adam(params.parameters(), lr=settings.lr)
+
+    def matched() -> Permutation:
+        """B's transforms that bring it closest to the proxy weights (weight matching)."""
+        proxy_state = {**state_b, **{n: v.detach() for n, v in proxy.items()}}
+        problem = Problem(analysis, plan, 1, states=[proxy_state, state_b])
+        return _keep_frozen(weight_matching(problem), start, frozen)
+
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -163,13 +186,19 @@ def learn_alignment(
     for step in range(1, settings.steps + 1):
         lam = min(1.0, max(0.0, weight_a + gen.uniform(-settings.spread, settings.spread)))
         i = gen.choice(train_idx)
-        soft, hard = params.both()
+        if proxy:
+            hard = matched()
+            with torch.no_grad():
+                b_hard = transformed(hard)
+            soft = {**b_hard, **{n: v + (b_hard[n] - v).detach() for n, v in proxy.items()}}
+        else:
+            soft, hard = params.both()
         loss = run(soft, lam, i, True)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         if step % settings.eval_every == 0 or step == settings.steps:
-            hard = params.hard()
+            hard = matched() if proxy else params.hard()
             score = evaluate(held_idx)
             if score < best[0]:
                 best = (score, step, hard)
@@ -270,6 +299,17 @@ def _unlearnable(
         except RuntimeError as err:
             frozen[(g, p)] = str(err)
     return frozen
+
+
+def _keep_frozen(
+    perm: Permutation, start: Permutation, frozen: dict[tuple[str, str], str]
+) -> Permutation:
+    """``perm`` restricted to ``start``'s parts, with the frozen ones as they started."""
+    out = Permutation()
+    for g, p, t in start:
+        got = perm.get(g, p)
+        out.set(g, p, t if (g, p) in frozen or got is None else got)
+    return out
 
 
 def frozen_reasons(frozen: dict[tuple[str, str], str]) -> dict[str, str]:

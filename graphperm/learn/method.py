@@ -53,6 +53,7 @@ class LearnedAlignment(AlignmentMethod):
             weight_a=problem.plan.policy.base_weights(len(ctx.models))[0],
             loss_fn=ctx.loss_fn,
             progress=ctx.progress,
+            plan=problem.plan,
         )
         rows = []
         for r in first.reports:

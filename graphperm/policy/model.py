@@ -164,6 +164,13 @@ class Learn(_Strict):
         description="Adam's step size on the permutations' scores (a starting permutation has "
         "score 1 on its entries) and the rotations' angles",
     )
+    estimator: Literal["scores", "weights"] = Field(
+        "scores",
+        description="how gradients reach the permutations: 'scores' (a score matrix per part, "
+        "its assignment in the forward pass, straight through) or 'weights' (git re-basin: "
+        "proxy weights for B′, the permutation that weight-matches B to them in the forward "
+        "pass, straight through)",
+    )
     objective: Literal["outputs"] = Field(
         "outputs",
         description="'outputs' (no labels): the merged model's outputs should be the parents' "

@@ -17,6 +17,7 @@ Methods are pluggable: `METHODS` maps a name to a function (a, b, calib) -> Merg
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -38,8 +39,9 @@ import speech  # noqa: E402
 from graphperm.analysis import analyse  # noqa: E402
 from graphperm.apply import fold_state, folds_for  # noqa: E402
 from graphperm.inputs import ModelBatch  # noqa: E402
+from graphperm.learn import learn_alignment  # noqa: E402
 from graphperm.merge import Alignment, align, finish_alignment, merge_models  # noqa: E402
-from graphperm.policy import Combine, Policy, load_policy, resolve  # noqa: E402
+from graphperm.policy import Combine, Learn, Policy, Repair, load_policy, resolve  # noqa: E402
 from graphperm.solve import get_method  # noqa: E402
 from graphperm.stats import collect  # noqa: E402
 from graphperm.trace import LoadedModel, trace  # noqa: E402
@@ -204,6 +206,89 @@ def first(rules: list[dict]) -> list[dict]:
     return [{**r, "at": "first"} if r["kind"] == "residual" else r for r in rules]
 
 
+LEARN = {"steps": 200, "lr": 0.02, "eval_every": 10, "holdout": 0.25}
+LEARN_BATCHES = 8  # of the image pairs' 32 images: 6 to learn on, 2 held out
+
+
+def _learned(
+    rules: list[dict],
+    description: str,
+    *,
+    start: str = "hybrid",
+    steps: int = LEARN["steps"],
+    labels: bool = False,
+    repair: bool = False,
+) -> Callable[..., AlignedMerger]:
+    """``start``'s alignment, then (``steps`` > 0) learned alignment through the merged model:
+    label-free (the merged model reproduces its parents' outputs interpolated), or with
+    ``labels`` the classifier's own cross-entropy on labelled training images (image pairs
+    only); with ``repair``, REPAIR after every merge."""
+    base = _aligned(rules, description, how=start)
+
+    def method(a: LoadedModel, b: LoadedModel, calib: Calib) -> AlignedMerger:
+        if isinstance(calib[0], (str, Path)):  # audio: graphperm's own pipeline does it all
+            policy = policy_for(rules, kinds_of(a, calib), description).model_copy(
+                update={
+                    "method": "learned" if steps else start,
+                    "learn": Learn(start=start, **{**LEARN, "steps": steps}, items=64),
+                    "repair": Repair(enabled=repair),
+                    "weight_a": 0.5,
+                }
+            )
+            if labels:
+                raise SystemExit("labelled learning is wired for the image pairs only")
+            t = time.perf_counter()
+            alignment = find_alignment(a, b, policy, calib)
+            info = {"align_seconds": round(time.perf_counter() - t, 1)}
+            if alignment.method_reports:
+                info["learn"] = alignment.method_reports[0].get("learn")
+            return AlignedMerger(alignment, a, b, info | {"data": "calibration"})
+        merger = base(a, b, calib)
+        alignment = merger.alignment
+        info = dict(merger.info)
+        t = time.perf_counter()
+        if steps:
+            batches, loss_fn = list(calib[:LEARN_BATCHES]), None
+            if labels:
+                batches, loss_fn = _labelled(calib, LEARN_BATCHES), _cross_entropy
+            perm, report = learn_alignment(
+                alignment.analysis,
+                [a, b],
+                alignment.perms[0],
+                batches,
+                Learn(start=start, **{**LEARN, "steps": steps}),
+                weight_a=0.5,
+                loss_fn=loss_fn,
+            )
+            alignment.perms[0] = perm
+            info["learn"] = report.to_dict()
+        if repair:
+            policy = alignment.plan.policy.model_copy(
+                update={"repair": Repair(enabled=True, items=LEARN_BATCHES * 32)}
+            )
+            alignment.plan = dataclasses.replace(alignment.plan, policy=policy)
+            alignment.batches = list(calib[:LEARN_BATCHES])
+        info["learn_seconds"] = round(time.perf_counter() - t, 1)
+        info["data"] = "labels" if labels else "calibration"
+        return AlignedMerger(alignment, a, b, info)
+
+    return method
+
+
+def _labelled(calib: Calib, n: int) -> list[dict[str, torch.Tensor]]:
+    """The image pairs' calibration images with their labels (the same draw as ``calib``)."""
+    size = next(iter(calib[0].values())).shape[0]
+    x, y = images.draw(n * size, images.TRAIN_SEED)
+    return [
+        {"pixel_values": x[i : i + size], "labels": y[i : i + size]}
+        for i in range(0, n * size, size)
+    ]
+
+
+def _cross_entropy(model: Callable[..., Any], batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    return model(**batch).loss
+
+
 METHODS: dict[str, Callable[[LoadedModel, LoadedModel, Calib], Merger]] = {
     "plain": plain,
     "paper": _aligned(PAPER_RULES, "the paper policy: conv + attention heads/vo + FFN"),
@@ -249,7 +334,28 @@ METHODS: dict[str, Callable[[LoadedModel, LoadedModel, Calib], Merger]] = {
         "heads' qk/vo rotated, residual permuted and measured at its first site, + weights",
         how="hybrid",
     ),
+    # past exact layer-by-layer transforms (graphperm.learn): learned alignment and REPAIR
+    "learned": _learned(ALL_RULES, "hybrid, then learned end to end (no labels)"),
+    "learned-orth": _learned(
+        ORTH_ALL_RULES, "every exact rotation, hybrid, then learned end to end (no labels)"
+    ),
+    "repair": _learned(ALL_RULES, "hybrid + REPAIR", steps=0, repair=True),
+    "orth-repair": _learned(
+        ORTH_ALL_RULES, "every exact rotation, hybrid, + REPAIR", steps=0, repair=True
+    ),
+    "learned-orth-repair": _learned(
+        ORTH_ALL_RULES, "every exact rotation, learned (no labels), + REPAIR", repair=True
+    ),
+    "learned-labels": _learned(
+        ALL_RULES, "hybrid, then learned on the model's own loss", labels=True
+    ),
+    "learned-orth-labels": _learned(
+        ORTH_ALL_RULES, "every exact rotation, learned on the model's own loss", labels=True
+    ),
 }
+
+#: What each method used besides the two models: nothing, calibration inputs, or labels.
+DATA = {"plain": "none", "weights": "none", "orth-weights": "none", "orth-all-weights": "none"}
 
 
 # -------------------------------------------------------------------------------------- pairs
@@ -329,6 +435,7 @@ def run(pair: Pair, method: str) -> dict:
         "setup_seconds": round(setup, 1),
     }
     out |= getattr(merger, "info", {})
+    out.setdefault("data", DATA.get(method, "calibration"))
     return out
 
 

@@ -20,6 +20,7 @@ Example:
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import time
 from collections.abc import Sequence
@@ -37,7 +38,14 @@ from graphperm.apply import (
 )
 from graphperm.distributed import gather_calibration, world
 from graphperm.errors import CalibrationError, PolicyError
-from graphperm.inputs import InputAdapter, calibration_adapter
+from graphperm.inputs import (
+    InputAdapter,
+    calibration_adapter,
+    is_tensor_source,
+    tensor_calibration,
+)
+from graphperm.learn import LearnedAlignment  # noqa: F401  (registers method: learned)
+from graphperm.learn.repair import repair_state, repair_targets
 from graphperm.merge.checks import check_same_architecture
 from graphperm.merge.combine import combine
 from graphperm.merge.quality import weight_agreement
@@ -46,6 +54,7 @@ from graphperm.policy import Plan, Policy, load_policy, resolve
 from graphperm.runtime import release_memory
 from graphperm.solve import (
     Problem,
+    RunContext,
     correlation_with_a,
     get_method,
     refine,
@@ -120,6 +129,7 @@ def align_models(
     shard: tuple[int, int] | None = None,
     where: str | None = None,
     device: str = "auto",
+    loss_fn=None,
 ) -> Alignment:
     """Find the permutations that bring every model after the first into the first's basis,
     from one pass over the calibration data (each model's statistics against A).
@@ -181,7 +191,43 @@ def align_models(
                 )
         timings["statistics_s"] = stats.elapsed
     states = [m.state_dict() for m in models]  # weight matching and tie-breaking read them
-    return finish_alignment(analysis, plan, stats, calibration, timings, sources, states=states)
+    context, batches = None, []
+    wanted = max(
+        policy.learn.items if "models" in method.needs else 0,
+        policy.repair.items if policy.repair.enabled else 0,
+    )
+    if wanted:  # learned alignment and REPAIR run the models on calibration batches
+        if adapter is None or not calib:
+            raise CalibrationError(
+                "repair and method: learned run the models on calibration data; pass --calib PATH"
+            )
+        batches = learning_batches(adapter, calib, wanted, policy.calibration.batch_size)
+    if "models" in method.needs:
+        context = RunContext(list(models), batches, loss_fn, progress)
+    alignment = finish_alignment(
+        analysis, plan, stats, calibration, timings, sources, states=states, context=context
+    )
+    alignment.batches = batches
+    return alignment
+
+
+def learning_batches(
+    adapter: InputAdapter, calib: Sequence[str | Path], items: int, batch_size: int
+) -> list[dict]:
+    """The model inputs of the first ``items`` calibration items, in batches of
+    ``batch_size``, kept in memory (what learned alignment optimises on)."""
+    data = (
+        tensor_calibration(adapter, calib)
+        if is_tensor_source(calib)
+        else adapter.calibration(calib)
+    )
+    out, seen = [], 0
+    for batch in data.batches(batch_size):
+        out.append(dict(batch.inputs))
+        seen += batch.items
+        if seen >= items:
+            break
+    return out
 
 
 def finish_alignment(
@@ -193,25 +239,29 @@ def finish_alignment(
     sources: tuple[str, ...],
     *,
     states: list | None = None,
+    context: RunContext | None = None,
 ) -> Alignment:
     """Solve every model's permutations from complete statistics (or weights) with the plan's
-    alignment method, and measure split-half agreement when the statistics have two halves."""
+    alignment method, and measure split-half agreement when the statistics have two halves.
+    ``context`` gives methods that run the models (``learned``) the models and batches."""
     method = get_method(plan.policy.method)
-    perms, reports = [], []
+    perms, reports, extras = [], [], []
     t = time.perf_counter()
     problems = [
-        Problem(analysis, plan, k, stats, list(states or [])) for k in range(1, len(sources))
+        Problem(analysis, plan, k, stats, list(states or []), context)
+        for k in range(1, len(sources))
     ]
     for problem in problems:
         solution = method.align(problem)
         perms.append(solution.perm)
         reports.append(solution.reports)
+        extras.append(solution.extra)
     timings["solve_s"] = time.perf_counter() - t
     release_memory()
     if stats is not None and len(stats.parts) == 2:
         t = time.perf_counter()
         for problem, rows in zip(problems, reports):
-            halves = split_half_agreement(method, problem)
+            halves = split_half_agreement(method, dataclasses.replace(problem, context=None))
             for r in rows:
                 r.split_half_agreement = halves.get(r.name)
         timings["split_half_s"] = time.perf_counter() - t
@@ -240,6 +290,7 @@ def finish_alignment(
         method.name,
         consensus,
         agreement,
+        extras if any(extras) else [],
     )
 
 
@@ -330,13 +381,38 @@ def merge_all(
     states, checks, timings = aligned_states(
         alignment, models, verify=policy.verify, inplace=inplace
     )
-    t = time.perf_counter()
     n = len(models)
+    targets = None
+    if policy.repair.enabled:  # measured before the combination overwrites A (inplace)
+        t = time.perf_counter()
+        targets = repair_targets(
+            alignment.analysis,
+            models[0].module,
+            states,
+            _repair_batches(alignment, policy.repair.items),
+            weights=policy.base_weights(n),
+            groups={t.group for t in alignment.plan.targets} or None,
+        )
+        timings["repair_s"] = time.perf_counter() - t
+    t = time.perf_counter()
     merged = combine(
         states, lambda key: policy.weights_for(key, n), policy.combine, inplace=inplace
     )
     timings["interpolate_s"] = time.perf_counter() - t
-    return MergeResult(alignment, merged, models[0], policy.base_weights(n), checks, timings)
+    repaired = None
+    if targets is not None:
+        t = time.perf_counter()
+        merged, repaired = repair_state(
+            models[0].module,
+            merged,
+            targets,
+            _repair_batches(alignment, policy.repair.items),
+            passes=policy.repair.passes,
+        )
+        timings["repair_s"] += time.perf_counter() - t
+    return MergeResult(
+        alignment, merged, models[0], policy.base_weights(n), checks, timings, repair=repaired
+    )
 
 
 def aligned_states(
@@ -374,3 +450,18 @@ def aligned_states(
     if not checks:
         del timings["verify_s"]
     return states, checks, timings
+
+
+def _repair_batches(alignment: Alignment, items: int) -> list:
+    if not alignment.batches:
+        raise PolicyError(
+            "repair needs calibration data kept from the alignment: run `graphperm merge` "
+            "with --calib (apply --merge-into and solve cannot repair), or set repair: false"
+        )
+    out, seen = [], 0
+    for batch in alignment.batches:
+        out.append(batch)
+        seen += next(iter(batch.values())).shape[0]
+        if seen >= items:
+            break
+    return out

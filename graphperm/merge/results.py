@@ -48,6 +48,8 @@ class Alignment:
     consensus: list[dict] = field(default_factory=list)  # per round, with consensus_rounds
     # per model after A: cosine of its weights with A's before/after (merge/quality.py)
     weight_agreement: list[dict] = field(default_factory=list)
+    method_reports: list[dict] = field(default_factory=list)  # per model after A, if any
+    batches: list = field(default_factory=list, repr=False)  # inputs kept for learn / repair
 
     @classmethod
     def unaligned(cls, analysis: Analysis, plan: Plan, sources: tuple[str, ...], **kw) -> Alignment:
@@ -104,6 +106,7 @@ class MergeResult:
     weights: list[float]  # per model, A first (before per-module overrides)
     checks: list[VerifyReport] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    repair: dict | None = None  # what REPAIR did (policy repair.enabled)
 
     @property
     def check(self) -> VerifyReport | None:

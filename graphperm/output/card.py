@@ -163,6 +163,22 @@ def model_card(report: dict, command: str, *, config: bool = True) -> str:
                 f"- weights of {source} against {sources[0]} (cosine of the weight matrices "
                 f"alignment moves): {figure['before']:.3f} before, {figure['after']:.3f} after"
             )
+    learn = (report.get("method_report") or {}).get("learn")
+    if learn:
+        lines.append(
+            f"- learned alignment ({learn['objective']} objective, {learn['steps']} steps): "
+            f"held-out objective {learn['heldout_before']:.4g} → {learn['heldout_after']:.4g}, "
+            f"training {learn['train_before']:.4g} → {learn['train_after']:.4g} (best at step "
+            f"{learn['best_step']}; 0 = the start was kept)"
+        )
+    repair = report.get("repair")
+    if repair and repair.get("units"):
+        lines.append(
+            f"- REPAIR (not an exact transform): {repair['units']} hidden units in "
+            f"{repair['layers']} layers rescaled; their statistics' distance from the "
+            f"parents' interpolated {repair['mismatch_before']:.3g} → "
+            f"{repair['mismatch_after']:.3g}"
+        )
     ver = report.get("verification")
     if ver is not None:
         state = "passed" if ver["ok"] else "FAILED"

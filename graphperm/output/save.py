@@ -98,6 +98,12 @@ def report_dict(alignment: Alignment, result: MergeResult | None = None) -> dict
             out["weights"] = result.weights
         if alignment.consensus:
             out["consensus"] = alignment.consensus
+    if alignment.method_reports:
+        out["method_report"] = alignment.method_reports[0]
+        if alignment.models > 2:
+            out["method_reports"] = alignment.method_reports
+    if result is not None and result.repair is not None:
+        out["repair"] = result.repair
     if result is not None:
         out["timings_s"].update({k: round(v, 3) for k, v in result.timings.items()})
         if result.check is not None:

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from graphperm.policy.choose import default_policy
 from graphperm.policy.load import SPECS, load_policy, policy_names
-from graphperm.policy.model import AlignRule, Calibration, Combine, Policy, WeightOverride
+from graphperm.policy.model import (
+    AlignRule,
+    Calibration,
+    Combine,
+    Learn,
+    Policy,
+    Repair,
+    WeightOverride,
+)
 from graphperm.policy.resolve import Plan, Target, resolve
 
 __all__ = [
@@ -12,8 +20,10 @@ __all__ = [
     "AlignRule",
     "Calibration",
     "Combine",
+    "Learn",
     "Plan",
     "Policy",
+    "Repair",
     "Target",
     "WeightOverride",
     "default_policy",

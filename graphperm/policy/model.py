@@ -19,7 +19,16 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 
 from graphperm.analysis import KINDS, PART_NAMES
 
-__all__ = ["ROLES", "AlignRule", "Calibration", "Combine", "Policy", "WeightOverride"]
+__all__ = [
+    "ROLES",
+    "AlignRule",
+    "Calibration",
+    "Combine",
+    "Learn",
+    "Policy",
+    "Repair",
+    "WeightOverride",
+]
 
 Kind = Literal[KINDS]  # type: ignore[valid-type]
 ROLES = ("auto", "pre", "post")
@@ -192,6 +201,66 @@ class Calibration(_Strict):
     )
 
 
+class Learn(_Strict):
+    """Settings of ``method: learned``: the transforms of another method optimised end to end
+    through the merged model on calibration data (:mod:`graphperm.learn`)."""
+
+    start: str = Field(
+        "hybrid",
+        description="the alignment method whose transforms learning starts from "
+        "('activations', 'hybrid', 'weights')",
+    )
+    steps: int = Field(200, ge=0, le=100_000, description="gradient steps (0: the start)")
+    lr: float = Field(
+        0.02,
+        gt=0.0,
+        le=10.0,
+        description="Adam's step size on the permutations' scores (a starting permutation has "
+        "score 1 on its entries) and the rotations' angles",
+    )
+    estimator: Literal["scores", "weights"] = Field(
+        "scores",
+        description="how gradients reach the permutations: 'scores' (a score matrix per part, "
+        "its assignment in the forward pass, straight through) or 'weights' (git re-basin: "
+        "proxy weights for B′, the permutation that weight-matches B to them in the forward "
+        "pass, straight through)",
+    )
+    objective: Literal["outputs"] = Field(
+        "outputs",
+        description="'outputs' (no labels): the merged model's outputs should be the parents' "
+        "outputs interpolated in A's basis, at weights drawn around weight_a; a user's own "
+        "loss goes through the Python API (graphperm.learn.learn_alignment(loss_fn=...))",
+    )
+    items: int = Field(
+        32, ge=2, description="calibration items kept in memory for learning (the first ones)"
+    )
+    holdout: float = Field(
+        0.25,
+        gt=0.0,
+        lt=1.0,
+        description="fraction of those batches held out; the transforms that do best there "
+        "(the starting ones included) are kept",
+    )
+    spread: float = Field(
+        0.1, ge=0.0, le=0.5, description="each step draws A's weight from weight_a ± spread"
+    )
+    eval_every: int = Field(10, ge=1, description="steps between two held-out evaluations")
+    seed: int = Field(0, description="seed of the batch and weight draws")
+
+
+class Repair(_Strict):
+    """REPAIR (Jordan et al. 2023) after merging: each aligned hidden unit's mean and standard
+    deviation before its nonlinearity reset to its parents' interpolated ones, folded into the
+    weights of the layer that writes it (:mod:`graphperm.learn.repair`). Not an exact
+    transform; the report says how far the statistics moved."""
+
+    enabled: bool = Field(False, description="apply REPAIR after interpolating")
+    passes: int = Field(
+        2, ge=1, le=20, description="measure-and-correct passes (later layers see earlier fixes)"
+    )
+    items: int = Field(32, ge=1, description="calibration items it measures on (the first ones)")
+
+
 class Policy(_Strict):
     """A merge recipe (see ``specs/`` for the paper's Table I)."""
 
@@ -231,6 +300,19 @@ class Policy(_Strict):
         "(interpolate, ties, dare) or its settings",
     )
     calibration: Calibration = Field(default_factory=Calibration)
+    learn: Learn = Field(
+        default_factory=Learn, description="settings of method: learned (ignored otherwise)"
+    )
+    repair: Repair = Field(
+        default_factory=Repair,
+        description="REPAIR after interpolating (`repair: true` or its settings); needs --calib",
+    )
+
+    @field_validator("repair", mode="before")
+    @classmethod
+    def _repair_switch(cls, v: object) -> object:
+        return {"enabled": v} if isinstance(v, bool) else v
+
     verify: bool = Field(True, description="check that the permuted B computes what B computed")
 
     @field_validator("model_weights")

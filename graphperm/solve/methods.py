@@ -7,8 +7,8 @@ reference model's basis — into a :class:`~graphperm.apply.Permutation` and per
 a new method is one class registered with :func:`register_method`.
 
 Example:
-    >>> sorted(METHODS)
-    ['activations', 'hybrid', 'sinkhorn', 'weights']
+    >>> {"activations", "hybrid", "weights"} <= set(METHODS)
+    True
     >>> get_method("activations").needs
     frozenset({'correlation'})
 """
@@ -33,11 +33,24 @@ __all__ = [
     "METHODS",
     "AlignmentMethod",
     "Problem",
+    "RunContext",
     "Solution",
     "get_method",
     "register_method",
     "split_half_agreement",
 ]
+
+
+@dataclass
+class RunContext:
+    """What a method that runs the models needs (``needs`` holds ``"models"``): the loaded
+    models (A first), calibration batches of model inputs kept in memory, and optionally a
+    user's loss ``loss_fn(model, batch)``."""
+
+    models: list = field(default_factory=list)
+    batches: list = field(default_factory=list)
+    loss_fn: object | None = None
+    progress: bool = False
 
 
 @dataclass
@@ -49,6 +62,7 @@ class Problem:
     model: int = 1
     stats: Statistics | None = None
     states: list[dict[str, torch.Tensor]] = field(default_factory=list)
+    context: RunContext | None = None
 
     @property
     def pair(self) -> tuple[int, int]:
@@ -61,6 +75,7 @@ class Solution:
 
     perm: Permutation
     reports: list[GroupReport] = field(default_factory=list)
+    extra: dict = field(default_factory=dict)  # method-specific report (merge_report.json)
 
 
 class AlignmentMethod:

@@ -1,0 +1,325 @@
+"""Learned alignment: the transforms of model B optimised end to end through the merged model.
+
+Layer-by-layer alignment chooses each part's transform from that part's own statistics; here the
+transforms of every aligned part are chosen together, for what the *merged* model computes. The
+default objective needs no labels: the merged model ``λ·A + (1 − λ)·B′`` (``λ`` drawn around the
+requested weight at every step) should reproduce ``λ·f_A(x) + (1 − λ)·f_B′(x)``, the parents'
+outputs interpolated in A's basis, on calibration data. A user's own loss
+(``loss_fn(model, batch)``, e.g. the model's training loss on labelled batches) replaces it
+through the Python API.
+
+The transforms stay exact (permutations through a straight-through estimator, rotations on the
+orthogonal group: :mod:`graphperm.learn.transforms`); part of the data is held out, and the
+transforms that did best there (the starting ones included) are returned, so learning never
+leaves the merge worse on held-out data than where it started.
+
+Example:
+    >>> from graphperm.trace import load_model
+    >>> from graphperm.merge import align
+    >>> a, b = load_model("builtin:bert-tiny"), load_model("builtin:bert-tiny", seed=1)
+    >>> batches = [{"input_ids": torch.randint(5, 90, (2, 12))} for _ in range(4)]
+    >>> start = align(a, b, "weights")
+    >>> perm, report = learn_alignment(
+    ...     start.analysis, [a, b], start.perms[0], batches, Learn(steps=3), weight_a=0.5)
+    >>> report.steps, report.heldout_after <= report.heldout_before
+    (3, True)
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch.func import functional_call
+
+from graphperm.analysis import Analysis
+from graphperm.apply import Indexer, Permutation, flat_outputs
+from graphperm.errors import PolicyError
+from graphperm.learn.transforms import LearnedTransforms
+from graphperm.policy import Learn, Plan
+from graphperm.solve import Problem, weight_matching
+from graphperm.trace import LoadedModel
+
+__all__ = ["LearnReport", "learn_alignment"]
+
+log = logging.getLogger(__name__)
+
+LossFn = Callable[[Callable[..., object], dict[str, torch.Tensor]], torch.Tensor]
+
+
+@dataclass
+class LearnReport:
+    """What learning did (a block of ``merge_report.json``)."""
+
+    objective: str
+    steps: int
+    best_step: int  # 0: the starting transforms were kept
+    train_before: float
+    train_after: float
+    heldout_before: float
+    heldout_after: float
+    train_batches: int
+    heldout_batches: int
+    learned_parts: list[str] = field(default_factory=list)
+    fixed_parts: dict[str, str] = field(default_factory=dict)  # part -> why it was not learned
+    seconds: float = 0.0
+    seconds_per_step: float = 0.0
+    peak_rss_mb: float | None = None
+
+    def to_dict(self) -> dict:
+        return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in asdict(self).items()}
+
+
+def learn_alignment(
+    analysis: Analysis,
+    models: Sequence[LoadedModel],
+    start: Permutation,
+    batches: Sequence[dict[str, torch.Tensor]],
+    settings: Learn,
+    *,
+    weight_a: float,
+    loss_fn: LossFn | None = None,
+    progress: bool = False,
+    plan: Plan | None = None,
+) -> tuple[Permutation, LearnReport]:
+    """Optimise ``start`` (model B's transforms into A's basis) for the merged model.
+
+    ``models`` are A and B (weights as the pipeline holds them: folded when parts rotate);
+    ``batches`` are model inputs (with labels for ``loss_fn``); ``loss_fn(model, batch)`` gets a
+    callable that runs the merged model on keyword inputs and returns a scalar loss.
+    ``plan`` (what is aligned, and how) is needed by ``settings.estimator == "weights"``.
+    """
+    if len(models) != 2:
+        raise PolicyError("learned alignment brings one model into A's basis at a time")
+    if len(batches) < 2:
+        raise PolicyError(
+            "learned alignment needs at least two calibration batches (one is held out); "
+            "raise learn.items or pass more data"
+        )
+    t0 = time.perf_counter()
+    gen = random.Random(settings.seed)
+    torch.manual_seed(settings.seed)
+    indexer = Indexer(analysis)
+    coupling = analysis.coupling
+    module = models[0].module
+    state_a = {k: v.detach() for k, v in models[0].state_dict().items()}
+    state_b = {k: v.detach() for k, v in models[1].state_dict().items()}
+    moving = {
+        name: coupling.classes(key)
+        for key, name in coupling.state.items()
+        if name in state_b and state_b[name].is_floating_point()
+    }
+    keeps = {
+        (g.name, p.name): analysis.symmetry(g.name, p.name).keeps_ones
+        for g in analysis.groups
+        for p in g.parts
+    }
+    frozen = _unlearnable(indexer, start, state_b, moving)
+    params = LearnedTransforms(start, keeps, frozen=set(frozen))
+    n_held = max(1, round(len(batches) * settings.holdout))
+    train, held = list(batches[:-n_held]), list(batches[-n_held:])
+    names = analysis.traced.program.graph_signature.user_outputs
+    ref_a: list = []
+    ref_b: list = []
+    if loss_fn is None:  # the parents' outputs, once
+        with torch.no_grad():
+            ref_a = [_outputs(module, state_a, b) for b in batches]
+            ref_b = [_outputs(module, state_b, b) for b in batches]
+
+    def transformed(perm: Permutation) -> dict[str, torch.Tensor]:
+        b_prime = dict(state_b)
+        for name, classes in moving.items():
+            b_prime[name] = indexer.permute(state_b[name], classes, perm)
+        return b_prime
+
+    def run(perm: Permutation | dict, lam: float, i: int, grad: bool) -> torch.Tensor:
+        with torch.set_grad_enabled(grad):
+            b_prime = perm if isinstance(perm, dict) else transformed(perm)
+            merged = {
+                k: (lam * v + (1 - lam) * b_prime[k]) if v.is_floating_point() else v
+                for k, v in state_a.items()
+            }
+            batch = batches[i]
+            if loss_fn is not None:
+                return loss_fn(lambda **kw: functional_call(module, merged, (), kw), batch)
+            got = flat_outputs(functional_call(module, merged, (), _inputs(batch)))
+            return _distance(got, ref_a[i], ref_b[i], names, indexer, hard, lam)
+
+    def evaluate(indices: Sequence[int]) -> float:
+        with torch.no_grad():
+            return float(
+                sum(float(run(hard, weight_a, i, False)) for i in indices) / max(1, len(indices))
+            )
+
+    hard = params.hard()
+    train_idx = list(range(len(train)))
+    held_idx = list(range(len(train), len(batches)))
+    train_before, held_before = evaluate(train_idx), evaluate(held_idx)
+    best = (held_before, 0, hard)
+    proxy: dict[str, torch.Tensor] = {}
+    if settings.estimator == "weights":  # git re-basin's straight-through estimator
+        if plan is None:
+            raise PolicyError("learn.estimator 'weights' needs the plan (weight matching)")
+        with torch.no_grad():
+            start_b = transformed(hard)
+        proxy = {n: start_b[n].detach().clone().requires_grad_() for n in moving}
+        opt = torch.optim.Adam(list(proxy.values()), lr=settings.lr)
+    else:
+        opt = torch.optim.Adam(params.parameters(), lr=settings.lr)
+
+    def matched() -> Permutation:
+        """B's transforms that bring it closest to the proxy weights (weight matching)."""
+        proxy_state = {**state_b, **{n: v.detach() for n, v in proxy.items()}}
+        problem = Problem(analysis, plan, 1, states=[proxy_state, state_b])
+        return _keep_frozen(weight_matching(problem), start, frozen)
+
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=settings.steps, desc="learning the alignment", unit="step")
+    t_steps = time.perf_counter()
+    for step in range(1, settings.steps + 1):
+        lam = min(1.0, max(0.0, weight_a + gen.uniform(-settings.spread, settings.spread)))
+        i = gen.choice(train_idx)
+        if proxy:
+            hard = matched()
+            with torch.no_grad():
+                b_hard = transformed(hard)
+            soft = {**b_hard, **{n: v + (b_hard[n] - v).detach() for n, v in proxy.items()}}
+        else:
+            soft, hard = params.both()
+        loss = run(soft, lam, i, True)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if step % settings.eval_every == 0 or step == settings.steps:
+            hard = matched() if proxy else params.hard()
+            score = evaluate(held_idx)
+            if score < best[0]:
+                best = (score, step, hard)
+            if bar is not None:
+                bar.set_postfix(train=f"{loss.detach().item():.4g}", heldout=f"{score:.4g}")
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    per_step = (time.perf_counter() - t_steps) / max(1, settings.steps)
+    held_after, best_step, hard = best
+    train_after = evaluate(train_idx)
+    report = LearnReport(
+        objective="loss_fn" if loss_fn is not None else settings.objective,
+        steps=settings.steps,
+        best_step=best_step,
+        train_before=train_before,
+        train_after=train_after,
+        heldout_before=held_before,
+        heldout_after=held_after,
+        train_batches=len(train),
+        heldout_batches=len(held),
+        learned_parts=[f"{g}/{p}" for g, p in params.names],
+        fixed_parts=frozen_reasons(frozen),
+        seconds=time.perf_counter() - t0,
+        seconds_per_step=per_step,
+        peak_rss_mb=_peak_rss_mb(),
+    )
+    log.info(
+        "learned alignment: held-out objective %.4g -> %.4g (best at step %d of %d)",
+        held_before,
+        held_after,
+        best_step,
+        settings.steps,
+    )
+    return hard, report
+
+
+def _inputs(batch: dict) -> dict:
+    """Model inputs of a batch (a :class:`~graphperm.inputs.ModelBatch` or a dict)."""
+    return dict(getattr(batch, "inputs", batch))
+
+
+def _outputs(module: torch.nn.Module, state: dict, batch: dict) -> list[torch.Tensor]:
+    return flat_outputs(functional_call(module, state, (), _inputs(batch)))
+
+
+def _distance(
+    got: list[torch.Tensor],
+    ref_a: list[torch.Tensor],
+    ref_b: list[torch.Tensor],
+    names: Sequence[str],
+    indexer: Indexer,
+    perm: Permutation,
+    lam: float,
+) -> torch.Tensor:
+    """Mean squared distance of the merged model's floating outputs from the parents' outputs
+    interpolated in A's basis, each relative to that target's mean square."""
+    known = indexer.analysis.coupling.tensors
+    total = torch.zeros((), dtype=torch.float64)
+    count = 0
+    for name, g, a, b in zip(names, got, ref_a, ref_b):
+        if not g.is_floating_point():
+            continue
+        b_prime = indexer.permute_value(name, b, perm) if name in known else b
+        target = (lam * a.double() + (1 - lam) * b_prime.double()).detach()
+        scale = target.pow(2).mean().clamp_min(1e-12)
+        total = total + (g.double() - target).pow(2).mean() / scale
+        count += 1
+    return total / max(1, count)
+
+
+def _unlearnable(
+    indexer: Indexer,
+    start: Permutation,
+    state: dict[str, torch.Tensor],
+    moving: dict[str, list],
+) -> dict[tuple[str, str], str]:
+    """Parts whose transform cannot be applied as a matrix to every tensor it moves (a part
+    permuted per block of another part that a tensor holds only inside a product, as a grouped
+    convolution's weight): they keep their starting transform."""
+    params = LearnedTransforms(start, {})
+    soft = params.soft()
+    try:
+        with torch.no_grad():
+            for name, classes in moving.items():
+                indexer.permute(state[name], classes, soft)
+        return {}
+    except RuntimeError:
+        pass
+    frozen: dict[tuple[str, str], str] = {}
+    for g, p, _ in start:
+        only = Permutation({g: {p: soft.get(g, p)}})
+        try:
+            with torch.no_grad():
+                for name, classes in moving.items():
+                    indexer.permute(state[name], classes, only)
+        except RuntimeError as err:
+            frozen[(g, p)] = str(err)
+    return frozen
+
+
+def _keep_frozen(
+    perm: Permutation, start: Permutation, frozen: dict[tuple[str, str], str]
+) -> Permutation:
+    """``perm`` restricted to ``start``'s parts, with the frozen ones as they started."""
+    out = Permutation()
+    for g, p, t in start:
+        got = perm.get(g, p)
+        out.set(g, p, t if (g, p) in frozen or got is None else got)
+    return out
+
+
+def frozen_reasons(frozen: dict[tuple[str, str], str]) -> dict[str, str]:
+    return {f"{g}/{p}": why for (g, p), why in frozen.items()}
+
+
+def _peak_rss_mb() -> float | None:
+    try:
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    except (ImportError, AttributeError):
+        return None

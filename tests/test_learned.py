@@ -1,0 +1,212 @@
+"""Learned alignment (``method: learned``): exact transforms optimised end to end through the
+merged model. Oracles: started from the exact answer it stays there and the merge gives A back
+(permutations and rotations); started from the identity it moves toward the answer; it never
+ends worse on held-out data; a user's loss replaces the objective; the CLI writes its report."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from graphperm.apply import Indexer, Permutation, permute_state, random_permutation
+from graphperm.learn import LearnedTransforms, learn_alignment
+from graphperm.merge import align
+from graphperm.policy import Learn
+from graphperm.trace import load_model
+from tests.helpers import analysis_of, function_oracle, graphperm_cli
+
+
+def _pixels(path, items=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    save_file({"pixel_values": torch.randn(items, 3, 32, 32, generator=g)}, str(path))
+    return str(path)
+
+
+def _policy(transform="perm", steps=4, start="hybrid"):
+    return {
+        "align": [{"transform": transform}],
+        "method": "learned",
+        "learn": {"start": start, "steps": steps, "items": 8, "eval_every": 2, "lr": 0.1},
+        "weight_a": 0.5,
+        "calibration": {"batch_size": 2},
+    }
+
+
+@pytest.mark.parametrize(
+    ("transform", "estimator"), [("perm", "scores"), ("orth", "scores"), ("perm", "weights")]
+)
+def test_started_from_the_exact_answer_it_stays_and_gives_back_a(tmp_path, transform, estimator):
+    a = load_model("builtin:vit-tiny")
+    calib = [_pixels(tmp_path / "x.safetensors")]
+    policy = _policy(transform)
+    policy["learn"]["estimator"] = estimator
+    worst, alignment = function_oracle(a, policy, calib)
+    assert worst <= 1e-4
+    learn = alignment.method_reports[0]["learn"]
+    assert learn["heldout_before"] <= 1e-8 and learn["heldout_after"] <= 1e-8
+    if transform == "orth":
+        assert alignment.perm.rotated  # rotations were learned, and stayed exact
+
+
+def _identity(shapes):
+    return Permutation(
+        {
+            g: {p: torch.arange(s[-1]).expand(*s).clone() for p, s in parts.items()}
+            for g, parts in shapes.items()
+        }
+    )
+
+
+def _permuted_copy(name):
+    a = load_model(f"builtin:{name}")
+    analysis = analysis_of(name)
+    indexer = Indexer(analysis)
+    b = copy.deepcopy(a)
+    secret = random_permutation(indexer.shapes(), seed=3)
+    b.module.load_state_dict(permute_state(indexer, a.state_dict(), secret))
+    return a, b, analysis, indexer
+
+
+def _token_batches(n=6, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [{"input_ids": torch.randint(5, 90, (2, 12), generator=g)} for _ in range(n)]
+
+
+def test_started_from_identity_it_moves_toward_the_answer():
+    a, b, analysis, indexer = _permuted_copy("bert-tiny")
+    start = _identity(indexer.shapes())
+    perm, report = learn_alignment(
+        analysis,
+        [a, b],
+        start,
+        _token_batches(),
+        Learn(steps=30, lr=0.3, eval_every=5),
+        weight_a=0.5,
+    )
+    assert report.heldout_after < 0.8 * report.heldout_before
+    perm.check(indexer.shapes())  # still exact permutations
+    assert report.best_step > 0
+
+
+def test_never_worse_than_the_start_on_held_out_data_and_deterministic():
+    a, b = load_model("builtin:bert-tiny"), load_model("builtin:bert-tiny", seed=1)
+    start = align(a, b, "weights")
+    settings = Learn(steps=6, lr=0.5, eval_every=2, seed=4)
+    runs = [
+        learn_alignment(
+            start.analysis, [a, b], start.perm, _token_batches(), settings, weight_a=0.5
+        )
+        for _ in range(2)
+    ]
+    (p1, r1), (p2, r2) = runs
+    assert r1.heldout_after <= r1.heldout_before
+    assert all(torch.equal(x, p2.get(g, q)) for g, q, x in p1)
+    assert r1.heldout_after == r2.heldout_after
+
+
+def test_a_users_loss_replaces_the_objective():
+    a, b, analysis, indexer = _permuted_copy("bert-tiny")
+    target = {}
+
+    def loss_fn(model, batch):  # e.g. a training loss; here: distance to A's hidden states
+        key = id(batch)
+        if key not in target:
+            with torch.no_grad():
+                target[key] = a.module(**batch).last_hidden_state
+        return (model(**batch).last_hidden_state - target[key]).pow(2).mean()
+
+    _, report = learn_alignment(
+        analysis,
+        [a, b],
+        _identity(indexer.shapes()),
+        _token_batches(),
+        Learn(steps=10, lr=0.3),
+        weight_a=0.5,
+        loss_fn=loss_fn,
+    )
+    assert report.objective == "loss_fn"
+    assert report.heldout_after < report.heldout_before
+
+
+def test_transforms_keep_the_all_ones_direction_when_asked():
+    r0 = torch.eye(4, dtype=torch.float64)
+    t = LearnedTransforms(Permutation({"g": {"x": r0}}), {("g", "x"): True})
+    with torch.no_grad():
+        t.angles[0].normal_()
+    r = t.hard().get("g", "x")
+    ones = torch.ones(4, dtype=torch.float64)
+    assert torch.allclose(r @ ones, ones) and torch.allclose(r.T @ r, torch.eye(4).double())
+
+
+def test_cli_learned_merge_writes_its_report(tmp_path):
+    policy = tmp_path / "learned.json"
+    policy.write_text(json.dumps(_policy(steps=2)))
+    calib = _pixels(tmp_path / "x.safetensors")
+    out = tmp_path / "m"
+    r = graphperm_cli(
+        "merge",
+        "builtin:vit-tiny",
+        "builtin:vit-tiny",
+        "--seed-b",
+        "1",
+        "--policy",
+        str(policy),
+        "--calib",
+        calib,
+        "--out",
+        str(out),
+    )
+    assert r.returncode == 0, r.stderr
+    report = json.loads((out / "merge_report.json").read_text())
+    assert report["method"] == "learned"
+    assert report["method_report"]["learn"]["steps"] == 2
+    assert report["verification"]["ok"]
+
+
+def test_repair_brings_hidden_statistics_to_their_targets_and_says_it_is_not_exact(tmp_path):
+    a = load_model("builtin:vit-tiny")
+    b = load_model("builtin:vit-tiny", seed=1)
+    calib = [_pixels(tmp_path / "x.safetensors")]
+    policy = {"align": [{}], "method": "hybrid", "weight_a": 0.5, "repair": True}
+    from graphperm.merge import merge_models
+
+    alignment = align(a, b, policy, calib)
+    plain = merge_models(alignment, a, b)
+    assert plain.repair is not None
+    rep = plain.repair
+    assert rep["units"] > 0 and rep["exact"] is False
+    assert rep["mismatch_after"] < 0.2 * rep["mismatch_before"]
+    # only the writers of hidden units changed
+    off = dict(policy, repair=False)
+    unrepaired = merge_models(align(a, b, off, calib), a, b)
+    changed = {k for k, v in plain.state.items() if not torch.equal(v, unrepaired.state[k])}
+    from graphperm.learn.repair import writers
+
+    layers = writers(alignment.analysis, a.module, {g.name for g in alignment.analysis.groups})
+    assert layers
+    assert {g.kind for g in alignment.analysis.groups if g.name in set(layers.values())} == {"ffn"}
+    assert changed == {f"{n}.{w}" for n in layers for w in ("weight", "bias")}
+
+
+def test_repair_without_data_is_one_line_error(tmp_path):
+    policy = tmp_path / "p.json"
+    policy.write_text(json.dumps({"align": [{}], "method": "weights", "repair": True}))
+    r = graphperm_cli(
+        "merge",
+        "builtin:vit-tiny",
+        "builtin:vit-tiny",
+        "--seed-b",
+        "1",
+        "--policy",
+        str(policy),
+        "--out",
+        str(tmp_path / "m"),
+    )
+    assert r.returncode == 2
+    assert "--calib" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "m").exists()

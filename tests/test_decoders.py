@@ -91,3 +91,43 @@ def test_audio_calibration_for_a_causal_lm_is_one_line_exit_2(llama, tmp_path) -
         last = proc.stderr.strip().splitlines()[-1]
         assert last.startswith("graphperm: error: ") and "LlamaModel reads text" in last, last
         assert not out.exists() or not any(out.iterdir())
+
+
+def test_a_fused_qkv_projection_measures_the_heads_query_key_channels(caplog) -> None:
+    """GPT-2 computes queries, keys and values with one projection (``c_attn``), so the only
+    site of the heads' qk channels is that fused output: its query and key segments are what
+    measures them. B = A with every attention part permuted is found back exactly, qk too."""
+    import copy
+    import logging
+
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from graphperm.apply import Indexer, Permutation, permute_state, random_permutation
+    from graphperm.inputs import ModelBatch
+    from graphperm.policy import resolve
+    from graphperm.solve import solve
+    from graphperm.stats import collect
+
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=64, n_positions=16, n_embd=32, n_layer=1, n_head=4)
+    a = load_model(GPT2LMHeadModel(config))
+    ids = torch.randint(0, 64, (8, 16), generator=torch.Generator().manual_seed(1))
+    analysis = analyse(trace(a, {"input_ids": ids}))
+    plan = resolve(load_policy({"version": 1, "align": [{"kind": "attn"}]}), analysis)
+    indexer = Indexer(analysis)
+    every = random_permutation(indexer.shapes(), seed=3)
+    secret = Permutation()
+    for t in plan.targets:
+        secret.set(t.group, t.part, every.get(t.group, t.part))
+    assert (secret.get("transformer.h.0.attn", "qk") != torch.arange(8)).any()
+    b = copy.deepcopy(a)
+    b.module.load_state_dict(permute_state(indexer, a.state_dict(), secret))
+    states = [a.state_dict(), b.state_dict()]
+    batches = [ModelBatch({"input_ids": ids}, torch.ones(8, 1, dtype=torch.bool), items=8)]
+    stats = collect(analysis, plan.sites(), states, iter(batches))
+    with caplog.at_level(logging.WARNING, logger="graphperm"):
+        perm, _ = solve(plan, analysis, stats)
+    assert "left in place" not in caplog.text
+    back = permute_state(indexer, states[1], perm)
+    for name, want in states[0].items():
+        assert torch.allclose(back[name], want, atol=1e-6), name

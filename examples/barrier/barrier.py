@@ -35,6 +35,7 @@ sys.path.insert(0, str(HERE))
 
 import images  # noqa: E402
 import speech  # noqa: E402
+import text  # noqa: E402
 
 from graphperm.analysis import analyse  # noqa: E402
 from graphperm.apply import fold_state, folds_for  # noqa: E402
@@ -400,10 +401,25 @@ def _image_pair(
 # pair (e): pair (b) with weight decay 0.5 (`images.py train --weight-decay 0.5 --variant wd05`);
 # pair (f): pair (c) at a learning rate scaled to its width, 2e-3 * 96 / 240 = 8e-4
 IMAGE_PAIRS = {"c": (240, ""), "d": (384, ""), "e": (96, "wd05"), "f": (240, "lr8e-4")}
+
+
+def _text_pair() -> Pair:
+    task = text.TextTask()
+    return Pair(
+        "g",
+        "pre-LN GPT-2-style byte-level causal LMs (LM head tied) on local text, seeds 1 and 2",
+        lambda: (text.load(text.checkpoint(1)), text.load(text.checkpoint(2))),
+        task.loss,
+        task.calib,
+        lambda: [text.checkpoint(s) / "train_log.json" for s in (1, 2)],
+    )
+
+
 PAIRS: dict[str, Callable[[], Pair]] = {
     "a": _speech_pair,
     "b": _image_pair,
     **{n: (lambda n=n, w=w, v=v: _image_pair(n, w, v)) for n, (w, v) in IMAGE_PAIRS.items()},
+    "g": _text_pair,
 }
 
 

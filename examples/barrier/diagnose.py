@@ -72,15 +72,15 @@ def averaged_losses(pair: barrier.Pair, merger: barrier.Merger) -> dict:
 
 def head_similarity(a: torch.nn.Module, b: torch.nn.Module, batches: list[dict]) -> list[dict]:
     """Per layer, per head of A: the best correlation of its attention maps (over the
-    calibration images, every query and key position) with any head of B's."""
+    calibration inputs, every query and key position) with any head of B's."""
     out = []
     a, b = copy.deepcopy(a).eval(), copy.deepcopy(b).eval()
     for m in (a, b):
         m.set_attn_implementation("eager")
-    x = torch.cat([c["pixel_values"] for c in batches])
+    x = {k: torch.cat([c[k] for c in batches]) for k in batches[0]}  # images or token ids
     with torch.no_grad():
-        maps_a = a(pixel_values=x, output_attentions=True).attentions
-        maps_b = b(pixel_values=x, output_attentions=True).attentions
+        maps_a = a(**x, output_attentions=True).attentions
+        maps_b = b(**x, output_attentions=True).attentions
     for layer, (pa, pb) in enumerate(zip(maps_a, maps_b, strict=True)):
         fa, fb = (p.transpose(0, 1).flatten(1) for p in (pa, pb))  # (heads, images * q * k)
         fa, fb = (f - f.mean(1, keepdim=True) for f in (fa, fb))

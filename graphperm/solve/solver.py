@@ -21,6 +21,7 @@ from functools import partial
 import torch
 
 from graphperm.analysis import Analysis, Part, PermutationGroup, Site
+from graphperm.analysis.classes import Concat
 from graphperm.apply import Indexer, Permutation
 from graphperm.policy import Plan, Target
 from graphperm.solve.assignment import (
@@ -130,13 +131,37 @@ class _Solver:
     def blocks(
         self, site: Site, outer: Part, inner: Part | None = None, *, covariance: bool = False
     ) -> torch.Tensor | None:
-        """The site's correlation if its channels are exactly ``outer × inner`` blocks."""
-        f = self.factors(site)
-        if len(f) != 2 or f[0] != self.table.find(outer.cls):
+        """The site's correlation over its channels that are exactly ``outer × inner`` blocks:
+        all of them, or, where the site concatenates segments (a fused query/key/value
+        projection), the sum of the diagonal blocks of the segments that are; None if none is.
+        """
+        spans = self._spans(self.analysis.coupling.cls(site.key, site.dim), outer, inner)
+        if not spans:
             return None
-        if inner is not None and f[1] != self.table.find(inner.cls):
-            return None
-        return self.corr(site, covariance=covariance)
+        m = self.corr(site, covariance=covariance)
+        if spans == [(0, m.shape[0])]:
+            return m
+        return sum(m[lo:hi, lo:hi] for lo, hi in spans)
+
+    def _spans(
+        self, c: int, outer: Part, inner: Part | None, offset: int = 0
+    ) -> list[tuple[int, int]]:
+        """Where class ``c`` (or the segments it concatenates, recursively) is ``outer × inner``."""
+        f = self.table.factors(c)
+        if (
+            len(f) == 2
+            and f[0] == self.table.find(outer.cls)
+            and (inner is None or f[1] == self.table.find(inner.cls))
+        ):
+            return [(offset, offset + self.table.size(c))]
+        d = self.table.decomp(c)
+        if not isinstance(d, Concat):
+            return []
+        out = []
+        for s in d.segments:
+            out += self._spans(s, outer, inner, offset)
+            offset += self.table.size(s)
+        return out
 
     def forget(self) -> None:
         """Drop the cached correlations."""

@@ -10,6 +10,7 @@ weights still line up for interpolation.
 Example:
     >>> import torch
     >>> from graphperm.analysis.symmetry import Fold
+from graphperm.trace.ties import tie_groups
     >>> state = {"n.weight": torch.tensor([2.0, 3.0]), "n.bias": torch.tensor([1.0, 0.0]),
     ...          "l.weight": torch.tensor([[1.0, 1.0]]), "l.bias": torch.tensor([0.5])}
     >>> out = fold_state(state, [Fold("n", "n.weight", "n.bias", (("l.weight", "l.bias"),))])
@@ -25,6 +26,7 @@ import torch
 
 from graphperm.analysis import Analysis
 from graphperm.analysis.symmetry import Fold
+from graphperm.trace.ties import tie_groups
 
 __all__ = ["fold_state", "folds_for"]
 
@@ -43,8 +45,10 @@ def fold_state(
 ) -> dict[str, torch.Tensor]:
     """``state`` with every norm in ``folds`` folded into its readers (float64 arithmetic, one
     rounding). A new dict sharing the untouched tensors, or, with ``inplace``, the same
-    tensors overwritten."""
+    tensors overwritten. Keys that are one tensor (:mod:`graphperm.trace.ties`) keep one
+    value."""
     out = dict(state)
+    groups = tie_groups(state)
     with torch.no_grad():
         for fold in folds:
             gain = state[fold.weight].double() if fold.weight else None
@@ -59,6 +63,10 @@ def fold_state(
                 _put(out, fold.weight, torch.ones_like(gain), inplace)
             if fold.bias:
                 _put(out, fold.bias, torch.zeros_like(shift), inplace)
+    for keys in groups:
+        changed = [k for k in keys if out[k] is not state[k]]
+        if changed:
+            out.update({k: out[changed[0]] for k in keys})
     return out
 
 

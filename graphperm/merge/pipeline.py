@@ -59,6 +59,7 @@ __all__ = [
     "align_models",
     "enough_data",
     "finish_alignment",
+    "fold_models",
     "merge_all",
     "merge_models",
     "prepare",
@@ -136,11 +137,12 @@ def align_models(
     adapter, analysis, plan = prepare(models[0], policy, where=where, calib=calib)
     timings["trace_analysis_s"] = time.perf_counter() - start
     sources = tuple(m.source for m in models)
-    folds = folds_for(analysis, plan.rotated)
-    if folds:
-        for m in models:
-            fold_state(m.state_dict(), folds, inplace=True)
-        log.info("folded %d norms into the linear layers that read them", len(folds))
+    _check_consensus(plan, len(models), where)
+    references = None
+    if policy.verify and plan.rotated:  # the check compares with the models as given
+        inputs = check_inputs(analysis)
+        references = [outputs(m.module, inputs) for m in models[1:]]
+    fold_models(models, analysis, plan)
     if not plan.targets:
         return Alignment.unaligned(analysis, plan, sources, timings=timings, method=method.name)
     stats, calibration = None, {}
@@ -179,7 +181,32 @@ def align_models(
                 )
         timings["statistics_s"] = stats.elapsed
     states = [m.state_dict() for m in models]  # weight matching and tie-breaking read them
-    return finish_alignment(analysis, plan, stats, calibration, timings, sources, states=states)
+    alignment = finish_alignment(
+        analysis, plan, stats, calibration, timings, sources, states=states
+    )
+    alignment.references = references
+    return alignment
+
+
+def fold_models(models: Sequence[LoadedModel], analysis: Analysis, plan: Plan) -> None:
+    """Fold, in place, the norms the plan's rotations pass through into the linear layers
+    that read them, in every model (what every route does before measuring: ``align``,
+    ``stats`` and ``solve``), so that what is measured differs between models by a rotation
+    only. Nothing happens when the plan rotates nothing."""
+    folds = folds_for(analysis, plan.rotated)
+    if folds:
+        for m in models:
+            fold_state(m.state_dict(), folds, inplace=True)
+        log.info("folded %d norms into the linear layers that read them", len(folds))
+
+
+def _check_consensus(plan: Plan, models: int, where: str = "policy") -> None:
+    if plan.policy.consensus_rounds > 0 and models > 2 and plan.rotated:
+        raise PolicyError(
+            f"{where}: consensus refinement permutes only, and this policy rotates "
+            f"{len(plan.rotated)} part(s); set consensus_rounds to 0 (--consensus-rounds 0) "
+            "or align with `transform: perm`"
+        )
 
 
 def finish_alignment(
@@ -195,6 +222,7 @@ def finish_alignment(
     """Solve every model's permutations from complete statistics (or weights) with the plan's
     alignment method, and measure split-half agreement when the statistics have two halves."""
     method = get_method(plan.policy.method)
+    _check_consensus(plan, len(sources))
     perms, reports = [], []
     t = time.perf_counter()
     problems = [
@@ -322,10 +350,13 @@ def merge_all(
     rotated = set().union(*(p.rotated for p in alignment.perms))
     folds = folds_for(alignment.analysis, rotated)
     states, checks = [fold_state(models[0].state_dict(), folds, inplace=inplace)], []
-    for model, perm in zip(models[1:], alignment.perms):
+    for k, (model, perm) in enumerate(zip(models[1:], alignment.perms)):
         checking = policy.verify and bool(perm.perms)
         t = time.perf_counter()
-        reference = outputs(model.module, inputs) if checking else None
+        reference = None
+        if checking:  # the model as the user gave it, before any folding, when known
+            known = alignment.references
+            reference = known[k] if known else outputs(model.module, inputs)
         state = permute_state(indexer, model.state_dict(), perm, inplace=inplace)
         permuted = model.module if inplace else None
         if checking and not inplace:

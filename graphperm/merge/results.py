@@ -46,6 +46,8 @@ class Alignment:
     sources: tuple[str, ...] = ("", "")
     method: str = "activations"
     consensus: list[dict] = field(default_factory=list)  # per round, with consensus_rounds
+    # outputs of every model after A on the check inputs, as given (before folding)
+    references: list[list[torch.Tensor]] | None = field(default=None, repr=False)
 
     @classmethod
     def unaligned(cls, analysis: Analysis, plan: Plan, sources: tuple[str, ...], **kw) -> Alignment:

@@ -16,10 +16,11 @@ import torch
 import yaml
 
 from graphperm import __version__
+from graphperm.errors import VerificationError
 from graphperm.merge.results import Alignment, MergeResult
 from graphperm.output.card import command_line, model_card
 from graphperm.output.folder import output_folder
-from graphperm.trace import LoadedModel
+from graphperm.trace import LoadedModel, tie_groups
 
 __all__ = ["report_dict", "save_alignment", "save_merge", "write_model"]
 
@@ -89,10 +90,33 @@ def report_dict(alignment: Alignment, result: MergeResult | None = None) -> dict
 
 def write_model(folder: Path, loaded: LoadedModel, state: dict[str, torch.Tensor]) -> None:
     """Save ``loaded``'s whole model with ``state`` (keys relative to the traced module) in place
-    of the traced module's weights, as a ``save_pretrained`` folder (config + safetensors)."""
+    of the traced module's weights, as a ``save_pretrained`` folder (config + safetensors).
+
+    Keys that are one tensor in the model (tied embeddings) are written as one tensor, with
+    the value ``state`` gives them; the config is written as the user's (``use_cache``)."""
     full = dict(loaded.model.state_dict())
-    full.update({loaded.prefix + k: v for k, v in state.items()})
-    loaded.model.save_pretrained(folder, state_dict=full, safe_serialization=True)
+    new = {loaded.prefix + k: v for k, v in state.items()}
+    full.update(new)
+    for keys in tie_groups(loaded.model.state_dict()):
+        given = [k for k in keys if k in new]
+        value = full[given[0] if given else keys[0]]
+        for k in given[1:]:
+            if full[k] is not value and not torch.equal(full[k], value):
+                raise VerificationError(
+                    f"'{given[0]}' and '{k}' are one tensor in the model but were given "
+                    "different values; nothing was written. This is a graphperm bug: please "
+                    "report it"
+                )
+        full.update({k: value for k in keys})
+    config = getattr(loaded.model, "config", None)
+    changed = {k: getattr(config, k) for k in loaded.saved_config}
+    try:
+        for k, v in loaded.saved_config.items():
+            setattr(config, k, v)
+        loaded.model.save_pretrained(folder, state_dict=full, safe_serialization=True)
+    finally:
+        for k, v in changed.items():
+            setattr(config, k, v)
     prep = Path(loaded.source) / "preprocessor_config.json"
     if prep.is_file():
         shutil.copy(prep, folder / prep.name)

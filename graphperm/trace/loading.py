@@ -1,18 +1,23 @@
 """Load a model to align: a local folder, a hub id, or a built-in config.
 
-For encoder–decoder models (Whisper) the encoder is the module graphperm works on; the whole
-model is kept so that a merged encoder can be saved back in place.
+What is saved is what is traced: a checkpoint with a task head (``HubertForCTC``,
+``LlamaForCausalLM``) is traced whole, head and tied output embeddings included, so the head
+moves with the stream it reads. For encoder–decoder models (Whisper) the encoder is the module
+graphperm works on; the analysis then keeps every axis of the encoder's outputs fixed (the
+decoder, which is not traced, reads them), and the whole model is kept so that a merged encoder
+can be saved back in place. graphperm runs models with ``use_cache=False``; the saved config
+keeps the user's value.
 
 Example:
     >>> m = load_model("builtin:hubert-tiny")
-    >>> m.prefix, type(m.module).__name__
-    ('', 'HubertModel')
+    >>> m.prefix, type(m.module).__name__, m.partial
+    ('', 'HubertModel', False)
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -35,6 +40,22 @@ class LoadedModel:
     module: nn.Module  # the traced module: the model itself, or its encoder
     prefix: str  # state_dict prefix of ``module`` inside ``model`` ("" or "encoder.")
     source: str  # what the user passed
+    saved_config: dict = field(default_factory=dict)  # config values changed to run the model
+
+    @property
+    def partial(self) -> bool:
+        """Whether the traced module is only part of the saved model (an encoder–decoder's
+        encoder): the rest reads the traced module's outputs and tensors it shares with it."""
+        return self.module is not self.model
+
+    @property
+    def fixed_outputs(self) -> bool:
+        """Whether the traced module's outputs keep their order: they are read by the untraced
+        rest of the model (:attr:`partial`), or they are a task head's (logits of labels or
+        tokens, whose units mean something). A bare encoder's hidden states move with its
+        stream (the merged model lives in A's basis)."""
+        base = getattr(self.model, "base_model", self.model)
+        return self.partial or (isinstance(base, nn.Module) and base is not self.model)
 
     @property
     def config(self) -> tf.PretrainedConfig | None:
@@ -58,7 +79,7 @@ def load_model(
     Raises :class:`~graphperm.errors.ModelLoadError` with a one-line fix for anything else.
     """
     if isinstance(spec, nn.Module):  # a module given as is is traced as is, head included
-        return _wrap(spec.eval(), type(spec).__name__, keep_head=True)
+        return _wrap(spec.eval(), type(spec).__name__)
     text = str(spec)
     if text.startswith("builtin:"):
         name = text.removeprefix("builtin:")
@@ -188,23 +209,30 @@ def _from_config(config: tf.PretrainedConfig, seed: int) -> nn.Module:
     return model.eval()
 
 
-def _wrap(model: nn.Module, source: str, *, keep_head: bool = False) -> LoadedModel:
-    """The module to trace inside ``model``: its base model without a task head (a checkpoint
-    saved as ``HubertForCTC`` is traced as its ``HubertModel``; not with ``keep_head``), then,
-    for an encoder-decoder model, that model's encoder. The whole model is kept, to be saved
-    back."""
+def _wrap(model: nn.Module, source: str) -> LoadedModel:
+    """The module to trace inside ``model``: the whole model (a checkpoint saved as
+    ``HubertForCTC`` is traced with its CTC head), or, for an encoder-decoder model, its
+    encoder. Caching of keys and values is switched off while graphperm holds the model (the
+    saved config keeps the user's value)."""
     config = getattr(model, "config", None)
     module = model
-    base = getattr(model, "base_model", None)
-    if isinstance(base, nn.Module) and base is not model and not keep_head:
-        module = base
     if config is not None and getattr(config, "is_encoder_decoder", False):
-        module = module.get_encoder()
-        log.info("%s is an encoder-decoder model: working on its encoder", source)
+        module = model.get_encoder()
+        log.info(
+            "%s is an encoder-decoder model: working on its encoder; the axes its outputs "
+            "carry to the decoder stay fixed",
+            source,
+        )
+    saved: dict = {}
+    if config is not None and getattr(config, "use_cache", False):
+        saved["use_cache"] = config.use_cache
+        config.use_cache = False
     prefix = ""
     if module is not model:
         prefix = next(n for n, m in model.named_modules() if m is module) + "."
-    return LoadedModel(model=model.eval(), module=module.eval(), prefix=prefix, source=source)
+    return LoadedModel(
+        model=model.eval(), module=module.eval(), prefix=prefix, source=source, saved_config=saved
+    )
 
 
 def _first_line(err: BaseException) -> str:

@@ -52,7 +52,7 @@ from graphperm.solve import (
 )
 from graphperm.stats import Statistics, calibrate
 from graphperm.stats.io import all_reduce
-from graphperm.trace import LoadedModel, trace
+from graphperm.trace import LoadedModel, same_tensor, trace
 
 __all__ = [
     "align",
@@ -374,5 +374,22 @@ def merge_all(
     t = time.perf_counter()
     n = len(models)
     merged = interpolate(states, lambda key: policy.weights_for(key, n), inplace=inplace)
+    rest = {}
+    if models[0].partial:  # the untraced rest (a decoder): its inputs stay fixed, so plainly
+        rests = [_untraced(m) for m in models]
+        rest = interpolate(rests, lambda key: policy.weights_for(key, n), inplace=inplace)
     timings["interpolate_s"] = time.perf_counter() - t
-    return MergeResult(alignment, merged, models[0], policy.base_weights(n), checks, timings)
+    return MergeResult(
+        alignment, merged, models[0], policy.base_weights(n), checks, timings, rest=rest
+    )
+
+
+def _untraced(model: LoadedModel) -> dict:
+    """The saved model's tensors outside the traced module (full keys), without those it
+    shares with the traced module (they are interpolated with it)."""
+    inside = list(model.module.state_dict().values())
+    return {
+        k: t
+        for k, t in model.model.state_dict().items()
+        if not k.startswith(model.prefix) and not any(same_tensor(t, i) for i in inside)
+    }

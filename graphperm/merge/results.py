@@ -104,6 +104,8 @@ class MergeResult:
     weights: list[float]  # per model, A first (before per-module overrides)
     checks: list[VerifyReport] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    # the saved model's tensors outside the traced module (full keys: a decoder), interpolated
+    rest: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @property
     def check(self) -> VerifyReport | None:

@@ -88,13 +88,20 @@ def report_dict(alignment: Alignment, result: MergeResult | None = None) -> dict
     return out
 
 
-def write_model(folder: Path, loaded: LoadedModel, state: dict[str, torch.Tensor]) -> None:
+def write_model(
+    folder: Path,
+    loaded: LoadedModel,
+    state: dict[str, torch.Tensor],
+    rest: dict[str, torch.Tensor] | None = None,
+) -> None:
     """Save ``loaded``'s whole model with ``state`` (keys relative to the traced module) in place
     of the traced module's weights, as a ``save_pretrained`` folder (config + safetensors).
 
     Keys that are one tensor in the model (tied embeddings) are written as one tensor, with
-    the value ``state`` gives them; the config is written as the user's (``use_cache``)."""
+    the value ``state`` gives them; the config is written as the user's (``use_cache``).
+    ``rest`` (full keys) replaces tensors outside the traced module (a merged decoder)."""
     full = dict(loaded.model.state_dict())
+    full.update(rest or {})
     new = {loaded.prefix + k: v for k, v in state.items()}
     full.update(new)
     for keys in tie_groups(loaded.model.state_dict()):
@@ -131,7 +138,7 @@ def save_merge(
     nothing."""
     out = Path(out)
     with output_folder(out, force=force) as tmp:
-        write_model(tmp, result.model_a, result.state)
+        write_model(tmp, result.model_a, result.state, result.rest)
         save_alignment(result.alignment, tmp)
         report = report_dict(result.alignment, result)
         (tmp / "merge_report.json").write_text(json.dumps(report, indent=2))

@@ -247,3 +247,75 @@ def test_average_is_the_exact_average_of_every_tensor(case: Case, tmp_path) -> N
         from graphperm.trace import tie_groups
 
         assert tie_groups(merged), "the merged model lost its tie"
+
+
+IMAGES = Path(__file__).parent / "data" / "images"
+ROTATE_STREAM = {
+    "method": "activations",
+    "align": [{"kind": "residual", "transform": "orth"}],
+    "weight_a": 0.5,
+    "calibration": {"num_clips": None},
+}
+
+
+def test_shard_route_writes_what_merge_writes_on_a_rotated_pair(tmp_path) -> None:
+    """B = A with its residual stream rotated exactly (norms folded): `stats` + `solve` +
+    `apply --merge-into` fold as `merge` does, so both write the same files, and give back A."""
+    import json
+
+    from graphperm.apply import Indexer, Permutation, permute_state, random_permutation
+    from graphperm.merge import prepare
+    from graphperm.policy import load_policy
+    from graphperm.trace import load_model
+
+    case = CASES["ViTForImageClassification"]
+    a = _build(case, 0)
+    pa = _save(a, tmp_path / "a")
+    loaded = load_model(pa)
+    _, analysis, plan = prepare(loaded, load_policy(ROTATE_STREAM))
+    assert ("residual", "channels") in plan.rotated
+    keeps_ones = analysis.symmetry("residual", "channels").keeps_ones
+    every = random_permutation(
+        Indexer(analysis).shapes(), seed=4, rotate={("residual", "channels"): keeps_ones}
+    )
+    secret = Permutation()
+    secret.set("residual", "channels", every.get("residual", "channels"))
+    b = copy.deepcopy(loaded)
+    b.module.load_state_dict(permute_state(Indexer(analysis), loaded.state_dict(), secret))
+    b.model.save_pretrained(tmp_path / "b")
+    policy = tmp_path / "policy.json"
+    policy.write_text(json.dumps(ROTATE_STREAM))
+    common = ["--policy", policy, "--calib", IMAGES, "-q"]
+    _cli("merge", pa, tmp_path / "b", *common, "--out", tmp_path / "merged")
+    _cli("stats", pa, tmp_path / "b", *common, "--out", tmp_path / "s.safetensors")
+    _cli("solve", tmp_path / "s.safetensors", "--out", tmp_path / "solved")
+    perms = tmp_path / "solved" / "permutations.safetensors"
+    _cli(
+        "apply",
+        tmp_path / "b",
+        "--perms",
+        perms,
+        "--merge-into",
+        pa,
+        "--policy",
+        policy,
+        "--out",
+        tmp_path / "applied",
+        "-q",
+    )
+    one = load_file(tmp_path / "merged" / "model.safetensors")
+    two = load_file(tmp_path / "applied" / "model.safetensors")
+    assert sorted(one) == sorted(two)
+    assert all(torch.equal(one[k], two[k]) for k in one)
+    merged = _load(case, tmp_path / "merged")
+    assert _close(_outputs(case, merged), _outputs(case, a)) < 1e-4
+
+
+def test_consensus_with_rotations_refuses_in_one_line(tmp_path, capsys) -> None:
+    models = ["builtin:bert-tiny"] * 3
+    args = ["merge", *models, "--random-init", "--policy", "weights", "--transform", "orth"]
+    code = main([*args, "--consensus-rounds", "2", "--out", str(tmp_path / "m"), "-q"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1
+    assert "consensus" in err[0] and "transform: perm" in err[0]
+    assert not (tmp_path / "m").exists()

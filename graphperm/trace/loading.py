@@ -216,7 +216,7 @@ def _wrap(model: nn.Module, source: str) -> LoadedModel:
     saved config keeps the user's value)."""
     config = getattr(model, "config", None)
     module = model
-    if config is not None and getattr(config, "is_encoder_decoder", False):
+    if config is not None and getattr(config, "is_encoder_decoder", False) and _has_decoder(model):
         module = model.get_encoder()
         log.info(
             "%s is an encoder-decoder model: working on its encoder; the axes its outputs "
@@ -233,6 +233,14 @@ def _wrap(model: nn.Module, source: str) -> LoadedModel:
     return LoadedModel(
         model=model.eval(), module=module.eval(), prefix=prefix, source=source, saved_config=saved
     )
+
+
+def _has_decoder(model: nn.Module) -> bool:
+    """Whether ``model`` holds a decoder (``UMT5EncoderModel`` has an encoder-decoder config but
+    no decoder: it is traced whole)."""
+    get = getattr(model, "get_decoder", None)
+    decoder = get() if callable(get) else None
+    return isinstance(decoder, nn.Module) and decoder is not model
 
 
 def _first_line(err: BaseException) -> str:

@@ -319,3 +319,62 @@ def test_consensus_with_rotations_refuses_in_one_line(tmp_path, capsys) -> None:
     assert code == 2 and len(err) == 1
     assert "consensus" in err[0] and "transform: perm" in err[0]
     assert not (tmp_path / "m").exists()
+
+
+def test_masked_spec_embed_moves_with_the_stream_it_is_written_into(tmp_path) -> None:
+    """A bare HuBERT is traced with an all-False mask_time_indices, so masked_spec_embed joins
+    the residual stream: B′ computes B's outputs (up to the stream's order) with masking too."""
+    config = tf.HubertConfig(**{k: v for k, v in _AUDIO.items() if k != "vocab_size"})
+    models = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        models.append(tf.HubertModel(config).eval())
+        models[-1].save_pretrained(tmp_path / f"m{seed}")
+    _cli(
+        "align",
+        tmp_path / "m0",
+        tmp_path / "m1",
+        "--policy",
+        "weights",
+        "--out",
+        tmp_path / "al",
+        "-q",
+    )
+    _cli(
+        "apply",
+        tmp_path / "m1",
+        "--perms",
+        tmp_path / "al" / "permutations.safetensors",
+        "--out",
+        tmp_path / "bp",
+        "-q",
+    )
+    b, bp = models[1], tf.HubertModel.from_pretrained(tmp_path / "bp").eval()
+    assert not torch.equal(bp.masked_spec_embed, b.masked_spec_embed)
+    x = _audio(7)["input_values"]
+    frames = int(b._get_feat_extract_output_lengths(torch.tensor(x.shape[1])))
+    mask = torch.zeros(x.shape[0], frames, dtype=torch.bool)
+    mask[:, 2:9] = True
+    with torch.no_grad():
+        want = b(x, mask_time_indices=mask).last_hidden_state
+        got = bp(x, mask_time_indices=mask).last_hidden_state
+    assert _close([got], [want], moved=True) < 1e-4
+
+
+def test_apply_says_which_tensors_the_traced_forward_does_not_use(tmp_path, capsys) -> None:
+    """HubertForCTC's forward takes no mask, so its masked_spec_embed is not traced: the
+    console says so (it is written unchanged)."""
+    case = CASES["HubertForCTC"]
+    for seed in (0, 1):
+        _save(_build(case, seed), tmp_path / f"m{seed}")
+    _cli("align", tmp_path / "m0", tmp_path / "m1", "--policy", "weights", "--out", tmp_path / "al")
+    assert "'hubert.masked_spec_embed' is not used" in capsys.readouterr().out
+    _cli(
+        "apply",
+        tmp_path / "m1",
+        "--perms",
+        tmp_path / "al" / "permutations.safetensors",
+        "--out",
+        tmp_path / "bp",
+    )
+    assert "'hubert.masked_spec_embed' is not used" in capsys.readouterr().out

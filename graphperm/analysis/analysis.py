@@ -39,6 +39,7 @@ class Analysis:
     warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
     symmetries: dict[tuple[str, str], Symmetry] = field(default_factory=dict)
+    unused: list[str] = field(default_factory=list)  # saved tensors the traced forward never reads
 
     def symmetry(self, group: str, part: str) -> Symmetry:
         """The widest family of exact transforms of one part (see :mod:`.symmetry`)."""
@@ -123,13 +124,16 @@ def analyse(traced: Traced) -> Analysis:
         _pin_shared(coupling, traced)
     groups, fixed, deps = build_groups(coupling)
     groups = [find_sites(coupling, g) for g in groups]
-    warnings = _warnings(coupling, traced, fixed)
+    unused = _unused(coupling, traced)
+    warnings = _warnings(coupling, fixed, unused)
     for w in warnings:
         log.info("%s", w)
     symmetries = find_symmetries(coupling, groups)
     seconds = time.perf_counter() - start
     log.info("analysed %d groups in %.2f s", len(groups), seconds)
-    return Analysis(traced, coupling, groups, fixed, deps, warnings, seconds, symmetries)
+    return Analysis(
+        traced, coupling, groups, fixed, deps, warnings, seconds, symmetries, unused=unused
+    )
 
 
 def _pin_outputs(coupling: Coupling, traced: Traced) -> None:
@@ -178,7 +182,23 @@ def _family(s: Symmetry) -> dict:
     return out
 
 
-def _warnings(coupling: Coupling, traced: Traced, fixed: list[FixedAxis]) -> list[str]:
+def _unused(coupling: Coupling, traced: Traced) -> list[str]:
+    """Saved tensors of the traced module that the traced forward never reads (other names of
+    a tensor it reads, tied embeddings, are read)."""
+    seen = set(coupling.state.values())
+    state = traced.loaded.module.state_dict()
+    read = seen - set(coupling.unused)
+    ties = tied_keys(state)
+    tied = {k for a, f in ties.items() for k in (a, f)}
+    out = []
+    for key in coupling.unused + [k for k in state if k not in seen]:
+        if key in tied and any(k in read and same_tensor(state[k], state[key]) for k in tied):
+            continue
+        out.append(key)
+    return out
+
+
+def _warnings(coupling: Coupling, fixed: list[FixedAxis], unused: list[str]) -> list[str]:
     out = []
     # ops without a rule that fixed an axis of a saved tensor
     costly = {r for f in fixed for r in f.reasons if r.startswith("no rule for ")}
@@ -192,16 +212,8 @@ def _warnings(coupling: Coupling, traced: Traced, fixed: list[FixedAxis]) -> lis
         )
     for node, why in sorted(coupling.failed.items()):
         out.append(f"the rule for node {node} failed ({why}); its axes stay fixed")
-    seen = set(coupling.state.values())
-    state = traced.loaded.module.state_dict()
-    unused = coupling.unused + [k for k in state if k not in seen]
-    read = seen - set(coupling.unused)
-    ties = tied_keys(state)
-    tied = {k for a, f in ties.items() for k in (a, f)}
     for key in unused:
-        if key in tied and any(  # another name of a tensor the forward reads
-            k in read and same_tensor(state[k], state[key]) for k in tied
-        ):
-            continue
-        out.append(f"'{key}' is not used by the traced forward pass; it is left unpermuted")
+        out.append(
+            f"'{key}' is not used by the traced forward pass; it is written as it is, unchanged"
+        )
     return out

@@ -14,7 +14,7 @@ from graphperm.apply import (
     outputs,
     permute_state,
 )
-from graphperm.cli.common import add_model_args, analyse_model, load_cli_model, say
+from graphperm.cli.common import add_model_args, analyse_model, load_cli_model, say, say_unused
 from graphperm.errors import UsageError
 from graphperm.merge import Alignment, check_same_architecture, merge_models
 from graphperm.output import check_output, output_folder, write_model
@@ -79,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
         if report is not None
         else ""
     )
+    say_unused(analysis)
     say(f"applied {sum(1 for _ in perm)} part permutations of {len(perm.perms)} groups{checked}")
     what = f"{w:g}·A + {1 - w:g}·B'" if w is not None else "B'"
     say(f"{what} written to {args.out}")

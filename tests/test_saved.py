@@ -247,6 +247,12 @@ def test_average_is_the_exact_average_of_every_tensor(case: Case, tmp_path) -> N
         from graphperm.trace import tie_groups
 
         assert tie_groups(merged), "the merged model lost its tie"
+        # `apply --merge-into` (no permutation) writes the same average, one value per tie
+        perms = tmp_path / "m" / "permutations.safetensors"
+        args = ["--merge-into", pa, "--policy", "average", "--weight-a", "0.25"]
+        _cli("apply", pb, "--perms", perms, *args, "--out", tmp_path / "ap", "-q")
+        again = _load(case, tmp_path / "ap").state_dict()
+        assert all(torch.equal(again[k], v) for k, v in merged.items())
 
 
 IMAGES = Path(__file__).parent / "data" / "images"

@@ -105,15 +105,25 @@ class _NoRecipe(nn.Module):
         return mystery
 
 
+class _DataDependent(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+        self.out = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.sum().item() > 0:  # data-dependent control flow on a value export cannot see
+            return self.out(torch.relu(self.lin(x)))
+        return self.out(x)
+
+
 class _Unexportable(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.lin = nn.Linear(4, 4)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.sum().item() > 0:  # data-dependent control flow on a value export cannot see
-            return self.lin(x)
-        return x
+        return self.lin(torch.from_numpy(x.numpy()))  # no data behind export's fake tensors
 
 
 def test_missing_recipe_is_a_user_error() -> None:
@@ -124,3 +134,19 @@ def test_missing_recipe_is_a_user_error() -> None:
 def test_unexportable_model_is_a_user_error() -> None:
     with pytest.raises(TraceError, match=r"torch\.export could not capture _Unexportable"):
         trace(load_model(_Unexportable()), {"x": torch.randn(2, 4)})
+
+
+def test_data_dependent_branches_are_traced_as_the_example_takes_them() -> None:
+    """export cannot capture a branch on input values; draft_export takes it as the example
+    does, and verify on that example is the proof."""
+    from graphperm.apply import verify
+
+    torch.manual_seed(0)
+    loaded = load_model(_DataDependent())
+    positive = trace(loaded, {"x": torch.rand(2, 4) + 0.1})
+    assert positive.specialised
+    a = analyse(positive)
+    assert [g.kind for g in a.groups].count("ffn") == 1 and verify(a).ok  # relu(lin(x))
+    negative = analyse(trace(loaded, {"x": -torch.rand(2, 4) - 0.1}))
+    assert "ffn" not in [g.kind for g in negative.groups]  # out(x): no hidden layer here
+    assert not trace(load_model(nn.Linear(4, 2)), {"input": torch.randn(2, 4)}).specialised

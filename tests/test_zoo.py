@@ -1,5 +1,6 @@
-"""The encoder zoo: tiny random-init configs of the encoder classes of transformers (audio, text,
-vision), each traced, analysed and verified, with the group kinds and counts it must have.
+"""The zoo: tiny random-init configs of the encoder classes of transformers (audio, text, vision)
+and of causal language models (decoders), each traced, analysed and verified, with the group kinds
+and counts it must have.
 
 The configs live in :data:`graphperm.trace.builtin.ZOO` (``graphperm verify builtin:zoo/NAME``
 reproduces any row); ``examples/zoo/make_table.py`` writes ``docs/architectures.md`` from them.
@@ -19,6 +20,8 @@ from graphperm.trace import example_inputs, load_model, trace
 from graphperm.trace.builtin import ZOO
 
 pytestmark = pytest.mark.slow
+
+DECODER = {"residual": 1, "attn": 2, "ffn": 2}
 
 #: Groups per kind that each model must have (two layers each, unless the model shares heads
 #: across layers through one relative-position table: T5, MT5, MPNet).
@@ -68,6 +71,7 @@ EXPECTED: dict[str, dict[str, int]] = {
     "mt5-encoder": {"residual": 1, "attn": 1, "ffn": 2},
     "modernbert": {"residual": 1, "attn": 2, "ffn": 2},
     "ibert": {"residual": 1, "attn": 2, "ffn": 2, "other": 1},
+    "longformer": {"residual": 1, "attn": 2, "ffn": 2, "other": 1},
     "vit": {"residual": 1, "attn": 2, "ffn": 2, "other": 1},
     "deit": {"residual": 1, "attn": 2, "ffn": 2, "other": 1},
     "beit": {"residual": 1, "attn": 2, "ffn": 2},
@@ -88,13 +92,37 @@ EXPECTED: dict[str, dict[str, int]] = {
     "poolformer": {"residual": 2, "conv": 2},
     "segformer": {"residual": 2, "attn": 3, "conv": 3},
     "levit": {"residual": 3, "attn": 5, "ffn": 5, "conv": 3},
+    # causal language models (base models): one residual stream, attention and FFN per layer
+    "gpt2": DECODER,
+    "gpt-neo": DECODER,
+    "gpt-neox": DECODER,
+    "gptj": DECODER,
+    "opt": DECODER,
+    "bloom": DECODER,
+    "falcon": DECODER,
+    "llama": DECODER,
+    "mistral": DECODER,
+    "mixtral": DECODER,
+    "qwen2": DECODER,
+    "qwen3": DECODER,
+    "gemma": DECODER,
+    "gemma2": DECODER,
+    "phi": DECODER,
+    "phi3": DECODER,
+    "olmo": DECODER,
+    "stablelm": DECODER,
+    "starcoder2": DECODER,
 }
 
 #: Models torch.export cannot capture, for reasons that are not graphperm's: the one-line error.
 EXPORT_FAILS = {
-    "longformer": "data-dependent",  # a branch on the attention mask's values
-    "nystromformer": "broadcast",  # its landmark mask does not broadcast under export
+    # transformers keeps the attention mask when traced, and the landmark scores (4 × 16) cannot
+    # take a 16 × 16 mask: it fails as well when run on any padded input
+    "nystromformer": "broadcast",
 }
+
+#: Models traced specialised to their example inputs (branches on input values: draft_export).
+SPECIALISED = {"longformer"}
 
 
 def zoo_inputs(name: str, loaded) -> dict[str, torch.Tensor]:
@@ -110,14 +138,15 @@ def zoo_analysis(name: str) -> Analysis:
     return analyse(trace(loaded, zoo_inputs(name, loaded)))
 
 
-def test_the_zoo_covers_audio_text_and_vision() -> None:
+def test_the_zoo_covers_audio_text_vision_and_decoders() -> None:
     assert set(EXPECTED) | set(EXPORT_FAILS) == set(ZOO)
     modalities = [ZOO[n].modality for n in EXPECTED]
     assert len(EXPECTED) >= 40
-    assert {m: modalities.count(m) >= 10 for m in ("audio", "text", "vision")} == {
+    assert {m: modalities.count(m) >= 10 for m in ("audio", "text", "vision", "decoder")} == {
         "audio": True,
         "text": True,
         "vision": True,
+        "decoder": True,
     }
 
 
@@ -125,6 +154,7 @@ def test_the_zoo_covers_audio_text_and_vision() -> None:
 def test_zoo_model_verifies_with_expected_groups(name: str) -> None:
     torch.set_num_threads(1)
     analysis = zoo_analysis(name)
+    assert analysis.traced.specialised == (name in SPECIALISED)
     assert analysis.counts() == EXPECTED[name], [(g.name, g.kind) for g in analysis.groups]
     report = verify(analysis, seed=0)
     assert report.ok, [(o.name, o.max_abs, o.max_rel) for o in report.outputs]
@@ -207,3 +237,50 @@ def test_missing_rules_of_issue_11_are_there() -> None:
         unknown = set(zoo_analysis(name).coupling.unknown)
         assert not unknown, (name, unknown)
     assert kinds("vit-mae")["residual"] == "residual"
+
+
+# ------------------------------------------------------------------------------- the decoders
+def parts(name: str, kind: str = "attn") -> list[list[tuple[str, int]]]:
+    groups = [g for g in zoo_analysis(name).groups if g.kind == kind]
+    return [[(p.name, p.size) for p in g.parts] for g in groups]
+
+
+@pytest.mark.parametrize("name", ["llama", "mistral", "qwen2", "gemma", "olmo", "phi3", "mixtral"])
+def test_grouped_query_attention_permutes_kv_heads_and_their_query_heads(name: str) -> None:
+    """2 key/value heads, each shared by 2 query heads: a query head moves only among the heads
+    that share its key/value head; rotary qk channels stay in place (no qk part)."""
+    assert parts(name) == [[("heads0", 2), ("heads1", 2), ("vo", 8)]] * 2
+
+
+@pytest.mark.parametrize("name", ["gpt-neox", "phi", "gptj"])
+def test_partial_rotary_leaves_the_passed_through_qk_channels_free(name: str) -> None:
+    """Half of each head's qk channels are rotated (pinned: their frequencies differ), the other
+    half pass through and may move (and rotate), the same way in q and k."""
+    a = zoo_analysis(name)
+    for g in a.groups:
+        if g.kind == "attn":
+            assert ("qk", 4) in [(p.name, p.size) for p in g.parts], g.structure
+            assert a.symmetry(g.name, "qk").family == "orth"
+
+
+def test_bloom_alibi_pins_the_heads() -> None:
+    """ALiBi adds a fixed slope per head to the logits: heads cannot be reordered."""
+    assert all("heads" not in dict(p) for p in parts("bloom"))
+
+
+def test_falcon_one_kv_head_is_shared_by_every_query_head() -> None:
+    assert parts("falcon") == [[("heads", 4)]] * 2
+
+
+def test_mixtral_router_and_experts() -> None:
+    """The router reads the residual stream; its expert axis, and so the experts' order, stays
+    (top-k picks experts by position); each layer's experts form one FFN group."""
+    a = zoo_analysis("mixtral")
+    groups = {g.name: g for g in a.groups}
+    assert ("layers.0.mlp.gate.weight", 1) in groups["residual"].tensors
+    experts = groups["layers.0.mlp.experts"]
+    assert experts.kind == "ffn" and experts.size == 64
+    assert ("layers.0.mlp.experts.gate_up_proj", 1) in experts.tensors
+    assert ("layers.0.mlp.experts.down_proj", 2) in experts.tensors
+    fixed = {(f.key, f.dim) for f in a.fixed}
+    assert {("layers.0.mlp.gate.weight", 0), ("layers.0.mlp.experts.down_proj", 0)} <= fixed

@@ -158,7 +158,9 @@ def _parts_of(d: Product | Concat | None) -> list[int]:
 
 
 def _effectively_fixed(coupling: Coupling, roots: list[int], children: dict) -> set[int]:
-    """Fixed classes, and every class composed into a fixed class (its parts must be identity)."""
+    """Fixed classes, every class composed into a fixed class (its parts must be identity), and
+    every class composed only of fixed parts (a rotary embedding's channels: two halves, both
+    fixed, shared by every layer), which can only stay in place too."""
     table = coupling.table
     out: set[int] = set()
     stack = [r for r in roots if table.fixed_reasons(r)]
@@ -168,6 +170,13 @@ def _effectively_fixed(coupling: Coupling, roots: list[int], children: dict) -> 
             continue
         out.add(c)
         stack.extend(children.get(c, []))
+    grew = True
+    while grew:
+        grew = False
+        for c, kids in children.items():
+            if kids and c not in out and all(k in out for k in kids):
+                out.add(c)
+                grew = True
     return out
 
 

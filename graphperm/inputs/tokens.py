@@ -1,10 +1,13 @@
-"""Text encoders: token ids (BERT, RoBERTa, T5's encoder, ...).
+"""Token ids: text encoders (BERT, RoBERTa, T5's encoder, ...) and causal language models
+(GPT-2, Llama, ...).
 
 Calibration texts (``.txt``: one per line; ``.jsonl``: a ``"text"`` field per record) go through
 the model's own tokenizer, from the model folder. Every batch is cut or padded to
 ``calibration.max_tokens`` tokens so one exported graph serves all of them; the graph takes the
 ``attention_mask`` too (when ``forward`` has one), so the model ignores padding, and the
-statistics' mask is the attention mask: padded tokens never enter a statistic.
+statistics' mask is the attention mask: padded tokens never enter a statistic. Padding goes
+after the text, so a causal model's real tokens never attend to it; a tokenizer without a pad
+token (GPT-2's, Llama's) pads with its end-of-text token.
 
 Example:
     >>> from graphperm.trace import load_model
@@ -21,7 +24,8 @@ from pathlib import Path
 
 import torch
 
-from graphperm.data.text import pick, read_texts
+from graphperm.data.audio import AUDIO_EXTENSIONS
+from graphperm.data.text import IMAGE_SUFFIXES, TEXT_SUFFIXES, pick, read_texts
 from graphperm.errors import CalibrationError, ModelLoadError
 from graphperm.inputs.base import (
     CalibrationData,
@@ -105,6 +109,14 @@ class TokenAdapter(InputAdapter):
             raise CalibrationError(missing) from err
         if len(tok) <= len(tok.all_special_tokens):  # built from the config alone: no vocabulary
             raise CalibrationError(missing)
+        if tok.pad_token is None:  # causal LMs (GPT-2, Llama) often have none: pad with EOS
+            tok.pad_token = tok.eos_token or tok.unk_token or tok.bos_token
+        if tok.pad_token is None:
+            raise CalibrationError(
+                f"the tokenizer of '{source}' has no pad, end-of-text, unknown or start token to "
+                "pad batches with; set tokenizer.pad_token and save it again"
+            )
+        tok.padding_side = "right"  # padding after the text: a causal model's tokens never see it
         return tok
 
     def calibration(
@@ -112,6 +124,8 @@ class TokenAdapter(InputAdapter):
     ) -> CalibrationData:
         if self.settings is None:
             raise CalibrationError("calibration needs the policy's calibration settings")
+        for source in sources:
+            self._check_is_text(Path(source))
         tok = self.tokenizer()
         texts = read_texts(sources)
         found = len(texts)
@@ -127,6 +141,24 @@ class TokenAdapter(InputAdapter):
             "description": f"{len(texts)} of {found} texts, up to {self.length} tokens each",
         }
         return CalibrationData(stream, len(texts), summary)
+
+    def _check_is_text(self, source: Path) -> None:
+        """A clear error for audio or images given to a model that reads text."""
+        kinds = dict.fromkeys(AUDIO_EXTENSIONS, "audio") | dict.fromkeys(IMAGE_SUFFIXES, "images")
+        if source.is_file():
+            found = kinds.get(source.suffix.lower())
+        elif source.is_dir():
+            files = [p for p in source.rglob("*") if p.is_file()]
+            if any(p.suffix.lower() in TEXT_SUFFIXES for p in files):
+                return
+            found = next((kinds[s] for p in files if (s := p.suffix.lower()) in kinds), None)
+        else:
+            return
+        if found is not None:
+            raise CalibrationError(
+                f"--calib '{source}' is {found}, but {self.describe_model()} reads text; pass "
+                f"text files ({', '.join(TEXT_SUFFIXES)}) or folders of them"
+            )
 
     def batch(self, tok, texts: list[str], batch_size: int) -> ModelBatch:
         """``texts`` tokenized and padded to ``batch_size`` rows of :attr:`length` tokens;

@@ -98,7 +98,7 @@ def write_model(
     of the traced module's weights, as a ``save_pretrained`` folder (config + safetensors).
 
     Keys that are one tensor in the model (tied embeddings) are written as one tensor, with
-    the value ``state`` gives them; the config is written as the user's (``use_cache``).
+    the value ``state`` gives them.
     ``rest`` (full keys) replaces tensors outside the traced module (a merged decoder)."""
     full = dict(loaded.model.state_dict())
     full.update(rest or {})
@@ -115,15 +115,8 @@ def write_model(
                     "report it"
                 )
         full.update({k: value for k in keys})
-    config = getattr(loaded.model, "config", None)
-    changed = {k: getattr(config, k) for k in loaded.saved_config}
-    try:
-        for k, v in loaded.saved_config.items():
-            setattr(config, k, v)
-        loaded.model.save_pretrained(folder, state_dict=full, safe_serialization=True)
-    finally:
-        for k, v in changed.items():
-            setattr(config, k, v)
+    with loaded.as_loaded() as model:  # its own config, not the settings graphperm ran it with
+        model.save_pretrained(folder, state_dict=full, safe_serialization=True)
     prep = Path(loaded.source) / "preprocessor_config.json"
     if prep.is_file():
         shutil.copy(prep, folder / prep.name)

@@ -90,7 +90,8 @@ def builtin_config(name: str) -> tf.PretrainedConfig:
 # ----------------------------------------------------------------------------- the zoo
 @dataclass(frozen=True)
 class ZooModel:
-    """A tiny random-init config of one encoder class of transformers, as the zoo test uses it.
+    """A tiny random-init config of one model class of transformers, as the zoo test uses it:
+    an encoder, or a causal language model's base model (modality ``"decoder"``).
 
     ``config()`` builds the config (``architectures`` names the class when ``AutoModel`` would
     build another one); ``length`` is the example input's length (samples, frames or tokens);
@@ -98,7 +99,7 @@ class ZooModel:
     :func:`graphperm.trace.example_inputs`.
     """
 
-    modality: str  # "audio", "text" or "vision"
+    modality: str  # "audio", "text", "vision", or "decoder" (causal language models)
     config: Callable[[], tf.PretrainedConfig]
     length: int | None = None
     inputs: Callable[[tf.PretrainedConfig], dict[str, torch.Tensor]] | None = None
@@ -130,6 +131,20 @@ _AUDIO = dict(
     conv_kernel=(10, 3, 3),
     num_conv_pos_embeddings=16,
     num_conv_pos_embedding_groups=4,
+)
+#: Causal language models: 4 query heads sharing 2 key/value heads where the class has
+#: grouped-query attention; special tokens inside the tiny vocabulary.
+_DEC = dict(_TEXT, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+_GQA = dict(_DEC, num_key_value_heads=2)
+_GPT2 = dict(
+    n_embd=32,
+    n_layer=2,
+    n_head=4,
+    n_inner=64,
+    vocab_size=128,
+    n_positions=64,
+    bos_token_id=1,
+    eos_token_id=2,
 )
 _T5 = dict(
     d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=1, num_heads=4, vocab_size=128
@@ -307,6 +322,61 @@ ZOO: dict[str, ZooModel] = {
     "nystromformer": ZooModel(
         "text", lambda: tf.NystromformerConfig(**_TEXT, num_landmarks=4, segment_means_seq_len=16)
     ),
+    # --------------------------------------------------------- decoders (causal language models)
+    "gpt2": ZooModel("decoder", lambda: tf.GPT2Config(**_GPT2)),
+    "gpt-neo": ZooModel(  # one global and one local (sliding-window) attention layer
+        "decoder",
+        lambda: tf.GPTNeoConfig(
+            hidden_size=32,
+            num_layers=2,
+            num_heads=4,
+            intermediate_size=64,
+            vocab_size=128,
+            max_position_embeddings=64,
+            attention_types=[[["global", "local"], 1]],
+            window_size=8,
+            bos_token_id=1,
+            eos_token_id=2,
+        ),
+    ),
+    "gpt-neox": ZooModel("decoder", lambda: tf.GPTNeoXConfig(**_DEC, rotary_pct=0.5)),
+    "gptj": ZooModel("decoder", lambda: tf.GPTJConfig(**_GPT2, rotary_dim=4)),
+    "opt": ZooModel(
+        "decoder",
+        lambda: tf.OPTConfig(
+            **{k: v for k, v in _DEC.items() if k != "intermediate_size"},
+            ffn_dim=64,
+            word_embed_proj_dim=32,
+        ),
+    ),
+    "bloom": ZooModel(  # ALiBi: a fixed slope per head
+        "decoder",
+        lambda: tf.BloomConfig(
+            hidden_size=32, n_layer=2, n_head=4, vocab_size=128, bos_token_id=1, eos_token_id=2
+        ),
+    ),
+    "falcon": ZooModel(  # Falcon-7B's layout: one key/value head, parallel attention and MLP
+        "decoder",
+        lambda: tf.FalconConfig(
+            **{k: v for k, v in _DEC.items() if k != "intermediate_size"},
+            new_decoder_architecture=False,
+            multi_query=True,
+        ),
+    ),
+    "llama": ZooModel("decoder", lambda: tf.LlamaConfig(**_GQA)),
+    "mistral": ZooModel("decoder", lambda: tf.MistralConfig(**_GQA, sliding_window=8)),
+    "mixtral": ZooModel(
+        "decoder", lambda: tf.MixtralConfig(**_GQA, num_local_experts=4, num_experts_per_tok=2)
+    ),
+    "qwen2": ZooModel("decoder", lambda: tf.Qwen2Config(**_GQA)),
+    "qwen3": ZooModel("decoder", lambda: tf.Qwen3Config(**_GQA, head_dim=8)),
+    "gemma": ZooModel("decoder", lambda: tf.GemmaConfig(**_GQA, head_dim=8)),
+    "gemma2": ZooModel("decoder", lambda: tf.Gemma2Config(**_GQA, head_dim=8, sliding_window=8)),
+    "phi": ZooModel("decoder", lambda: tf.PhiConfig(**_DEC, partial_rotary_factor=0.5)),
+    "phi3": ZooModel("decoder", lambda: tf.Phi3Config(**_GQA)),
+    "olmo": ZooModel("decoder", lambda: tf.OlmoConfig(**_GQA)),
+    "stablelm": ZooModel("decoder", lambda: tf.StableLmConfig(**_GQA)),
+    "starcoder2": ZooModel("decoder", lambda: tf.Starcoder2Config(**_GQA, sliding_window=8)),
     # ---------------------------------------------------------------------------- vision
     "vit": ZooModel("vision", lambda: tf.ViTConfig(**_VIT)),
     "deit": ZooModel("vision", lambda: tf.DeiTConfig(**_VIT)),

@@ -5,8 +5,8 @@ What is saved is what is traced: a checkpoint with a task head (``HubertForCTC``
 moves with the stream it reads. For encoder–decoder models (Whisper) the encoder is the module
 graphperm works on; the analysis then keeps every axis of the encoder's outputs fixed (the
 decoder, which is not traced, reads them), and the whole model is kept so that a merged encoder
-can be saved back in place. graphperm runs models with ``use_cache=False``; the saved config
-keeps the user's value.
+can be saved back in place. graphperm runs models with :data:`RUN_SETTINGS` (no KV cache);
+the saved config keeps the user's values.
 
 Example:
     >>> m = load_model("builtin:hubert-tiny")
@@ -17,6 +17,8 @@ Example:
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,9 +29,15 @@ from torch import nn
 from graphperm.errors import ModelLoadError
 from graphperm.trace.builtin import BUILTINS, ZOO, builtin_config
 
-__all__ = ["LoadedModel", "load_model"]
+__all__ = ["RUN_SETTINGS", "LoadedModel", "load_model"]
 
 log = logging.getLogger(__name__)
+
+#: Config settings graphperm runs every model with, where its configs have them; the model is
+#: saved with its own. No KV cache: a decoder would return one, which export cannot capture and
+#: nothing reads. Mixture-of-experts layers as batched products of the experts' gathered weights:
+#: plain ATen ops whose axes the analysis reads (the default grouped kernel is one opaque op).
+RUN_SETTINGS: dict[str, object] = {"use_cache": False, "_experts_implementation": "batched_mm"}
 
 
 @dataclass
@@ -40,7 +48,8 @@ class LoadedModel:
     module: nn.Module  # the traced module: the model itself, or its encoder
     prefix: str  # state_dict prefix of ``module`` inside ``model`` ("" or "encoder.")
     source: str  # what the user passed
-    saved_config: dict = field(default_factory=dict)  # config values changed to run the model
+    #: (config, attribute, value as loaded) for each setting of :data:`RUN_SETTINGS` changed
+    changed: list[tuple[object, str, object]] = field(default_factory=list, repr=False)
 
     @property
     def partial(self) -> bool:
@@ -64,6 +73,27 @@ class LoadedModel:
     def state_dict(self) -> dict[str, torch.Tensor]:
         """The traced module's state (keys relative to it)."""
         return self.module.state_dict()
+
+    @contextmanager
+    def as_loaded(self) -> Iterator[nn.Module]:
+        """The whole model with its configs as loaded (for saving), :data:`RUN_SETTINGS` again
+        after.
+
+        Example:
+            >>> m = load_model("builtin:zoo/llama")
+            >>> m.config.use_cache
+            False
+            >>> with m.as_loaded() as model:
+            ...     model.config.use_cache
+            True
+        """
+        for config, name, value in self.changed:
+            setattr(config, name, value)
+        try:
+            yield self.model
+        finally:
+            for config, name, _ in self.changed:
+                setattr(config, name, RUN_SETTINGS[name])
 
 
 def load_model(
@@ -212,8 +242,7 @@ def _from_config(config: tf.PretrainedConfig, seed: int) -> nn.Module:
 def _wrap(model: nn.Module, source: str) -> LoadedModel:
     """The module to trace inside ``model``: the whole model (a checkpoint saved as
     ``HubertForCTC`` is traced with its CTC head), or, for an encoder-decoder model, its
-    encoder. Caching of keys and values is switched off while graphperm holds the model (the
-    saved config keeps the user's value)."""
+    encoder. The model runs with :data:`RUN_SETTINGS` (its saved config keeps its own)."""
     config = getattr(model, "config", None)
     module = model
     if config is not None and getattr(config, "is_encoder_decoder", False) and _has_decoder(model):
@@ -223,16 +252,29 @@ def _wrap(model: nn.Module, source: str) -> LoadedModel:
             "carry to the decoder stay fixed",
             source,
         )
-    saved: dict = {}
-    if config is not None and getattr(config, "use_cache", False):
-        saved["use_cache"] = config.use_cache
-        config.use_cache = False
     prefix = ""
     if module is not model:
         prefix = next(n for n, m in model.named_modules() if m is module) + "."
+    changed = _run_settings(model)
     return LoadedModel(
-        model=model.eval(), module=module.eval(), prefix=prefix, source=source, saved_config=saved
+        model=model.eval(), module=module.eval(), prefix=prefix, source=source, changed=changed
     )
+
+
+def _run_settings(model: nn.Module) -> list[tuple[object, str, object]]:
+    """Apply :data:`RUN_SETTINGS` to every config in ``model`` that has them; what was changed,
+    with the values as loaded."""
+    configs = {id(c): c for m in model.modules() if (c := getattr(m, "config", None)) is not None}
+    changed = []
+    for config in configs.values():
+        if not isinstance(config, tf.PretrainedConfig):
+            continue
+        for name, value in RUN_SETTINGS.items():
+            old = getattr(config, name, None)
+            if hasattr(config, name) and old != value:
+                setattr(config, name, value)
+                changed.append((config, name, old))
+    return changed
 
 
 def _has_decoder(model: nn.Module) -> bool:

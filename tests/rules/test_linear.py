@@ -254,3 +254,42 @@ def test_einsum_of_two_activations_is_attention():
 
 def test_einsum_attention_semantics():
     assert_verifies(einsum_attention())
+
+
+# ------------------------------------------------------ weights picked by index (MoE experts)
+class PickedExperts(nn.Module):
+    """A mixture of experts as transformers' ``batched_mm`` runs it: each token's expert weight
+    ``W[expert_ids]`` (3 experts of Linear(8 → 6)), a batched product, then a shared Linear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.experts = nn.Parameter(torch.randn(3, 6, 8))
+        self.out = nn.Linear(6, 4)
+
+    def forward(self, x, expert_ids):
+        picked = self.experts[expert_ids]  # (tokens, 6, 8)
+        h = torch.bmm(picked, x.unsqueeze(-1)).squeeze(-1)
+        return self.out(torch.relu(h))
+
+
+@functools.cache
+def picked_experts():
+    torch.manual_seed(0)
+    return analysed(PickedExperts(), x=torch.randn(5, 8), expert_ids=torch.tensor([0, 2, 1, 2, 0]))
+
+
+def test_a_picked_weight_is_a_weight_in_a_product():
+    a = picked_experts()
+    ax = Axes(a)
+    bmm = node(a, "bmm")
+    units = ax.out(bmm, 1)
+    assert units == ax.p("experts", 1) == ax.p("out.weight", 1)
+    assert "linear_out" in ax.tags(units) and "vo" not in ax.tags(units)
+    assert "linear_in" in ax.tags(ax.p("experts", 2)) and "qk" not in ax.tags(ax.p("experts", 2))
+    assert_fixed_by(ax, ax.p("experts", 0), "indexed")  # the experts' order
+
+
+def test_a_picked_weight_semantics():
+    a = picked_experts()
+    assert group_of(a, "experts", 1).kind == "ffn"
+    assert_verifies(a)

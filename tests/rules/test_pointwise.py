@@ -261,3 +261,81 @@ def test_pointwise_add_of_one_value_is_not_a_skip_connection():
 def test_glu_multiply_and_pointwise_adds_semantics():
     for analysis in (glu(), multiply(), gelu_new_ffn()):
         assert_verifies(analysis)
+
+
+# ------------------------------------------------------------------ in-place detach (GPT-Neo)
+class DetachInPlace(nn.Module):
+    """``gelu(h).detach_()`` on an activation, and a constant made in ``forward`` (GPT-Neo's
+    attention mask value: ``torch.tensor(...)``, exported as ``lift_fresh_copy`` then
+    ``detach_``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(8, 12)
+        self.b = nn.Linear(12, 4)
+
+    def forward(self, x):
+        h = F.gelu(self.a(x)).detach_()
+        low = torch.tensor(-1.0)
+        return self.b(torch.where(h > 0, h, low))
+
+
+@functools.cache
+def detach_in_place():
+    torch.manual_seed(0)
+    return analysed(DetachInPlace(), x=torch.randn(2, 3, 8))
+
+
+def test_in_place_detach_keeps_every_axis():
+    a = detach_in_place()
+    ax = Axes(a)
+    assert len(nodes(a, "detach_")) == 2 and not a.coupling.unknown
+    n = next(n for n in nodes(a, "detach_") if len(n.meta["val"].shape) == 3)
+    assert [ax.arg(n, 0, d) for d in range(3)] == [ax.out(n, d) for d in range(3)]
+    assert ax.out(n, -1) == ax.p("a.weight", 0) == ax.p("b.weight", 1)
+    assert ax.movable(ax.out(n, -1))
+
+
+def test_in_place_detach_semantics():
+    a = detach_in_place()
+    assert group_of(a, "a.weight", 0).kind == "ffn"
+    assert_verifies(a)
+
+
+# ------------------------------------------------------------------ copy_ (Longformer)
+class CopyInto(nn.Module):
+    """``buf[:, :3] = h`` style writes: ``copy_`` of an activation into a fresh buffer
+    (broadcasting a (1, 12) row over tokens in the second write)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(8, 12)
+        self.row = nn.Parameter(torch.randn(1, 12))
+        self.b = nn.Linear(12, 4)
+
+    def forward(self, x):
+        h = F.gelu(self.a(x))
+        buf = torch.empty_like(h)
+        buf.copy_(h)
+        other = torch.empty_like(h).copy_(self.row)
+        return self.b(buf * other)
+
+
+@functools.cache
+def copy_into():
+    torch.manual_seed(0)
+    return analysed(CopyInto(), x=torch.randn(5, 8))
+
+
+def test_copy_ties_destination_source_and_result():
+    a = copy_into()
+    ax = Axes(a)
+    first, second = nodes(a, "copy_")
+    ch = ax.p("a.weight", 0)
+    assert ax.arg(first, 0, -1) == ax.arg(first, 1, -1) == ax.out(first, -1) == ch
+    assert ax.arg(second, 1, -1) == ax.p("row", 1) == ch == ax.p("b.weight", 1)
+    assert ax.size(ax.p("row", 0)) == 1 and not a.coupling.unknown
+
+
+def test_copy_semantics():
+    assert_verifies(copy_into())

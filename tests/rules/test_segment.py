@@ -393,3 +393,70 @@ def test_index_put_semantics():
         for seed in SEEDS:  # random orthogonal matrices on every orth part
             report = verify(a, seed=seed)
             assert report.rotated_parts >= 1 and report.ok, (how, seed, report.outputs)
+
+
+# ------------------------------------------------------------------ slices that tile an axis
+class SlicedQkv(nn.Module):
+    """Phi-3's fused projection: one Linear(8 → 24) cut by slices into pieces of 12, 6 and 6,
+    each read by its own Linear; and a lone slice ``g[..., :6]`` of another value, which leaves
+    the rest of its axis unread (no tiling: blocked)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.qkv = nn.Linear(8, 24)
+        self.q = nn.Linear(12, 4)
+        self.k = nn.Linear(6, 4)
+        self.v = nn.Linear(6, 4)
+        self.g = nn.Linear(8, 10)
+        self.h = nn.Linear(6, 4)
+
+    def forward(self, x):
+        y = self.qkv(x)
+        q, k, v = y[..., :12], y[..., 12:18], y[..., 18:]
+        return self.q(q) + self.k(k) + self.v(v) + self.h(self.g(x)[..., :6])
+
+
+class RotateHalf(nn.Module):
+    """``cat((-x2, x1))`` of the two halves of one value (a rotary embedding's rotate_half):
+    slices joined again in another order stay blocked."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(8, 12)
+        self.b = nn.Linear(12, 4)
+
+    def forward(self, x):
+        h = self.a(x)
+        x1, x2 = h[..., :6], h[..., 6:]
+        return self.b(h + torch.cat((-x2, x1), dim=-1))
+
+
+@functools.cache
+def sliced_qkv():
+    torch.manual_seed(0)
+    return analysed(SlicedQkv(), x=torch.randn(2, 3, 8))
+
+
+def test_slices_that_tile_an_axis_make_it_their_segments():
+    a = sliced_qkv()
+    ax = Axes(a)
+    fused = ax.p("qkv.weight", 0)
+    assert ax.segments(fused) == [12, 6, 6]
+    pieces = [ax.out(node(a, "slice", i), -1) for i in range(3)]
+    assert pieces == [ax.p("q.weight", 1), ax.p("k.weight", 1), ax.p("v.weight", 1)]
+    assert all(ax.movable(c) for c in pieces)
+    assert_fixed_by(ax, ax.p("g.weight", 0), "takes part of it")  # a lone slice: blocked
+
+
+def test_rejoined_slices_stay_blocked():
+    torch.manual_seed(0)
+    a = analysed(RotateHalf(), x=torch.randn(2, 3, 8))
+    ax = Axes(a)
+    assert_fixed_by(ax, ax.p("a.weight", 0), "takes part of it")
+
+
+def test_slices_that_tile_an_axis_semantics():
+    a = sliced_qkv()
+    group = group_of(a, "qkv.weight", 0)
+    assert group.structure == "channels0 12 + channels1 6 + channels2 6"
+    assert_verifies(a)

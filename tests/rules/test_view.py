@@ -154,3 +154,54 @@ def test_unfactorable_reshape_semantics():
     a = between("regroup")
     assert [g.tensors for g in a.groups] == [(("b.bias", 0), ("b.weight", 0))]
     assert_verifies(a)
+
+
+# ------------------------------------------------------------------ as_strided windows
+class Windows(nn.Module):
+    """Longformer's chunking: (tokens 8, channels 6) seen as 3 overlapping windows of 4 tokens
+    (stride 2 tokens) by ``as_strided``; channels stay whole, windows overlap."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(4, 6)
+        self.b = nn.Linear(6, 4)
+
+    def forward(self, x):
+        h = self.a(x).contiguous()  # (8, 6)
+        w = h.as_strided((3, 4, 6), (12, 6, 1))  # window i: tokens 2i .. 2i+3
+        return self.b(w.sum(1))
+
+
+@functools.cache
+def windows():
+    torch.manual_seed(0)
+    return analysed(Windows(), x=torch.randn(8, 4))
+
+
+def test_as_strided_ties_the_dims_it_keeps_whole():
+    a = windows()
+    ax = Axes(a)
+    n = node(a, "as_strided")
+    assert ax.arg(n, 0, 1) == ax.out(n, 2) == ax.p("a.weight", 0) == ax.p("b.weight", 1)
+    assert ax.movable(ax.out(n, 2))
+    assert_fixed_by(ax, ax.arg(n, 0, 0), "overlapping or partial windows")
+    assert_fixed_by(ax, ax.out(n, 0), "overlapping or partial windows")
+
+
+def test_as_strided_blocks_a_dim_whose_blocks_overlap_others():
+    class Skewed(nn.Module):  # stride 5 over rows of 6: each "row" starts mid-row
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Linear(4, 6)
+            self.b = nn.Linear(6, 4)
+
+        def forward(self, x):
+            return self.b(self.a(x).contiguous().as_strided((3, 6), (5, 1)))
+
+    torch.manual_seed(0)
+    a = analysed(Skewed(), x=torch.randn(8, 4))
+    assert_fixed_by(Axes(a), Axes(a).p("a.weight", 0), "overlapping or partial windows")
+
+
+def test_as_strided_semantics():
+    assert_verifies(windows())

@@ -17,6 +17,9 @@ from graphperm.analysis.rules import register, rotates
 _SAME_WEIGHT = frozenset(
     f"aten.{n}" for n in "t transpose permute mT numpy_T _to_copy to contiguous clone alias".split()
 )
+#: Ops that pick whole slices of a saved weight along its leading axes (a mixture of experts'
+#: ``experts.down_proj[expert_ids]``): each picked slice is still a weight matrix.
+_PICKED_WEIGHT = frozenset(("aten.index", "aten.index_select"))
 
 
 @register("aten.linear")
@@ -96,9 +99,13 @@ def _matmul(
 
 
 def _is_weight(ctx: RuleContext, t: TensorArg) -> bool:
-    """Whether ``t`` is a saved tensor, possibly transposed or cast on the way (``x @ W.t()``)."""
+    """Whether ``t`` is a saved tensor, possibly transposed or cast on the way (``x @ W.t()``),
+    or slices of one picked by index along its leading axes (experts' weights gathered per
+    token)."""
     node = next((n for n in ctx.node.all_input_nodes if n.name == t.key), None)
-    while node is not None and op_name(node.target).rsplit(".", 1)[0] in _SAME_WEIGHT:
+    while node is not None and op_name(node.target).rsplit(".", 1)[0] in (
+        _SAME_WEIGHT | _PICKED_WEIGHT
+    ):
         node = node.args[0] if isinstance(node.args[0], fx.Node) else None
     return node is not None and node.name in ctx.builder.state
 

@@ -17,7 +17,7 @@ cosh erf erfc erfinv reciprocal sign sgn square floor ceil round trunc frac logi
 bitwise_not isnan isinf isfinite nan_to_num clamp clamp_min clamp_max clip gelu relu
 relu6 silu elu selu celu leaky_relu hardtanh tanh sigmoid softplus mish hardswish
 hardsigmoid log_sigmoid logit dropout alpha_dropout feature_dropout
-feature_alpha_dropout native_dropout contiguous clone detach alias lift_fresh_copy
+feature_alpha_dropout native_dropout contiguous clone detach detach_ alias lift_fresh_copy
 _to_copy to positive fill zero relu_ gelu_ silu_ tanh_ sigmoid_ clamp_ dropout_ fill_
 zero_ mul_ div_ abs_ neg_ exp_""".split()
 
@@ -89,6 +89,13 @@ def _is_skip(ctx: RuleContext, tensors: list) -> bool:
     return len(origins) > 1
 
 
+@register("aten.copy_", "aten.copy")
+def copy(ctx: RuleContext) -> None:
+    """``dst.copy_(src)``: the result is ``src`` broadcast to ``dst``'s shape, in ``dst``."""
+    dst, src = ctx.arg(0), ctx.arg(1)
+    ctx.elementwise([dst, src], ctx.out)
+
+
 @register("aten._assert_tensor_metadata", "aten._assert_async", "aten._functional_assert_async")
 def assertion(ctx: RuleContext) -> None:
     """Runtime checks of metadata: indifferent to permutations."""
@@ -123,6 +130,9 @@ rotates(
     "aten.contiguous",
     "aten.clone",
     "aten.detach",
+    "aten.detach_",
+    "aten.copy_",
+    "aten.copy",
     "aten.alias",
     "aten.lift_fresh_copy",
     "aten._to_copy",

@@ -80,13 +80,93 @@ def unbind_stack(ctx: RuleContext) -> None:
 
 @register("aten.slice", "aten.narrow", "aten.slice_copy")
 def slice_(ctx: RuleContext) -> None:
+    """Part of an axis: blocked, unless the slices of that axis of the same value tile it (a
+    fused ``qkv`` projection cut into q, k and v of different sizes, a rotary embedding's halves
+    or its rotated and passed-through channels); then the axis is those pieces laid end to end,
+    as if it were split, and each slice is its piece."""
     x, out = ctx.arg(0), ctx.out
     dim = int(ctx.raw(1, "dim", 0)) % x.ndim
     for d in range(x.ndim):
         if d != dim or x.shape[d] == out.shape[d]:
             ctx.tie(x[d], out[d])
-        else:
-            ctx.block(x[d], out[d], reason=f"{ctx.op} takes part of it")
+    if x.shape[dim] == out.shape[dim]:
+        return
+    pieces = _tiling(ctx.node, dim, x.shape[dim])
+    if pieces is None:
+        ctx.block(x[dim], out[dim], reason=f"{ctx.op} takes part of it")
+        return
+    segments = [Axis(x, dim, f"piece{start}", end - start) for start, end in pieces]
+    ctx.concat(x[dim], segments)
+    mine = _span(ctx.node, x.shape[dim])
+    ctx.tie(segments[pieces.index(mine)], out[dim])
+
+
+def _span(node: fx.Node, n: int) -> tuple[int, int] | None:
+    """``(start, end)`` that the slice or narrow ``node`` takes of an axis of size ``n`` (step 1
+    only), or None."""
+    name = str(node.target)
+    args = list(node.args) + [None] * 5
+    if "narrow" in name:
+        start, length = args[2], args[3]
+        if not isinstance(start, int) or not isinstance(length, int):
+            return None
+        start = start % n if start < 0 else start
+        return (start, start + length)
+    start, end, step = args[2], args[3], args[4]
+    start = node.kwargs.get("start", start)
+    end = node.kwargs.get("end", end)
+    step = node.kwargs.get("step", step)
+    if step not in (None, 1) or not all(isinstance(v, int) or v is None for v in (start, end)):
+        return None
+    start = 0 if start is None else (start + n if start < 0 else start)
+    end = n if end is None or end >= _INT_MAX else (end + n if end < 0 else end)
+    start, end = max(0, min(start, n)), max(0, min(end, n))
+    return (start, end) if end > start else None
+
+
+def _tiling(node: fx.Node, dim: int, n: int) -> list[tuple[int, int]] | None:
+    """The pieces, in order, when the slices along ``dim`` of ``node``'s input by all its users
+    cover the axis exactly once; else None."""
+    x = node.args[0]
+    spans = set()
+    for user in x.users:
+        if user.op != "call_function" or user.args[0] is not x:
+            continue
+        if not str(user.target).startswith(("aten.slice.", "aten.narrow.", "aten.slice_copy.")):
+            continue
+        ndim = len(x.meta["val"].shape) if "val" in x.meta else None
+        if ndim is None or int(user.args[1] if len(user.args) > 1 else 0) % ndim != dim:
+            continue
+        span = _span(user, n)
+        if span is None:
+            return None
+        if span != (0, n):
+            spans.add(span)
+    pieces = sorted(spans)
+    if not pieces or pieces[0][0] != 0 or pieces[-1][1] != n:
+        return None
+    if any(a[1] != b[0] for a, b in zip(pieces, pieces[1:])):
+        return None  # a gap or an overlap
+    if _rejoined(x, dim):
+        return None
+    return pieces
+
+
+def _rejoined(x: fx.Node, dim: int) -> bool:
+    """Whether two slices of ``x`` are joined again by one ``cat`` (directly or through a
+    one-input pointwise op): a rotary embedding's ``cat((-x2, x1))``, which pairs channel ``i``
+    with ``i + d/2``. Such an axis stays blocked, as before tiling was understood: its pairs
+    rotate by fixed frequencies, so no permutation of them keeps the function anyway, and a
+    saved frequency table would otherwise be permuted with them."""
+    slices = {u for u in x.users if str(u.target).startswith(("aten.slice.", "aten.narrow."))}
+    joined: dict[fx.Node, set[fx.Node]] = {}
+    for piece in slices:
+        for user in piece.users:
+            step = [user, *user.users] if len(user.all_input_nodes) == 1 else [user]
+            for cat in step:
+                if str(cat.target).startswith("aten.cat."):
+                    joined.setdefault(cat, set()).add(piece)
+    return any(len(pieces) > 1 for pieces in joined.values())
 
 
 @register("aten.select", "aten.select_copy")

@@ -133,5 +133,42 @@ def expand(ctx: RuleContext) -> None:
         ctx.reduce(*other.axes())
 
 
+@register("aten.as_strided", "aten.as_strided_copy")
+def as_strided(ctx: RuleContext) -> None:
+    """A window view by explicit strides (Longformer's overlapping chunks). Output dim ``d`` is
+    input dim ``e`` when both have the same size ``n`` and stride ``s`` over a contiguous input,
+    every other output dim either steps over whole blocks of ``s·n`` elements or stays inside
+    one element of ``e`` (its reach, with the offset's, under ``s``), and the offset starts a
+    block: then the index along ``e`` is the index along ``d``. Every other axis is blocked."""
+    x, out = ctx.arg(0), ctx.out
+    size, stride = list(ctx.raw(1, "size")), list(ctx.raw(2, "stride"))
+    offset = ctx.raw(3, "storage_offset", 0) or 0
+    value = ctx.node.args[0].meta.get("val")
+    tied: set[int] = set()
+    tied_out: set[int] = set()
+    ok = (
+        value is not None
+        and value.is_contiguous()
+        and value.storage_offset() == 0
+        and all(isinstance(v, int) for v in (*size, *stride, offset))
+    )
+    if ok:
+        in_strides = list(value.stride())
+        for d, (n, s) in enumerate(zip(size, stride)):
+            e = next((e for e in range(x.ndim) if x.shape[e] == n and in_strides[e] == s), None)
+            if n <= 1 or e is None or e in tied:
+                continue
+            others = [(m, t) for i, (m, t) in enumerate(zip(size, stride)) if i != d and m > 1]
+            outer = all(t % (s * n) == 0 for m, t in others if t >= s * n)
+            reach = offset % s + sum((m - 1) * t for m, t in others if t < s * n)
+            if outer and reach < s and (offset // s) % n == 0:
+                ctx.tie(x[e], out[d])
+                tied.add(e)
+                tied_out.add(d)
+    why = f"{ctx.op} takes overlapping or partial windows of it"
+    ctx.block(*(x[e] for e in range(x.ndim) if e not in tied), reason=why)
+    ctx.block(*(out[d] for d in range(out.ndim) if d not in tied_out), reason=why)
+
+
 # views, dimension permutations and broadcasts only move values: every rule in this file
 rotates("move", *rules_in(__name__))

@@ -1,0 +1,93 @@
+"""Causal language models as a user saves them: KV cache on in the config, a tokenizer without
+a pad token. graphperm runs them without the cache, calibrates on text with padding masked, and
+saves the merged model with its own config."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from graphperm.analysis import analyse
+from graphperm.apply import verify
+from graphperm.inputs import adapter_for
+from graphperm.output import write_model
+from graphperm.policy import load_policy
+from graphperm.trace import load_model, trace
+from tests.helpers import graphperm_cli
+from tests.textmodels import save_tiny_llama, words_of
+
+DATA = Path(__file__).parent / "data"
+TEXT = DATA / "text.txt"
+
+
+@pytest.fixture(scope="module")
+def llama(tmp_path_factory) -> Path:
+    return save_tiny_llama(tmp_path_factory.mktemp("llama") / "a", words_of(TEXT))
+
+
+def test_a_saved_causal_lm_with_its_cache_on_traces_and_verifies(llama) -> None:
+    loaded = load_model(llama)
+    assert json.loads((llama / "config.json").read_text())["use_cache"] is True
+    assert loaded.config.use_cache is False  # what graphperm runs it with
+    a = analyse(trace(loaded))
+    counts = a.counts()
+    assert counts["attn"] == 2 and counts["ffn"] == 2 and counts["residual"] == 1, counts
+    attn = a.group(next(g.name for g in a.groups if g.kind == "attn"))
+    # GQA: 2 key/value heads, each shared by 2 query heads; rotary qk channels stay in place
+    assert [(p.name, p.size) for p in attn.parts] == [("heads0", 2), ("heads1", 2), ("vo", 8)]
+    for seed in (0, 1, 2):
+        assert verify(a, seed=seed).ok
+
+
+def test_the_merged_model_is_saved_with_its_own_config(llama, tmp_path) -> None:
+    loaded = load_model(llama)
+    write_model(tmp_path, loaded, loaded.state_dict())
+    assert json.loads((tmp_path / "config.json").read_text())["use_cache"] is True
+    assert loaded.config.use_cache is False  # and graphperm still runs it without the cache
+
+
+def test_text_calibration_pads_after_the_text_with_eos_and_masks_it(llama) -> None:
+    policy = load_policy("fnn-attn").model_dump()
+    policy["calibration"].update(max_tokens=12, batch_size=4, num_clips=None)
+    adapter = adapter_for(load_model(llama), load_policy(policy).calibration)
+    tok = adapter.tokenizer()
+    assert tok.pad_token == "</s>" and tok.padding_side == "right"
+    texts = ["the", "a b c d e f g h i j k l m n o p"]
+    batch = adapter.batch(tok, texts, 4)
+    ids, mask = batch.inputs["input_ids"], batch.mask
+    assert ids.shape == (4, 12) and batch.items == 2
+    assert mask[0].tolist() == [True] + [False] * 11  # one word, then padding, masked
+    assert mask[1].all() and not mask[2:].any()
+    assert (ids[0, 1:] == tok.pad_token_id).all()
+    assert torch.equal(batch.inputs["attention_mask"][:2].bool(), mask[:2])
+
+
+def test_merging_two_causal_lms_on_text(llama, tmp_path) -> None:
+    b = save_tiny_llama(tmp_path / "b", words_of(TEXT), seed=1)
+    out = tmp_path / "m"
+    proc = graphperm_cli(
+        "merge", str(llama), str(b), "--calib", str(TEXT), "--policy", "fnn-attn",
+        "--out", str(out), "-q",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((out / "config.json").read_text())["use_cache"] is True
+    report = json.loads((out / "merge_report.json").read_text())
+    assert report["verification"]["ok"], report["verification"]
+
+
+def test_audio_calibration_for_a_causal_lm_is_one_line_exit_2(llama, tmp_path) -> None:
+    audio = Path(__file__).parents[1] / "graphperm" / "assets" / "demo" / "calib" / "speech"
+    out = tmp_path / "o"
+    for calib in (audio, next(audio.glob("*.ogg"))):
+        proc = graphperm_cli(
+            "merge", str(llama), str(llama), "--calib", str(calib), "--policy", "fnn-attn",
+            "--out", str(out),
+        )  # fmt: skip
+        assert proc.returncode == 2, proc.stderr
+        assert "Traceback" not in proc.stderr
+        last = proc.stderr.strip().splitlines()[-1]
+        assert last.startswith("graphperm: error: ") and "LlamaModel reads text" in last, last
+        assert not out.exists() or not any(out.iterdir())

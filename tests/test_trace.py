@@ -26,8 +26,12 @@ def test_example_inputs_follow_the_config(name: str, key: str, shape: tuple) -> 
     assert next(iter(inputs)) == key and tuple(inputs[key].shape) == shape
     # text encoders are traced with their attention mask, so padding can be masked in calibration
     extra = ["attention_mask"] if key == "input_ids" else []
+    if key == "input_values":  # an all-False mask: the masking path (masked_spec_embed) is traced
+        extra = ["mask_time_indices"]
+        mask = inputs["mask_time_indices"]
+        assert mask.dtype == torch.bool and not mask.any() and mask.shape == (1, 799)  # frames
     assert list(inputs)[1:] == extra
-    assert all(tuple(v.shape) == shape for v in inputs.values())
+    assert all(tuple(inputs[k].shape) == shape for k in [key, *extra] if k != "mask_time_indices")
 
 
 def test_encoder_decoder_models_trace_their_encoder() -> None:

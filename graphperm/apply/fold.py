@@ -10,7 +10,6 @@ weights still line up for interpolation.
 Example:
     >>> import torch
     >>> from graphperm.analysis.symmetry import Fold
-from graphperm.trace.ties import tie_groups
     >>> state = {"n.weight": torch.tensor([2.0, 3.0]), "n.bias": torch.tensor([1.0, 0.0]),
     ...          "l.weight": torch.tensor([[1.0, 1.0]]), "l.bias": torch.tensor([0.5])}
     >>> out = fold_state(state, [Fold("n", "n.weight", "n.bias", (("l.weight", "l.bias"),))])

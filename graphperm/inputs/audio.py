@@ -9,7 +9,7 @@ Example:
     >>> from graphperm.policy import Calibration
     >>> adapter = adapter_for(load_model("builtin:hubert-tiny"), Calibration(clip_seconds=1.0))
     >>> {k: tuple(v.shape) for k, v in adapter.example(batch_size=2).items()}
-    {'input_values': (2, 16000)}
+    {'input_values': (2, 16000), 'mask_time_indices': (2, 799)}
 """
 
 from __future__ import annotations

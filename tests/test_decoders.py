@@ -89,7 +89,7 @@ def test_audio_calibration_for_a_causal_lm_is_one_line_exit_2(llama, tmp_path) -
         assert proc.returncode == 2, proc.stderr
         assert "Traceback" not in proc.stderr
         last = proc.stderr.strip().splitlines()[-1]
-        assert last.startswith("graphperm: error: ") and "LlamaModel reads text" in last, last
+        assert last.startswith("graphperm: error: ") and "LlamaForCausalLM reads text" in last, last
         assert not out.exists() or not any(out.iterdir())
 
 

@@ -21,14 +21,17 @@ def test_random_permutations_preserve_outputs(name: str, seed: int) -> None:
     analysis = analysis_of(name)
     report = verify(analysis, seed=seed)
     assert report.ok, [(o.name, o.max_abs, o.max_rel) for o in report.outputs]
-    assert report.outputs and all(o.moved for o in report.outputs)  # the residual moved too
+    # the residual moved too, unless an untraced decoder reads it (then it stays fixed)
+    moved = not analysis.traced.loaded.partial
+    assert report.outputs and all(o.moved == moved for o in report.outputs)
 
 
 @pytest.mark.parametrize("name", ARCHITECTURES)
 def test_every_architecture_has_attention_ffn_and_residual(name: str) -> None:
     analysis = analysis_of(name)
     kinds = analysis.counts()
-    assert kinds["attn"] == 2 and kinds["ffn"] == 2 and kinds["residual"] == 1, kinds
+    residual = 0 if analysis.traced.loaded.partial else 1  # an encoder the decoder reads
+    assert kinds["attn"] == 2 and kinds["ffn"] == 2 and kinds.get("residual", 0) == residual, kinds
     for g in analysis.groups:
         if g.kind == "attn":
             assert g.heads == 4 and g.structure == "4 heads × (qk 16, vo 16)"
@@ -60,7 +63,7 @@ def test_real_whisper_tiny_encoder() -> None:
     loaded = load_model(path)
     assert loaded.prefix == "model.encoder."  # saved as WhisperForConditionalGeneration
     analysis = analyse(trace(loaded))
-    assert analysis.counts() == {"conv": 1, "residual": 1, "attn": 4, "ffn": 4}
+    assert analysis.counts() == {"conv": 1, "attn": 4, "ffn": 4}  # the decoder reads the stream
     attn = next(g for g in analysis.groups if g.kind == "attn")
     assert attn.structure == "6 heads × (qk 64, vo 64)"
     report = verify(analysis, seed=3)

@@ -26,8 +26,12 @@ def test_example_inputs_follow_the_config(name: str, key: str, shape: tuple) -> 
     assert next(iter(inputs)) == key and tuple(inputs[key].shape) == shape
     # text encoders are traced with their attention mask, so padding can be masked in calibration
     extra = ["attention_mask"] if key == "input_ids" else []
+    if key == "input_values":  # an all-False mask: the masking path (masked_spec_embed) is traced
+        extra = ["mask_time_indices"]
+        mask = inputs["mask_time_indices"]
+        assert mask.dtype == torch.bool and not mask.any() and mask.shape == (1, 799)  # frames
     assert list(inputs)[1:] == extra
-    assert all(tuple(v.shape) == shape for v in inputs.values())
+    assert all(tuple(inputs[k].shape) == shape for k in [key, *extra] if k != "mask_time_indices")
 
 
 def test_encoder_decoder_models_trace_their_encoder() -> None:
@@ -38,7 +42,10 @@ def test_encoder_decoder_models_trace_their_encoder() -> None:
     targets = {s.target for s in traced.program.graph_signature.input_specs if s.target}
     assert targets <= set(loaded.state_dict()) and not any("decoder" in t for t in targets)
     analysis = analyse(traced)
-    assert analysis.counts() == {"conv": 1, "residual": 1, "attn": 2, "ffn": 2}
+    # the decoder (not traced) reads the encoder's output: its stream stays fixed
+    assert analysis.counts() == {"conv": 1, "attn": 2, "ffn": 2}
+    fixed = [f for f in analysis.fixed if f.key == "layer_norm.weight"]
+    assert fixed and "reads the output of 'encoder'" in " ".join(fixed[0].reasons)
     assert all(
         not k.startswith(("encoder.", "decoder.")) for g in analysis.groups for k, _ in g.tensors
     )
@@ -75,13 +82,17 @@ def test_class_without_automodel_mapping_loads_from_architectures(tmp_path) -> N
     assert type(loaded.model).__name__ == "ClapAudioModel"
 
 
-def test_headed_checkpoint_is_traced_through_its_base_model(tmp_path) -> None:
-    """A checkpoint saved with a task head is loaded whole (and saved back whole); its base
-    model is what is traced, as before."""
+def test_headed_checkpoint_is_traced_whole(tmp_path) -> None:
+    """A checkpoint saved with a task head is loaded, traced and saved back whole: the head
+    reads the stream, so it moves with it; its logits (labels) stay in order."""
     HubertForCTC(load_model("builtin:hubert-tiny").config).save_pretrained(tmp_path)
     loaded = load_model(tmp_path)
     assert type(loaded.model).__name__ == "HubertForCTC"
-    assert type(loaded.module).__name__ == "HubertModel" and loaded.prefix == "hubert."
+    assert loaded.module is loaded.model and loaded.prefix == "" and loaded.fixed_outputs
+    analysis = analyse(trace(loaded))
+    residual = analysis.group("residual")
+    assert ("lm_head.weight", 1) in residual.tensors
+    assert not any(k == "lm_head.weight" and d == 0 for g in analysis.groups for k, d in g.tensors)
 
 
 def test_parameters_map_to_state_dict_names() -> None:

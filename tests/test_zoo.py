@@ -36,7 +36,7 @@ EXPECTED: dict[str, dict[str, int]] = {
     "sew": {"residual": 1, "attn": 2, "ffn": 2, "conv": 3, "other": 1},
     "sew-d": {"residual": 1, "attn": 2, "ffn": 2, "conv": 3, "other": 1},
     "data2vec-audio": {"residual": 1, "attn": 2, "ffn": 2, "conv": 3},
-    "whisper": {"residual": 1, "attn": 2, "ffn": 2, "conv": 1},
+    "whisper": {"attn": 2, "ffn": 2, "conv": 1},  # its stream: read by the untraced decoder
     "speech2text": {"attn": 2, "ffn": 2, "conv": 1},
     "ast": {"residual": 1, "attn": 2, "ffn": 2},
     "clap-audio": {"residual": 2, "attn": 2, "ffn": 2},
@@ -181,7 +181,7 @@ def kinds(name: str) -> dict[str, str]:
     [
         ("bert-gelu-new", "encoder.layer.{}.intermediate.dense"),  # gelu_new: x + 0.044715·x³
         ("bigbird", "encoder.layer.{}.intermediate.dense"),  # gelu_new
-        ("umt5-encoder", "block.{}.layer.1.DenseReluDense"),  # gated gelu_new
+        ("umt5-encoder", "encoder.block.{}.layer.1.DenseReluDense"),  # gated gelu_new
         ("fnet", "encoder.layer.{}"),  # gelu_new
         ("convnextv2", "encoder.stages.{}.layers.0"),  # GRN: γ·(x·N(x)) + β + x
     ],

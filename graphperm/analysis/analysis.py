@@ -20,6 +20,7 @@ from graphperm.analysis.sites import find_sites
 from graphperm.analysis.symmetry import Symmetry, find_symmetries
 from graphperm.errors import PolicyError
 from graphperm.trace.export import Traced
+from graphperm.trace.ties import same_tensor, tied_keys
 
 __all__ = ["Analysis", "analyse"]
 
@@ -38,6 +39,7 @@ class Analysis:
     warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
     symmetries: dict[tuple[str, str], Symmetry] = field(default_factory=dict)
+    unused: list[str] = field(default_factory=list)  # saved tensors the traced forward never reads
 
     def symmetry(self, group: str, part: str) -> Symmetry:
         """The widest family of exact transforms of one part (see :mod:`.symmetry`)."""
@@ -116,15 +118,56 @@ def analyse(traced: Traced) -> Analysis:
     """Find the permutation groups of a traced model."""
     start = time.perf_counter()
     coupling = couple(traced.program)
+    if traced.loaded.fixed_outputs:
+        _pin_outputs(coupling, traced)
+    if traced.loaded.partial:
+        _pin_shared(coupling, traced)
     groups, fixed, deps = build_groups(coupling)
     groups = [find_sites(coupling, g) for g in groups]
-    warnings = _warnings(coupling, traced, fixed)
+    unused = _unused(coupling, traced)
+    warnings = _warnings(coupling, fixed, unused)
     for w in warnings:
         log.info("%s", w)
     symmetries = find_symmetries(coupling, groups)
     seconds = time.perf_counter() - start
     log.info("analysed %d groups in %.2f s", len(groups), seconds)
-    return Analysis(traced, coupling, groups, fixed, deps, warnings, seconds, symmetries)
+    return Analysis(
+        traced, coupling, groups, fixed, deps, warnings, seconds, symmetries, unused=unused
+    )
+
+
+def _pin_outputs(coupling: Coupling, traced: Traced) -> None:
+    """Every axis of the outputs stays fixed: the untraced rest of the saved model reads them
+    (an encoder–decoder's encoder), or they are a task head's (labels, tokens)."""
+    loaded = traced.loaded
+    if loaded.partial:
+        why = (
+            f"the rest of {type(loaded.model).__name__}, which is not traced, reads the output "
+            f"of '{loaded.prefix.rstrip('.')}'"
+        )
+    else:
+        why = f"it is an axis of {type(loaded.model).__name__}'s output (a task head's units)"
+    for name in traced.program.graph_signature.user_outputs:
+        if name in coupling.tensors:
+            for c in coupling.classes(name):
+                coupling.table.fix(c, why)
+
+
+def _pin_shared(coupling: Coupling, traced: Traced) -> None:
+    """The traced module is part of the saved model: a tensor it shares with the untraced rest
+    (tied embeddings) keeps every axis fixed."""
+    loaded = traced.loaded
+    outside = [t for k, t in loaded.model.state_dict().items() if not k.startswith(loaded.prefix)]
+    by_target = {target: key for key, target in coupling.state.items()}
+    for target, t in loaded.module.state_dict().items():
+        key = by_target.get(target)
+        if key in coupling.tensors and any(same_tensor(t, o) for o in outside):
+            for c in coupling.classes(key):
+                coupling.table.fix(
+                    c,
+                    f"'{target}' is shared with the rest of {type(loaded.model).__name__}, "
+                    "which is not traced",
+                )
 
 
 def _family(s: Symmetry) -> dict:
@@ -139,7 +182,23 @@ def _family(s: Symmetry) -> dict:
     return out
 
 
-def _warnings(coupling: Coupling, traced: Traced, fixed: list[FixedAxis]) -> list[str]:
+def _unused(coupling: Coupling, traced: Traced) -> list[str]:
+    """Saved tensors of the traced module that the traced forward never reads (other names of
+    a tensor it reads, tied embeddings, are read)."""
+    seen = set(coupling.state.values())
+    state = traced.loaded.module.state_dict()
+    read = seen - set(coupling.unused)
+    ties = tied_keys(state)
+    tied = {k for a, f in ties.items() for k in (a, f)}
+    out = []
+    for key in coupling.unused + [k for k in state if k not in seen]:
+        if key in tied and any(k in read and same_tensor(state[k], state[key]) for k in tied):
+            continue
+        out.append(key)
+    return out
+
+
+def _warnings(coupling: Coupling, fixed: list[FixedAxis], unused: list[str]) -> list[str]:
     out = []
     # ops without a rule that fixed an axis of a saved tensor
     costly = {r for f in fixed for r in f.reasons if r.startswith("no rule for ")}
@@ -153,8 +212,8 @@ def _warnings(coupling: Coupling, traced: Traced, fixed: list[FixedAxis]) -> lis
         )
     for node, why in sorted(coupling.failed.items()):
         out.append(f"the rule for node {node} failed ({why}); its axes stay fixed")
-    seen = set(coupling.state.values())
-    unused = coupling.unused + [k for k in traced.loaded.module.state_dict() if k not in seen]
     for key in unused:
-        out.append(f"'{key}' is not used by the traced forward pass; it is left unpermuted")
+        out.append(
+            f"'{key}' is not used by the traced forward pass; it is written as it is, unchanged"
+        )
     return out

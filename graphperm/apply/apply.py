@@ -18,6 +18,7 @@ import torch
 from graphperm.apply.fold import fold_state, folds_for
 from graphperm.apply.indexer import Indexer
 from graphperm.apply.permutation import Permutation
+from graphperm.trace.ties import tie_groups
 
 __all__ = ["permute_state"]
 
@@ -36,17 +37,20 @@ def permute_state(
     ``state_dict()`` costs no second copy of the model.
 
     Rotated parts first fold the norms they pass through (:mod:`graphperm.apply.fold`).
+    Keys that are one tensor (tied embeddings, :mod:`graphperm.trace.ties`) are transformed
+    once, as the key the traced graph reads, and all get that value.
     """
     coupling = indexer.analysis.coupling
     folds = folds_for(indexer.analysis, perm.rotated)
     if folds:
         state = fold_state(state, folds, inplace=inplace)
     by_target = {target: key for key, target in coupling.state.items()}
+    follows = _followers(state, set(by_target) - set(coupling.unused))
     out = {}
     with torch.no_grad():
         for name, tensor in state.items():
             key = by_target.get(name)
-            if key is None:
+            if key is None or name in follows:
                 out[name] = tensor
                 continue
             moved = indexer.permute(tensor, coupling.classes(key), perm)
@@ -56,4 +60,16 @@ def permute_state(
                 out[name] = tensor
             else:
                 out[name] = moved.contiguous()
+    for name, leader in follows.items():
+        out[name] = state[name] if inplace else out[leader]  # in place: the same memory
     return out
+
+
+def _followers(state: dict[str, torch.Tensor], read: set[str]) -> dict[str, str]:
+    """``key -> the key of the same tensor that is transformed`` for every tied key that is
+    not: the one the graph reads (else the first) leads its tie."""
+    follows = {}
+    for keys in tie_groups(state):
+        leader = next((k for k in keys if k in read), keys[0])
+        follows.update({k: leader for k in keys if k != leader})
+    return follows

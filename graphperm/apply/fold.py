@@ -25,6 +25,7 @@ import torch
 
 from graphperm.analysis import Analysis
 from graphperm.analysis.symmetry import Fold
+from graphperm.trace.ties import tie_groups
 
 __all__ = ["fold_state", "folds_for"]
 
@@ -43,8 +44,10 @@ def fold_state(
 ) -> dict[str, torch.Tensor]:
     """``state`` with every norm in ``folds`` folded into its readers (float64 arithmetic, one
     rounding). A new dict sharing the untouched tensors, or, with ``inplace``, the same
-    tensors overwritten."""
+    tensors overwritten. Keys that are one tensor (:mod:`graphperm.trace.ties`) keep one
+    value."""
     out = dict(state)
+    groups = tie_groups(state)
     with torch.no_grad():
         for fold in folds:
             gain = state[fold.weight].double() if fold.weight else None
@@ -59,6 +62,10 @@ def fold_state(
                 _put(out, fold.weight, torch.ones_like(gain), inplace)
             if fold.bias:
                 _put(out, fold.bias, torch.zeros_like(shift), inplace)
+    for keys in groups:
+        changed = [k for k in keys if out[k] is not state[k]]
+        if changed:
+            out.update({k: out[changed[0]] for k in keys})
     return out
 
 

@@ -23,6 +23,7 @@ from graphperm.cli.common import (
     analyse_model,
     load_cli_model,
     say,
+    say_unused,
     user_inputs,
 )
 from graphperm.errors import UsageError
@@ -96,6 +97,7 @@ def run(args: argparse.Namespace) -> int:
         )
         result = merge_models(alignment, a, b, weight_a=args.weight_a)
         target, state, report, w = a, result.state, result.check, result.weight_a
+        rest = result.rest
         written = report_dict(alignment, result)
         written["method"] = f"permutations read from {args.perms}"
         card = model_card(written, command, config=False)
@@ -104,11 +106,11 @@ def run(args: argparse.Namespace) -> int:
         reference = outputs(b.module, inputs)
         state = permute_state(indexer, b.state_dict(), perm, inplace=True)
         report = check_permuted(analysis, perm, reference, b.module, inputs)
-        target, w = b, None
+        target, w, rest = b, None, None
         written = permuted_report(b.source, str(args.perms), report)
         card = permuted_card(written, command)
     with output_folder(args.out, force=args.force, inputs=user_inputs(args)) as tmp:
-        write_model(tmp, target, state, dtype=args.dtype)
+        write_model(tmp, target, state, rest, dtype=args.dtype)
         shutil.copy(args.perms, tmp / "permutations.safetensors")
         name = "merge_report.json" if w is not None else "apply_report.json"
         (tmp / name).write_text(json.dumps(written, indent=2))
@@ -118,6 +120,7 @@ def run(args: argparse.Namespace) -> int:
         if report is not None
         else ""
     )
+    say_unused(analysis)
     say(f"applied {sum(1 for _ in perm)} part permutations of {len(perm.perms)} groups{checked}")
     what = f"{w:g}·A + {1 - w:g}·B'" if w is not None else "B'"
     say(f"{what} written to {args.out}")

@@ -263,3 +263,10 @@ def print_alignment(alignment: Alignment) -> None:
             )
     for missing in alignment.plan.unmeasured:
         say(f"warning: {missing} has no activation site; left in place")
+    say_unused(alignment.analysis)
+
+
+def say_unused(analysis: Analysis) -> None:
+    """Warn about saved tensors the traced forward never reads: they are written unchanged."""
+    for key in analysis.unused:
+        say(f"warning: '{key}' is not used by the traced forward pass; it is written unchanged")

@@ -21,7 +21,7 @@ from graphperm.cli.common import (
     user_inputs,
 )
 from graphperm.errors import OutputExistsError, UsageError
-from graphperm.merge import check_same_architecture, finish_alignment, prepare
+from graphperm.merge import check_same_architecture, finish_alignment, fold_models, prepare
 from graphperm.output import check_not_an_input, check_output, output_folder, save_alignment
 from graphperm.policy import load_policy
 from graphperm.stats import calibrate
@@ -84,6 +84,7 @@ def run_stats(args: argparse.Namespace) -> int:
     b = load_cli_model(args, args.model_b, seed=args.seed_b)
     check_same_architecture(a, b)
     adapter, analysis, plan = prepare(a, policy, where=args.policy)
+    fold_models([a, b], analysis, plan)  # as `align` does: measure what differs by rotations
     stats, calibration = calibrate(
         analysis,
         plan,
@@ -146,6 +147,7 @@ def run_solve(args: argparse.Namespace) -> int:
     calibration["description"] = f"{stats.items} {item}{amount} in {len(loaded)} shard(s)"
     # the weights break ties between units the statistics cannot separate, as in `align`
     b = load_model(meta["model_b"], random_init=meta["random_init"], seed=meta["seed_b"])
+    fold_models([a, b], analysis, plan)
     alignment = finish_alignment(
         analysis,
         plan,

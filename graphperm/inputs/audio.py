@@ -16,7 +16,7 @@ Example:
     >>> from graphperm.policy import Calibration
     >>> adapter = adapter_for(load_model("builtin:hubert-tiny"), Calibration(clip_seconds=1.0))
     >>> {k: tuple(v.shape) for k, v in adapter.example(batch_size=2).items()}
-    {'input_values': (2, 16000)}
+    {'input_values': (2, 16000), 'mask_time_indices': (2, 799)}
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from graphperm.inputs.base import (
     adapter_for,
     register_adapter,
 )
+from graphperm.inputs.tokens import takes_argument
 
 __all__ = ["AudioAdapter", "LogMelAdapter", "SpectrogramAdapter", "WaveformAdapter", "adapter_for"]
 
@@ -208,7 +209,7 @@ class WaveformAdapter(AudioAdapter):
     def example(self, batch_size=1, length=None, seed=0):
         g = torch.Generator().manual_seed(seed)
         n = length or self.clip_samples
-        return {self.input_name: torch.randn(batch_size, n, generator=g) * 0.1}
+        return self.masking({self.input_name: torch.randn(batch_size, n, generator=g) * 0.1})
 
     def features(self, wave, lengths):
         if self.normalize:
@@ -217,7 +218,19 @@ class WaveformAdapter(AudioAdapter):
             mean = (wave * mask).sum(1, keepdim=True) / count
             var = (((wave - mean) * mask) ** 2).sum(1, keepdim=True) / count
             wave = ((wave - mean) / (var + 1e-7).sqrt()) * mask
-        return {self.input_name: wave}
+        return self.masking({self.input_name: wave})
+
+    def masking(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``inputs`` with an all-False ``mask_time_indices`` when the model's ``forward``
+        takes one (HuBERT, wav2vec 2.0): nothing is masked, but the traced graph then holds the
+        masking path, so the embedding it writes into the stream (``masked_spec_embed``, used
+        when fine-tuning) moves with that stream."""
+        frames_of = getattr(self.loaded.module, "_get_feat_extract_output_lengths", None)
+        if not callable(frames_of) or not takes_argument(self.loaded, "mask_time_indices"):
+            return inputs
+        wave = inputs[self.input_name]
+        frames = int(frames_of(torch.tensor(wave.shape[1])))
+        return {**inputs, "mask_time_indices": torch.zeros(wave.shape[0], frames, dtype=torch.bool)}
 
 
 @register_adapter("input_values", when=lambda m: not _is_waveform(m))

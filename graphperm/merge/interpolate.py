@@ -2,7 +2,9 @@
 
 The one implementation every command uses: each tensor is computed in float64 and rounded once
 to its own dtype; integer buffers (counters, ids) come from A. With ``inplace`` the result
-overwrites A's tensors one at a time, so a merge holds no third copy of the model.
+overwrites A's tensors one at a time, so a merge holds no third copy of the model. Keys that
+are one tensor in A (tied embeddings, :mod:`graphperm.trace.ties`) are interpolated once and
+all get that value.
 
 Example:
     >>> import torch
@@ -16,6 +18,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from graphperm.trace.ties import tied_keys
+
 __all__ = ["interpolate"]
 
 
@@ -27,9 +31,13 @@ def interpolate(
 ) -> dict[str, torch.Tensor]:
     """Interpolate floating-point tensors of ``states`` (A first) with ``weights(key)``."""
     first = states[0]
+    ties = tied_keys(first)
     out = {}
     with torch.no_grad():
         for key, a in first.items():
+            if key in ties:  # another name of a tensor interpolated already
+                out[key] = out[ties[key]]
+                continue
             if not a.is_floating_point():
                 out[key] = a if inplace else a.clone()
                 continue

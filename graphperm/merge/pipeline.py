@@ -62,7 +62,7 @@ from graphperm.solve import (
 )
 from graphperm.stats import Statistics, calibrate
 from graphperm.stats.io import all_reduce
-from graphperm.trace import LoadedModel, trace
+from graphperm.trace import LoadedModel, same_tensor, trace
 
 __all__ = [
     "align",
@@ -70,6 +70,7 @@ __all__ = [
     "aligned_states",
     "enough_data",
     "finish_alignment",
+    "fold_models",
     "merge_all",
     "merge_models",
     "prepare",
@@ -148,11 +149,12 @@ def align_models(
     adapter, analysis, plan = prepare(models[0], policy, where=where, calib=calib)
     timings["trace_analysis_s"] = time.perf_counter() - start
     sources = tuple(m.source for m in models)
-    folds = folds_for(analysis, plan.rotated)
-    if folds:
-        for m in models:
-            fold_state(m.state_dict(), folds, inplace=True)
-        log.info("folded %d norms into the linear layers that read them", len(folds))
+    _check_consensus(plan, len(models), where)
+    references = None
+    if policy.verify and plan.rotated:  # the check compares with the models as given
+        inputs = check_inputs(analysis)
+        references = [outputs(m.module, inputs) for m in models[1:]]
+    fold_models(models, analysis, plan)
     if not plan.targets:
         return Alignment.unaligned(analysis, plan, sources, timings=timings, method=method.name)
     stats, calibration = None, {}
@@ -208,6 +210,7 @@ def align_models(
         analysis, plan, stats, calibration, timings, sources, states=states, context=context
     )
     alignment.batches = batches
+    alignment.references = references
     return alignment
 
 
@@ -230,6 +233,27 @@ def learning_batches(
     return out
 
 
+def fold_models(models: Sequence[LoadedModel], analysis: Analysis, plan: Plan) -> None:
+    """Fold, in place, the norms the plan's rotations pass through into the linear layers
+    that read them, in every model (what every route does before measuring: ``align``,
+    ``stats`` and ``solve``), so that what is measured differs between models by a rotation
+    only. Nothing happens when the plan rotates nothing."""
+    folds = folds_for(analysis, plan.rotated)
+    if folds:
+        for m in models:
+            fold_state(m.state_dict(), folds, inplace=True)
+        log.info("folded %d norms into the linear layers that read them", len(folds))
+
+
+def _check_consensus(plan: Plan, models: int, where: str = "policy") -> None:
+    if plan.policy.consensus_rounds > 0 and models > 2 and plan.rotated:
+        raise PolicyError(
+            f"{where}: consensus refinement permutes only, and this policy rotates "
+            f"{len(plan.rotated)} part(s); set consensus_rounds to 0 (--consensus-rounds 0) "
+            "or align with `transform: perm`"
+        )
+
+
 def finish_alignment(
     analysis: Analysis,
     plan: Plan,
@@ -245,6 +269,7 @@ def finish_alignment(
     alignment method, and measure split-half agreement when the statistics have two halves.
     ``context`` gives methods that run the models (``learned``) the models and batches."""
     method = get_method(plan.policy.method)
+    _check_consensus(plan, len(sources))
     perms, reports, extras = [], [], []
     t = time.perf_counter()
     problems = [
@@ -399,6 +424,12 @@ def merge_all(
         states, lambda key: policy.weights_for(key, n), policy.combine, inplace=inplace
     )
     timings["interpolate_s"] = time.perf_counter() - t
+    rest = {}
+    if models[0].partial:  # the untraced rest (a decoder): its inputs stay fixed, so plainly
+        rests = [untraced(m) for m in models]
+        rest = combine(
+            rests, lambda key: policy.weights_for(key, n), policy.combine, inplace=inplace
+        )
     repaired = None
     if targets is not None:
         t = time.perf_counter()
@@ -411,7 +442,14 @@ def merge_all(
         )
         timings["repair_s"] += time.perf_counter() - t
     return MergeResult(
-        alignment, merged, models[0], policy.base_weights(n), checks, timings, repair=repaired
+        alignment,
+        merged,
+        models[0],
+        policy.base_weights(n),
+        checks,
+        timings,
+        repair=repaired,
+        rest=rest,
     )
 
 
@@ -431,10 +469,13 @@ def aligned_states(
     rotated = set().union(*(p.rotated for p in alignment.perms))
     folds = folds_for(alignment.analysis, rotated)
     states, checks = [fold_state(models[0].state_dict(), folds, inplace=inplace)], []
-    for model, perm in zip(models[1:], alignment.perms):
+    for k, (model, perm) in enumerate(zip(models[1:], alignment.perms)):
         checking = verify and bool(perm.perms)
         t = time.perf_counter()
-        reference = outputs(model.module, inputs) if checking else None
+        reference = None
+        if checking:  # the model as the user gave it, before any folding, when known
+            known = alignment.references
+            reference = known[k] if known else outputs(model.module, inputs)
         state = permute_state(indexer, model.state_dict(), perm, inplace=inplace)
         permuted = model.module if inplace else None
         if checking and not inplace:
@@ -465,3 +506,14 @@ def _repair_batches(alignment: Alignment, items: int) -> list:
         if seen >= items:
             break
     return out
+
+
+def untraced(model: LoadedModel) -> dict:
+    """The saved model's tensors outside the traced module (full keys), without those it
+    shares with the traced module (they are interpolated with it)."""
+    inside = list(model.module.state_dict().values())
+    return {
+        k: t
+        for k, t in model.model.state_dict().items()
+        if not k.startswith(model.prefix) and not any(same_tensor(t, i) for i in inside)
+    }

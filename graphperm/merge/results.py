@@ -50,6 +50,8 @@ class Alignment:
     weight_agreement: list[dict] = field(default_factory=list)
     method_reports: list[dict] = field(default_factory=list)  # per model after A, if any
     batches: list = field(default_factory=list, repr=False)  # inputs kept for learn / repair
+    # outputs of every model after A on the check inputs, as given (before folding)
+    references: list[list[torch.Tensor]] | None = field(default=None, repr=False)
 
     @classmethod
     def unaligned(cls, analysis: Analysis, plan: Plan, sources: tuple[str, ...], **kw) -> Alignment:
@@ -107,6 +109,8 @@ class MergeResult:
     checks: list[VerifyReport] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     repair: dict | None = None  # what REPAIR did (policy repair.enabled)
+    # the saved model's tensors outside the traced module (full keys: a decoder), interpolated
+    rest: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @property
     def check(self) -> VerifyReport | None:

@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterator, Sequence
 
 from graphperm.merge.combine import combine
-from graphperm.merge.pipeline import aligned_states
+from graphperm.merge.pipeline import aligned_states, untraced
 from graphperm.merge.results import Alignment, MergeResult
 from graphperm.trace import LoadedModel
 
@@ -49,10 +49,12 @@ def merge_sweep(
         alignment, models, verify=policy.verify, inplace=inplace
     )
     n = len(models)
+    rests = [untraced(m) for m in models] if models[0].partial else None
     for k, w in enumerate(weights):
         p = policy.with_weights(list(w))
         last = inplace and k == len(weights) - 1
         t = time.perf_counter()
         merged = combine(states, lambda key, p=p: p.weights_for(key, n), p.combine, inplace=last)
+        rest = combine(rests, lambda key, p=p: p.weights_for(key, n), p.combine) if rests else {}
         times = {**timings, "interpolate_s": time.perf_counter() - t}
-        yield MergeResult(alignment, merged, models[0], p.base_weights(n), checks, times)
+        yield MergeResult(alignment, merged, models[0], p.base_weights(n), checks, times, rest=rest)

@@ -15,12 +15,13 @@ import torch
 import yaml
 
 from graphperm import __version__
+from graphperm.errors import VerificationError
 from graphperm.merge.results import Alignment, MergeResult
 from graphperm.output.card import command_line, model_card
 from graphperm.output.config import write_merge_config
 from graphperm.output.extras import copy_extras, resolve_dtype
 from graphperm.output.folder import output_folder
-from graphperm.trace import LoadedModel
+from graphperm.trace import LoadedModel, tie_groups
 
 __all__ = ["report_dict", "save_alignment", "save_merge", "write_model", "write_policy"]
 
@@ -119,18 +120,40 @@ def write_model(
     folder: Path,
     loaded: LoadedModel,
     state: dict[str, torch.Tensor],
+    rest: dict[str, torch.Tensor] | None = None,
     *,
     dtype: str | torch.dtype | None = "auto",
 ) -> None:
     """Save ``loaded``'s whole model with ``state`` (keys relative to the traced module) in place
     of the traced module's weights, as a ``save_pretrained`` folder (config + safetensors), in
     ``dtype`` (``auto``: the dtype the model was saved in), with the model's tokenizer,
-    processor and generation files next to it."""
+    processor and generation files next to it.
+
+    Keys that are one tensor in the model (tied embeddings) are written as one tensor, with
+    the value ``state`` gives them.
+    ``rest`` (full keys) replaces tensors outside the traced module (a merged decoder)."""
     full = dict(loaded.model.state_dict())
-    full.update({loaded.prefix + k: v for k, v in state.items()})
+    full.update(rest or {})
+    new = {loaded.prefix + k: v for k, v in state.items()}
+    full.update(new)
+    for keys in tie_groups(loaded.model.state_dict()):
+        given = [k for k in keys if k in new]
+        value = full[given[0] if given else keys[0]]
+        for k in given[1:]:
+            if full[k] is not value and not torch.equal(full[k], value):
+                raise VerificationError(
+                    f"'{given[0]}' and '{k}' are one tensor in the model but were given "
+                    "different values; nothing was written. This is a graphperm bug: please "
+                    "report it"
+                )
+        full.update({k: value for k in keys})
     target = resolve_dtype(dtype, loaded.source)
-    if target is not None:
-        full = {k: v.to(target) if v.is_floating_point() else v for k, v in full.items()}
+    if target is not None:  # cast each tensor once, so tied keys stay one tensor
+        cast: dict[int, torch.Tensor] = {}
+        full = {
+            k: cast.setdefault(id(v), v.to(target)) if v.is_floating_point() else v
+            for k, v in full.items()
+        }
     with loaded.as_loaded() as model:  # its own config, not the settings graphperm ran it with
         model.save_pretrained(folder, state_dict=full, safe_serialization=True)
     if target is not None:
@@ -178,7 +201,7 @@ def save_merge(
     sources = result.alignment.sources
     inputs = {f"model {k + 1}": source for k, source in enumerate(sources)}
     with output_folder(out, force=force, inputs=inputs) as tmp:
-        write_model(tmp, result.model_a, result.state, dtype=dtype)
+        write_model(tmp, result.model_a, result.state, result.rest, dtype=dtype)
         save_alignment(result.alignment, tmp, result.weights)
         report = report_dict(result.alignment, result)
         (tmp / "merge_report.json").write_text(json.dumps(report, indent=2))

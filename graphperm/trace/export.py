@@ -10,7 +10,7 @@ Example:
     >>> from graphperm.trace import load_model
     >>> traced = trace(load_model("builtin:hubert-tiny"))
     >>> list(traced.program.graph_signature.user_inputs)
-    ['input_values']
+    ['input_values', 'mask_time_indices']
 """
 
 from __future__ import annotations

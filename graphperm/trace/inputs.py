@@ -3,7 +3,7 @@
 Example:
     >>> from graphperm.trace import load_model
     >>> {k: tuple(v.shape) for k, v in example_inputs(load_model("builtin:hubert-tiny")).items()}
-    {'input_values': (1, 16000)}
+    {'input_values': (1, 16000), 'mask_time_indices': (1, 799)}
 """
 
 from __future__ import annotations

@@ -1,12 +1,17 @@
 """Load a model to align: a local folder, a hub id, or a built-in config.
 
-For encoder–decoder models (Whisper) the encoder is the module graphperm works on; the whole
-model is kept so that a merged encoder can be saved back in place.
+What is saved is what is traced: a checkpoint with a task head (``HubertForCTC``,
+``LlamaForCausalLM``) is traced whole, head and tied output embeddings included, so the head
+moves with the stream it reads. For encoder–decoder models (Whisper) the encoder is the module
+graphperm works on; the analysis then keeps every axis of the encoder's outputs fixed (the
+decoder, which is not traced, reads them), and the whole model is kept so that a merged encoder
+can be saved back in place. graphperm runs models with :data:`RUN_SETTINGS` (no KV cache);
+the saved config keeps the user's values.
 
 Example:
     >>> m = load_model("builtin:hubert-tiny")
-    >>> m.prefix, type(m.module).__name__
-    ('', 'HubertModel')
+    >>> m.prefix, type(m.module).__name__, m.partial
+    ('', 'HubertModel', False)
 """
 
 from __future__ import annotations
@@ -45,6 +50,21 @@ class LoadedModel:
     source: str  # what the user passed
     #: (config, attribute, value as loaded) for each setting of :data:`RUN_SETTINGS` changed
     changed: list[tuple[object, str, object]] = field(default_factory=list, repr=False)
+
+    @property
+    def partial(self) -> bool:
+        """Whether the traced module is only part of the saved model (an encoder–decoder's
+        encoder): the rest reads the traced module's outputs and tensors it shares with it."""
+        return self.module is not self.model
+
+    @property
+    def fixed_outputs(self) -> bool:
+        """Whether the traced module's outputs keep their order: they are read by the untraced
+        rest of the model (:attr:`partial`), or they are a task head's (logits of labels or
+        tokens, whose units mean something). A bare encoder's hidden states move with its
+        stream (the merged model lives in A's basis)."""
+        base = getattr(self.model, "base_model", self.model)
+        return self.partial or (isinstance(base, nn.Module) and base is not self.model)
 
     @property
     def config(self) -> tf.PretrainedConfig | None:
@@ -89,7 +109,7 @@ def load_model(
     Raises :class:`~graphperm.errors.ModelLoadError` with a one-line fix for anything else.
     """
     if isinstance(spec, nn.Module):  # a module given as is is traced as is, head included
-        return _wrap(spec.eval(), type(spec).__name__, keep_head=True)
+        return _wrap(spec.eval(), type(spec).__name__)
     text = str(spec)
     if text.startswith("builtin:"):
         name = text.removeprefix("builtin:")
@@ -219,19 +239,19 @@ def _from_config(config: tf.PretrainedConfig, seed: int) -> nn.Module:
     return model.eval()
 
 
-def _wrap(model: nn.Module, source: str, *, keep_head: bool = False) -> LoadedModel:
-    """The module to trace inside ``model``: its base model without a task head (a checkpoint
-    saved as ``HubertForCTC`` is traced as its ``HubertModel``; not with ``keep_head``), then,
-    for an encoder-decoder model, that model's encoder. The whole model is kept, to be saved
-    back."""
+def _wrap(model: nn.Module, source: str) -> LoadedModel:
+    """The module to trace inside ``model``: the whole model (a checkpoint saved as
+    ``HubertForCTC`` is traced with its CTC head), or, for an encoder-decoder model, its
+    encoder. The model runs with :data:`RUN_SETTINGS` (its saved config keeps its own)."""
     config = getattr(model, "config", None)
     module = model
-    base = getattr(model, "base_model", None)
-    if isinstance(base, nn.Module) and base is not model and not keep_head:
-        module = base
-    if config is not None and getattr(config, "is_encoder_decoder", False):
-        module = module.get_encoder()
-        log.info("%s is an encoder-decoder model: working on its encoder", source)
+    if config is not None and getattr(config, "is_encoder_decoder", False) and _has_decoder(model):
+        module = model.get_encoder()
+        log.info(
+            "%s is an encoder-decoder model: working on its encoder; the axes its outputs "
+            "carry to the decoder stay fixed",
+            source,
+        )
     prefix = ""
     if module is not model:
         prefix = next(n for n, m in model.named_modules() if m is module) + "."
@@ -255,6 +275,14 @@ def _run_settings(model: nn.Module) -> list[tuple[object, str, object]]:
                 setattr(config, name, value)
                 changed.append((config, name, old))
     return changed
+
+
+def _has_decoder(model: nn.Module) -> bool:
+    """Whether ``model`` holds a decoder (``UMT5EncoderModel`` has an encoder-decoder config but
+    no decoder: it is traced whole)."""
+    get = getattr(model, "get_decoder", None)
+    decoder = get() if callable(get) else None
+    return isinstance(decoder, nn.Module) and decoder is not model
 
 
 def _first_line(err: BaseException) -> str:

@@ -277,7 +277,7 @@ def index_put(ctx: RuleContext) -> None:
         *(out[d] for d in range(lead)),
         reason=f"{ctx.op} writes at positions picked along it",
     )
-    for d in range(lead, x.ndim):
+    for d in range(x.ndim):  # the same positions (a batch axis stays the batch axis)
         ctx.tie(x[d], out[d])
     if values is None:
         return

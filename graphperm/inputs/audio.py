@@ -144,7 +144,10 @@ class AudioAdapter(InputAdapter):
         """Batch and time axes of the main input may vary (see :attr:`own_length`)."""
         from torch.export import Dim
 
-        return {self.input_name: {0: Dim.AUTO, 1: Dim.AUTO}}
+        axes = {self.input_name: {0: Dim.AUTO, 1: Dim.AUTO}}
+        if "mask_time_indices" in self.masking({self.input_name: torch.zeros(1, 16000)}):
+            axes["mask_time_indices"] = {0: Dim.AUTO, 1: Dim.AUTO}
+        return axes
 
     def stream(self, data: CalibrationSet, batch_size: int) -> Iterator[ModelBatch]:
         """Model batches of ``batch_size`` clips: of one length each (:attr:`own_length`),
@@ -167,13 +170,13 @@ class AudioAdapter(InputAdapter):
         """An own-length ``batch`` zero-padded to :meth:`example`'s shape (``batch_size`` rows
         of :attr:`span` samples): the fallback when the model cannot be exported with a dynamic
         length. The padding then reaches the real frames through the model (see the README)."""
-        ((name, x),) = batch.inputs.items()
+        name, x = self.input_name, batch.inputs[self.input_name]
         wave = torch.zeros(batch_size, self.span, dtype=x.dtype)
         rows, n = min(batch_size, x.shape[0]), min(self.span, x.shape[1])
         wave[:rows, :n] = x[:rows, :n]
         mask = torch.zeros(batch_size, self.span, dtype=torch.bool)
         mask[:rows, :n] = batch.mask[:rows, :n]
-        return ModelBatch({name: wave}, mask, batch.items)
+        return ModelBatch(self.masking({name: wave}), mask, batch.items)
 
     def batch(self, batch: AudioBatch, batch_size: int) -> ModelBatch:
         """Pad ``batch`` to ``batch_size`` rows of :attr:`span` samples."""

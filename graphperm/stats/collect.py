@@ -197,6 +197,7 @@ def collect(
             len(states),
             {rename.get(k, k): v for k, v in in_graph.items()},
             device=device,
+            float_dtype=torch.float64 if wide else None,
         )
         for rows, (program, rename) in (programs or {None: (analysis.traced.program, {})}).items()
     }

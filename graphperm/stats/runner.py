@@ -64,7 +64,7 @@ class SiteRunner:
         self.module = fx.GraphModule(torch.nn.Module(), graph)
         self.keys = list(keys)
         self._specs = list(program.graph_signature.input_specs)
-        self._constants = _constants(program, device)
+        self._constants = _constants(program, device, getattr(self, "_float", None))
 
     def __call__(
         self, state: dict[str, torch.Tensor], inputs: dict[str, torch.Tensor]
@@ -109,7 +109,11 @@ class InterleavedRunner:
         models: int,
         strides: dict[str, tuple[int, int]] | None = None,
         device: torch.device | str = "cpu",
+        float_dtype: torch.dtype | None = None,
     ) -> None:
+        """``float_dtype``: the float dtype the graph's own casts and factories produce (the
+        traced float32 kept when None; float64 for forwards in float64)."""
+        self._float = float_dtype
         graph = copy.deepcopy(program.graph)
         nodes = {n.name: n for n in graph.nodes}
         missing = [k for k in keys if k not in nodes]
@@ -171,10 +175,10 @@ class InterleavedRunner:
                 if s is site:
                     new.call_function(self._call_visit, (i, [envs[m][site] for m in range(models)]))
         new.output(())
-        device = _retarget(new, device)
+        device = _retarget(new, device, self._float)
         self.module = fx.GraphModule(torch.nn.Module(), new)
         self.keys = list(keys)
-        self._constants = _constants(program, device)
+        self._constants = _constants(program, device, getattr(self, "_float", None))
 
     def _call_visit(self, i: int, values: list[torch.Tensor]) -> None:
         assert self._visit is not None
@@ -202,8 +206,17 @@ class InterleavedRunner:
             self._visit = None
 
 
-def _retarget(graph: fx.Graph, device: str | torch.device) -> torch.device:
-    """Point the graph's tensor factories at ``device`` (it was exported on the CPU)."""
+def _retarget(
+    graph: fx.Graph, device: str | torch.device, float_dtype: torch.dtype | None = None
+) -> torch.device:
+    """Point the graph's tensor factories at ``device`` (it was exported on the CPU), and its
+    casts to and factories of float32 at ``float_dtype`` when given (a traced
+    ``x.to(hidden.dtype)`` holds the float32 of the export)."""
+    if float_dtype is not None:
+        for node in graph.nodes:
+            if node.kwargs.get("dtype") is torch.float32:
+                node.kwargs = {**node.kwargs, "dtype": float_dtype}
+            node.args = tuple(float_dtype if a is torch.float32 else a for a in node.args)
     device = torch.device(device)
     if device.type != "cpu":
         for node in graph.nodes:
@@ -213,11 +226,17 @@ def _retarget(graph: fx.Graph, device: str | torch.device) -> torch.device:
     return device
 
 
-def _constants(program, device: torch.device) -> dict:
-    """The exported program's constants (lifted tensors) on ``device``."""
-    return {
-        k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in program.constants.items()
-    }
+def _constants(program, device: torch.device, float_dtype: torch.dtype | None = None) -> dict:
+    """The exported program's constants (lifted tensors) on ``device`` (floats in
+    ``float_dtype`` when given)."""
+    out = {}
+    for k, v in program.constants.items():
+        if isinstance(v, torch.Tensor):
+            v = v.to(device)
+            if float_dtype is not None and v.is_floating_point():
+                v = v.to(float_dtype)
+        out[k] = v
+    return out
 
 
 def match_values(static: fx.Graph, dynamic: fx.Graph) -> dict[str, str]:

@@ -28,6 +28,7 @@ BEYOND_THE_PAPER = [  # specs that are no row of Table I
     "all",
     "orth-no-data",
     "sinkhorn",
+    "learned",
 ]
 
 

@@ -163,11 +163,15 @@ def _frames(analysis, plan, models, adapter, sources, batch_size):
 
     sites = {(s.key, s.dim): s for s in plan.sites()}
     values = sorted({k for k, _ in sites})
-    runner = SiteRunner(analysis.traced.program, values)
+    runner = SiteRunner(analysis.traced.program, values, float_dtype=torch.float64)
     out: dict = {k: [[] for _ in models] for k in sites}
+
+    def wide(x: dict) -> dict:  # forwards in float64, as the fp64 statistics run them
+        return {k: v.double() if v.is_floating_point() else v for k, v in x.items()}
+
     for batch in adapter.calibration(sources).batches(batch_size):
         for m, model in enumerate(models):
-            acts = dict(zip(values, runner(model.state_dict(), batch.inputs)))
+            acts = dict(zip(values, runner(wide(model.state_dict()), wide(batch.inputs))))
             for key, site in sites.items():
                 layout = frame_layout(analysis, site)
                 act = acts[key[0]]

@@ -231,7 +231,10 @@ def test_calibration_with_no_readable_file(tmp_path) -> None:
 
 
 def test_missing_calibration(tmp_path) -> None:
-    _bad(["builtin:hubert-tiny", "builtin:hubert-tiny"], "--calib", tmp_path / "o")
+    """A policy that measures activations needs --calib (without --policy the default is then
+    the data-free one: tests/test_user.py)."""
+    args = ["builtin:hubert-tiny", "builtin:hubert-tiny", "--policy", "paper"]
+    _bad(args, "--calib", tmp_path / "o")
 
 
 def test_existing_output_needs_force(audio, tmp_path) -> None:

@@ -35,9 +35,12 @@ class SiteRunner:
         keys: list[str],
         strides: dict[str, tuple[int, int]] | None = None,
         device: torch.device | str = "cpu",
+        float_dtype: torch.dtype | None = None,
     ) -> None:
         """``strides[key] = (dim, step)`` keeps every ``step``-th element of that value along
-        ``dim`` inside the graph, so the full activation is freed as soon as it is consumed."""
+        ``dim`` inside the graph, so the full activation is freed as soon as it is consumed.
+        ``float_dtype``: see :class:`InterleavedRunner`."""
+        self._float = float_dtype
         graph = copy.deepcopy(program.graph)
         nodes = {n.name: n for n in graph.nodes}
         missing = [k for k in keys if k not in nodes]
@@ -60,7 +63,7 @@ class SiteRunner:
             if node.target is torch.ops.aten._assert_tensor_metadata.default and not node.users:
                 graph.erase_node(node)
         graph.eliminate_dead_code()
-        device = _retarget(graph, device)
+        device = _retarget(graph, device, self._float)
         self.module = fx.GraphModule(torch.nn.Module(), graph)
         self.keys = list(keys)
         self._specs = list(program.graph_signature.input_specs)

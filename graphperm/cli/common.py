@@ -127,7 +127,11 @@ def user_inputs(args: argparse.Namespace) -> dict[str, str | Path | None]:
     models += list(getattr(args, "more_models", None) or [])
     for k, model in enumerate(models):
         found[f"model {names[k] if k < 26 else k + 1}"] = model
-    for key, name in (("model", "the model"), ("merge_into", "--merge-into model")):
+    for key, name in (
+        ("model", "the model"),
+        ("merge_into", "--merge-into model"),
+        ("base", "--base model"),
+    ):
         found[name] = getattr(args, key, None)
     for k, source in enumerate(getattr(args, "calib", None) or []):
         found[f"--calib source {k + 1}"] = source

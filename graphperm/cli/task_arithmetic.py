@@ -7,7 +7,7 @@ import shlex
 import sys
 
 from graphperm.cli.combine_args import combine_policy, sweep_folder, sweep_from_args
-from graphperm.cli.common import load_cli_model, policy_from_args, say
+from graphperm.cli.common import load_cli_model, policy_from_args, say, user_inputs
 from graphperm.errors import PolicyError
 from graphperm.merge import task_arithmetic_sweep
 from graphperm.output import check_output, output_folder
@@ -44,8 +44,10 @@ def _weights(args: argparse.Namespace, models: int, policy: Policy) -> list[list
 
 def run_task_arithmetic(args: argparse.Namespace) -> int:
     """Check everything, load the base and the models, combine, write (all or nothing)."""
-    check_output(args.out, args.force)
+    check_output(args.out, args.force, user_inputs(args))
     specs = [args.model_a, args.model_b, *args.more_models]
+    if args.policy is None:  # no alignment: the policy only carries weights and combination
+        args.policy = "average"
     policy = combine_policy(args, policy_from_args(args))
     weights = _weights(args, len(specs), policy)
     base = load_cli_model(args, args.base, seed=0)
@@ -54,7 +56,7 @@ def run_task_arithmetic(args: argparse.Namespace) -> int:
     command = shlex.join(["graphperm", *sys.argv[1:]])
     sweep = len(weights) > 1
     results = task_arithmetic_sweep(base, models, weights, policy=policy, inplace=True)
-    with output_folder(args.out, force=args.force) as tmp:
+    with output_folder(args.out, force=args.force, inputs=user_inputs(args)) as tmp:
         for k, result in enumerate(results):
             if k == 0:
                 for d in result.distances:

@@ -139,7 +139,7 @@ def _valid_rows(outs: list[torch.Tensor], mask: torch.Tensor) -> list[torch.Tens
 def _mlm_head(loaded: LoadedModel) -> bool:
     """Whether the checkpoint's own head is a masked-LM head (it takes ``labels``)."""
     model = loaded.model
-    if model is loaded.module or "labels" not in inspect.signature(model.forward).parameters:
+    if "labels" not in inspect.signature(model.forward).parameters:
         return False
     return type(model).__name__.endswith("ForMaskedLM")
 

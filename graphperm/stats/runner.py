@@ -253,7 +253,8 @@ def match_values(static: fx.Graph, dynamic: fx.Graph) -> dict[str, str]:
         >>> from torch.export import Dim
         >>> m = load_model("builtin:hubert-tiny")
         >>> a = trace(m).program.graph
-        >>> b = trace(m, dynamic_shapes={"input_values": {1: Dim.AUTO}}).program.graph
+        >>> axes = {"input_values": {1: Dim.AUTO}, "mask_time_indices": {1: Dim.AUTO}}
+        >>> b = trace(m, dynamic_shapes=axes).program.graph
         >>> names = match_values(a, b)
         >>> names["gelu"], all(names[k] == k for k in ("conv1d", "layer_norm"))
         ('gelu', True)

@@ -50,6 +50,7 @@ from graphperm.merge import Alignment, finish_alignment, merge_models, prepare
 from graphperm.policy import load_policy
 from graphperm.solve import agreement, solve
 from graphperm.stats import collect
+from graphperm.stats.calibrate import own_length_graphs
 from graphperm.trace import load_model
 
 SHARED = Path(os.environ.get("GRAPHPERM_SHARED", Path(__file__).resolve().parents[3] / "shared"))
@@ -112,7 +113,11 @@ def main() -> None:
     cal = policy.calibration
     few = policy.model_copy(update={"calibration": cal.model_copy(update={"num_clips": clips})})
     adapter = adapter_for(a, few.calibration)
-    batches = list(adapter.calibration(AUDIO).batches(cal.batch_size))
+    data = adapter.calibration(AUDIO)
+    batches = list(data.batches(cal.batch_size))
+    # clips of one length per batch run through graphs exported with a dynamic length, as
+    # graphperm's own calibrate does (None: the analysed graph, for padded batches)
+    programs = own_length_graphs(analysis, plan, a, data.dynamic) if data.dynamic else None
     seconds = sum(x.positions for x in batches) / adapter.sample_rate
     state_a, state_b = dict(a.state_dict()), dict(b.state_dict())
     sites = plan.sites()
@@ -121,6 +126,7 @@ def main() -> None:
         max_frames_per_row=adapter.max_steps(cal.max_frame_rate),
         split_half=cal.split_half,
         device=args.device,
+        programs=programs,
     )
     dev_a = [a.module.to(args.device), b.module.to(args.device)]
     autocast = args.precision == "bf16"

@@ -10,7 +10,13 @@ from graphperm.merge import sweep_weights
 from graphperm.merge.combine import COMBINATIONS, get_combination
 from graphperm.policy import Policy, load_policy
 
-__all__ = ["add_combine_args", "combine_policy", "sweep_folder", "sweep_from_args"]
+__all__ = [
+    "add_combine_args",
+    "combine_policy",
+    "sweep_folder",
+    "sweep_from_args",
+    "weights_from_args",
+]
 
 
 def add_combine_args(p: argparse.ArgumentParser) -> None:
@@ -66,6 +72,31 @@ def combine_policy(args: argparse.Namespace, policy: Policy) -> Policy:
             "combine.scale (--scale) is a factor of task vectors; give --base BASE or leave it at 1"
         )
     return policy
+
+
+def weights_from_args(args: argparse.Namespace, models: int) -> list[float] | None:
+    """The ``--weights`` / ``--weight-a W`` override (None: the policy's, or a sweep of several
+    ``--weight-a``), checked before any model is loaded."""
+    weights = getattr(args, "weights", None)
+    weight_a = getattr(args, "weight_a", None)
+    if weight_a is not None and len(weight_a) > 1:
+        return None  # a sweep (sweep_from_args)
+    weight_a = weight_a[0] if weight_a else None
+    if weights is not None and weight_a is not None:
+        raise PolicyError("give --weights or --weight-a, not both")
+    if weights is not None:
+        if len(weights) != models:
+            raise PolicyError(f"--weights has {len(weights)} weights for {models} models")
+        if any(not 0.0 <= w <= 1.0 for w in weights) or abs(sum(weights) - 1.0) > 1e-6:
+            raise PolicyError(
+                f"--weights must be in [0, 1] and sum to 1 (they sum to {sum(weights):g})"
+            )
+        return list(weights)
+    if weight_a is not None:
+        if not 0.0 <= weight_a <= 1.0:
+            raise PolicyError(f"--weight-a must be in [0, 1], not {weight_a:g}")
+        return [weight_a] + [(1.0 - weight_a) / (models - 1)] * (models - 1)
+    return None
 
 
 def sweep_from_args(args: argparse.Namespace, models: int) -> list[list[float]] | None:

@@ -16,6 +16,7 @@ from graphperm.cli.combine_args import (
     combine_policy,
     sweep_folder,
     sweep_from_args,
+    weights_from_args,
 )
 from graphperm.cli.common import (
     add_dtype_arg,
@@ -101,30 +102,6 @@ def _specs(args: argparse.Namespace) -> list[str]:
     return [args.model_a, args.model_b, *getattr(args, "more_models", [])]
 
 
-def _weights(args: argparse.Namespace, models: int) -> list[float] | None:
-    """The ``--weights`` / ``--weight-a`` override (None: the policy's), checked."""
-    weights = getattr(args, "weights", None)
-    weight_a = getattr(args, "weight_a", None)
-    if weight_a is not None and len(weight_a) > 1:
-        return None  # a sweep (sweep_from_args)
-    weight_a = weight_a[0] if weight_a else None
-    if weights is not None and weight_a is not None:
-        raise PolicyError("give --weights or --weight-a, not both")
-    if weights is not None:
-        if len(weights) != models:
-            raise PolicyError(f"--weights has {len(weights)} weights for {models} models")
-        if any(not 0.0 <= w <= 1.0 for w in weights) or abs(sum(weights) - 1.0) > 1e-6:
-            raise PolicyError(
-                f"--weights must be in [0, 1] and sum to 1 (they sum to {sum(weights):g})"
-            )
-        return list(weights)
-    if weight_a is not None:
-        if not 0.0 <= weight_a <= 1.0:
-            raise PolicyError(f"--weight-a must be in [0, 1], not {weight_a:g}")
-        return [weight_a] + [(1.0 - weight_a) / (models - 1)] * (models - 1)
-    return None
-
-
 def _from_config(args: argparse.Namespace) -> None:
     """Fill the merge's arguments from ``--config`` (a merge folder's ``merge.yaml``)."""
     if getattr(args, "config", None) is None:
@@ -162,7 +139,7 @@ def _where(args: argparse.Namespace) -> str:
 def _setup(args: argparse.Namespace):
     check_output(args.out, args.force, user_inputs(args))  # before any heavy work
     specs = _specs(args)
-    weights = _weights(args, len(specs))  # a bad weight fails before any model is loaded
+    weights = weights_from_args(args, len(specs))  # a bad weight fails before any model is loaded
     seeds = [0] + [args.seed_b + k for k in range(len(specs) - 1)]
     models = []
     if args.policy is None:  # the default is chosen from model A

@@ -6,7 +6,12 @@ import argparse
 import shlex
 import sys
 
-from graphperm.cli.combine_args import combine_policy, sweep_folder, sweep_from_args
+from graphperm.cli.combine_args import (
+    combine_policy,
+    sweep_folder,
+    sweep_from_args,
+    weights_from_args,
+)
 from graphperm.cli.common import load_cli_model, policy_from_args, say, user_inputs
 from graphperm.errors import PolicyError
 from graphperm.merge import task_arithmetic_sweep
@@ -21,21 +26,9 @@ def _weights(args: argparse.Namespace, models: int, policy: Policy) -> list[list
     sweep = sweep_from_args(args, models)
     if sweep is not None:
         return sweep
-    weights, weight_a = args.weights, args.weight_a[0] if args.weight_a else None
-    if weights is not None and weight_a is not None:
-        raise PolicyError("give --weights or --weight-a, not both")
+    weights = weights_from_args(args, models)
     if weights is not None:
-        if len(weights) != models:
-            raise PolicyError(f"--weights has {len(weights)} weights for {models} models")
-        if any(not 0.0 <= w <= 1.0 for w in weights) or abs(sum(weights) - 1.0) > 1e-6:
-            raise PolicyError(
-                f"--weights must be in [0, 1] and sum to 1 (they sum to {sum(weights):g})"
-            )
-        return [list(weights)]
-    if weight_a is not None:
-        if not 0.0 <= weight_a <= 1.0:
-            raise PolicyError(f"--weight-a must be in [0, 1], not {weight_a:g}")
-        policy = policy.model_copy(update={"model_weights": None, "weight_a": weight_a})
+        return [weights]
     try:
         return [policy.base_weights(models)]
     except ValueError as err:

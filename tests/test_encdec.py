@@ -97,12 +97,18 @@ def test_merging_a_with_a_transformed_copy_gives_back_a_data_free(name: str) -> 
 
 
 def test_whisper_merge_back_on_audio_calibration(tmp_path) -> None:
-    """Activations measured on audio, through encoder and decoder (the decoder reads its start
-    token); every group of the whole model recovered."""
+    """Activations measured on audio, through encoder and decoder, with the weights' cost beside
+    them (``hybrid``: the decoder reads its start token alone, one position per window, too few
+    to tell its units apart by correlation alone); every group of the whole model recovered."""
     write_clips(tmp_path, count=16, seconds=1.0)
     a = _whole("whisper-lm")
     policy = load_policy(
-        {"align": [{}], "weight_a": 0.5, "calibration": {"clip_seconds": 1.0, "num_clips": 16}}
+        {
+            "align": [{}],
+            "method": "hybrid",
+            "weight_a": 0.5,
+            "calibration": {"clip_seconds": 1.0, "num_clips": 16},
+        }
     )
     b = _transformed_copy(a, policy)
     result = merge_models(align(a, b, policy, [tmp_path]), a, b, weight_a=0.5)
@@ -194,9 +200,8 @@ def test_real_whisper_tiny_whole_merge_back_transcribes_as_a() -> None:
     merged.load_state_dict(result.state)
     wave, rate = sf.read(speech, dtype="float32")
     assert rate == 16000
-    features = tf.AutoFeatureExtractor.from_pretrained(folder)(
-        wave[: 4 * rate], sampling_rate=rate, return_tensors="pt"
-    ).input_features
+    extractor = tf.WhisperFeatureExtractor(feature_size=a.config.num_mel_bins)
+    features = extractor(wave[: 4 * rate], sampling_rate=rate, return_tensors="pt").input_features
     with torch.no_grad():
         want = a.model.generate(input_features=features, max_new_tokens=24)
         got = merged.generate(input_features=features, max_new_tokens=24)

@@ -209,7 +209,13 @@ def _outputs(case: Case, model: torch.nn.Module) -> list[torch.Tensor]:
         out = (
             model(**case.inputs(7), use_cache=False) if _caches(model) else model(**case.inputs(7))
         )
-    return [v for v in out.values() if isinstance(v, torch.Tensor)]
+    # an encoder–decoder's encoder output beside its logits is a hidden state: it moves with
+    # the encoder's stream (compared sorted), as a bare encoder's outputs do
+    return [
+        v.sort(dim=-1).values if "hidden_state" in k else v
+        for k, v in out.items()
+        if isinstance(v, torch.Tensor)
+    ]
 
 
 def _caches(model: torch.nn.Module) -> bool:

@@ -36,6 +36,14 @@ parts, key/value heads and the query heads that share each one; ALiBi (BLOOM) pi
 experts' order stay, and each layer's experts form one FFN group (one permutation of the
 intermediate units for every expert).
 
+Whole encoder–decoders (modality *encoder-decoder*: Whisper, T5, BART with their language-model
+heads) are traced as one graph (scope `whole`, what `graphperm merge` does with them): the
+decoder reads the config's `decoder_start_token_id` (Whisper) or the token ids shifted right
+behind it (T5, BART); cross-attention joins the encoder's output stream to the decoder's key and
+value projections, so the encoder's stream is a residual group again (row *whisper*, the encoder
+alone as `--scope encoder` traces it, has none: its outputs stay fixed for the untraced
+decoder). T5 and BART share one embedding between encoder, decoder and head: one residual group.
+
 Longformer branches on the values of its inputs (is any token global?): it is traced specialised
 to its example inputs (`torch.export.draft_export`) and verified on them. Nystromformer's
 landmark attention cannot take an attention mask under tracing (transformers keeps the 16 × 16

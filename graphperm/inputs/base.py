@@ -203,13 +203,21 @@ def step_mask(mask: torch.Tensor, steps: int) -> torch.Tensor:
     return (bad[:, hi] - bad[:, lo]) == 0
 
 
+#: Decoder positions per row of an audio encoder–decoder (Whisper) with a language-model head:
+#: the prompt, then the model's own greedy continuation up to this many tokens.
+DECODER_TOKENS = 16
+
+
 def decoder_inputs(loaded: LoadedModel, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """``inputs`` with the decoder's inputs of a whole encoder–decoder model added (unless
     given): for token ids (T5, BART), the ids shifted right behind the config's
     ``decoder_start_token_id`` (teacher forcing on the text itself: the decoder's positions
     then line up with the encoder's, and the batch's mask serves both); for any other input
-    (Whisper's log-mel window), the start token followed by the generation config's forced
-    prompt tokens, the same for every row.
+    (Whisper's log-mel window), the start token and the generation config's forced prompt
+    tokens, followed, when the model has a language-model head, by its own greedy transcript
+    of each row (:data:`DECODER_TOKENS` in all): what its decoder reads when it transcribes
+    that audio. The model that builds them is the one ``loaded`` holds (model A), so every
+    model is measured on the same decoder inputs.
 
     Example:
         >>> from graphperm.trace import load_model
@@ -217,6 +225,10 @@ def decoder_inputs(loaded: LoadedModel, inputs: dict[str, torch.Tensor]) -> dict
         >>> ids = torch.tensor([[5, 6, 7]])
         >>> decoder_inputs(t5, {"input_ids": ids})["decoder_input_ids"].tolist()
         [[0, 5, 6]]
+        >>> whisper = load_model("builtin:zoo/whisper-lm", scope="whole")
+        >>> features = torch.randn(2, 16, 100)
+        >>> tuple(decoder_inputs(whisper, {"input_features": features})["decoder_input_ids"].shape)
+        (2, 16)
     """
     if "decoder_input_ids" in inputs:
         return inputs
@@ -232,7 +244,8 @@ def decoder_inputs(loaded: LoadedModel, inputs: dict[str, torch.Tensor]) -> dict
             "config.json, pass --inputs FILE.safetensors with decoder_input_ids, or merge the "
             "encoder alone with --scope encoder"
         )
-    main = inputs[main_input_name(loaded)]
+    name = main_input_name(loaded)
+    main = inputs[name]
     rows = main.shape[0]
     if not main.is_floating_point():  # token ids: shifted right behind the start token
         ids = torch.cat([torch.full((rows, 1), start, dtype=main.dtype), main[:, :-1]], dim=1)
@@ -243,8 +256,30 @@ def decoder_inputs(loaded: LoadedModel, inputs: dict[str, torch.Tensor]) -> dict
             ids = ids.masked_fill(shifted == 0, pad)
         return {**inputs, "decoder_input_ids": ids}
     forced = getattr(generation, "forced_decoder_ids", None) or []
-    prompt = [start] + [int(token) for _, token in sorted(forced)]
-    return {**inputs, "decoder_input_ids": torch.tensor([prompt] * rows, dtype=torch.long)}
+    prompt = torch.tensor([[start] + [int(token) for _, token in sorted(forced)]] * rows)
+    most = getattr(config, "max_target_positions", None) or DECODER_TOKENS
+    steps = min(DECODER_TOKENS, most) - prompt.shape[1]
+    return {**inputs, "decoder_input_ids": _greedy(loaded, name, main, prompt, steps)}
+
+
+def _greedy(
+    loaded: LoadedModel, name: str, main: torch.Tensor, prompt: torch.Tensor, steps: int
+) -> torch.Tensor:
+    """``prompt`` followed by ``steps`` tokens the model picks greedily for ``main`` (the
+    prompt alone for a model without a language-model head)."""
+    model = loaded.model
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is None or steps <= 0:
+        return prompt
+    param = next(model.parameters())
+    x = main.to(param.device, param.dtype)
+    ids = prompt.to(param.device)
+    with torch.no_grad():
+        encoded = model.get_encoder()(**{name: x})
+        for _ in range(steps):
+            logits = model(encoder_outputs=encoded, decoder_input_ids=ids).logits[:, -1]
+            ids = torch.cat([ids, logits.argmax(-1, keepdim=True)], dim=1)
+    return ids.cpu()
 
 
 _WHOLE: dict[type, type] = {}

@@ -220,6 +220,19 @@ ZOO: dict[str, ZooModel] = {
         "audio",
         lambda: tf.ASTConfig(**{**_VIT, "image_size": None}, num_mel_bins=32, max_length=48),
     ),
+    "encodec": ZooModel(  # a neural codec: conv + LSTM encoder, vector quantiser, decoder
+        "audio",
+        lambda: tf.EncodecConfig(
+            hidden_size=16,
+            num_filters=4,
+            num_residual_layers=1,
+            upsampling_ratios=[2, 2],
+            codebook_size=16,
+            codebook_dim=16,
+            num_lstm_layers=1,
+        ),
+        inputs=lambda c: _features(c, (1, c.audio_channels, 400), "input_values"),
+    ),
     "clap-audio": ZooModel(
         "audio",
         lambda: _cls(

@@ -63,7 +63,11 @@ class LoadedModel:
     source: str  # what the user passed
     #: (config, attribute, value as loaded) for each setting of :data:`RUN_SETTINGS` changed
     changed: list[tuple[object, str, object]] = field(default_factory=list, repr=False)
-    scope: str = "encoder"  # one of SCOPES, as asked for (it matters for encoder–decoders only)
+
+    @property
+    def scope(self) -> str:
+        """``"encoder"`` when an encoder–decoder's encoder alone is traced, else ``"whole"``."""
+        return "encoder" if self.partial else "whole"
 
     @property
     def encoder_decoder(self) -> bool:
@@ -169,7 +173,6 @@ def with_scope(loaded: LoadedModel, scope: str) -> LoadedModel:
         prefix=prefix,
         source=loaded.source,
         changed=loaded.changed,
-        scope=scope,
     )
 
 

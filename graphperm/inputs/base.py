@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ADAPTERS",
+    "DECODER_TOKENS",
     "CalibrationData",
     "InputAdapter",
     "ModelBatch",

@@ -64,7 +64,7 @@ def merge_oracle(a, policy, calib=(), seed: int = 5):
     for t in plan.targets:
         secret.set(t.group, t.part, every.get(t.group, t.part))
     assert secret.perms, "the policy must align something"
-    b = load_model(a.source)
+    b = load_model(a.source, scope=a.scope)
     b.module.load_state_dict(permute_state(indexer, a.state_dict(), secret))
     changed = [k for k, v in a.state_dict().items() if not torch.equal(v, b.state_dict()[k])]
     assert changed  # B really is scrambled

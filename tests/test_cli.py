@@ -27,14 +27,19 @@ def test_trace_table(capsys: pytest.CaptureFixture) -> None:
 
 
 def test_trace_json(capsys: pytest.CaptureFixture) -> None:
-    assert main(["trace", "builtin:whisper-tiny", "--json"]) == 0
+    assert main(["trace", "builtin:whisper-tiny", "--scope", "encoder", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     attn = [g for g in data["groups"] if g["kind"] == "attn"]
     assert len(attn) == 2 and attn[0]["heads"] == 4 and attn[0]["size"] == 64
-    # the stream stays fixed: the decoder, which is not traced, reads it
+    # the encoder alone: its stream stays fixed, the decoder, which is not traced, reads it
     assert {g["kind"] for g in data["groups"]} == {"conv", "ffn", "attn"}
     for g in data["groups"]:
         assert {"name", "kind", "size"} <= set(g)
+    # by default the whole model: the decoder's self- and cross-attention, both streams
+    assert main(["trace", "builtin:whisper-tiny", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    kinds = [g["kind"] for g in data["groups"]]
+    assert kinds.count("attn") == 4 and kinds.count("residual") == 2
 
 
 def test_trace_dot_writes_graphviz_and_svg(tmp_path: Path) -> None:

@@ -57,6 +57,36 @@ def _pixels(seed: int = 0) -> dict[str, torch.Tensor]:
     return {"pixel_values": torch.randn(2, 3, 32, 32, generator=g)}
 
 
+def _seq2seq_inputs(seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "input_ids": torch.randint(3, 96, (2, 12), generator=g),
+        "decoder_input_ids": torch.randint(3, 96, (2, 5), generator=g),
+    }
+
+
+def _whisper_config() -> tf.WhisperConfig:
+    return tf.WhisperConfig(
+        d_model=32,
+        encoder_layers=2,
+        encoder_attention_heads=4,
+        encoder_ffn_dim=64,
+        decoder_layers=2,
+        decoder_attention_heads=4,
+        decoder_ffn_dim=64,
+        num_mel_bins=16,
+        max_source_positions=50,
+        max_target_positions=32,
+        vocab_size=96,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+        decoder_start_token_id=1,
+        suppress_tokens=[],
+        begin_suppress_tokens=[],
+    )
+
+
 def _whisper_inputs(seed: int = 0) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     return {
@@ -73,6 +103,10 @@ class Case:
     policy: str = "weights"
     tied: bool = False  # some state-dict keys are one tensor
     moves_outputs: bool = False  # a bare encoder: its outputs move with its stream
+    scope: str = "whole"  # what of an encoder–decoder is merged (the CLI's default: whole)
+
+    def flags(self) -> list[str]:
+        return ["--scope", self.scope] if self.scope != "whole" else []
 
 
 CASES = {
@@ -95,28 +129,44 @@ CASES = {
         ),
         _pixels,
     ),
+    # whole encoder–decoders (the CLI's default scope): encoder, decoder and head merged as one
     "WhisperForConditionalGeneration": Case(
-        tf.WhisperForConditionalGeneration,
-        lambda: tf.WhisperConfig(
+        tf.WhisperForConditionalGeneration, _whisper_config, _whisper_inputs
+    ),
+    # the encoder alone (--scope encoder): its outputs fixed, the decoder interpolated plainly
+    "WhisperForConditionalGeneration-encoder": Case(
+        tf.WhisperForConditionalGeneration, _whisper_config, _whisper_inputs, scope="encoder"
+    ),
+    "T5ForConditionalGeneration": Case(
+        tf.T5ForConditionalGeneration,
+        lambda: tf.T5Config(
+            d_model=32,
+            d_ff=64,
+            num_layers=2,
+            num_decoder_layers=2,
+            num_heads=4,
+            d_kv=8,
+            vocab_size=96,
+            decoder_start_token_id=0,
+        ),
+        _seq2seq_inputs,
+        tied=True,
+    ),
+    "BartForConditionalGeneration": Case(
+        tf.BartForConditionalGeneration,
+        lambda: tf.BartConfig(
             d_model=32,
             encoder_layers=2,
-            encoder_attention_heads=4,
-            encoder_ffn_dim=64,
             decoder_layers=2,
+            encoder_attention_heads=4,
             decoder_attention_heads=4,
+            encoder_ffn_dim=64,
             decoder_ffn_dim=64,
-            num_mel_bins=16,
-            max_source_positions=50,
-            max_target_positions=32,
             vocab_size=96,
-            pad_token_id=0,
-            bos_token_id=1,
-            eos_token_id=2,
-            decoder_start_token_id=1,
-            suppress_tokens=[],
-            begin_suppress_tokens=[],
+            max_position_embeddings=32,
         ),
-        _whisper_inputs,
+        _seq2seq_inputs,
+        tied=True,
     ),
     "LlamaForCausalLM-untied": Case(
         tf.LlamaForCausalLM,
@@ -159,7 +209,13 @@ def _outputs(case: Case, model: torch.nn.Module) -> list[torch.Tensor]:
         out = (
             model(**case.inputs(7), use_cache=False) if _caches(model) else model(**case.inputs(7))
         )
-    return [v for v in out.values() if isinstance(v, torch.Tensor)]
+    # an encoder–decoder's encoder output beside its logits is a hidden state: it moves with
+    # the encoder's stream (compared sorted), as a bare encoder's outputs do
+    return [
+        v.sort(dim=-1).values if "hidden_state" in k else v
+        for k, v in out.items()
+        if isinstance(v, torch.Tensor)
+    ]
 
 
 def _caches(model: torch.nn.Module) -> bool:
@@ -195,7 +251,7 @@ def case(request) -> Case:
 def test_applied_permutations_keep_what_the_saved_model_computes(case: Case, tmp_path) -> None:
     a, b = _build(case, 0), _build(case, 1)
     pa, pb = _save(a, tmp_path / "a"), _save(b, tmp_path / "b")
-    _cli("align", pa, pb, "--policy", case.policy, "--out", tmp_path / "al", "-q")
+    _cli("align", pa, pb, "--policy", case.policy, *case.flags(), "--out", tmp_path / "al", "-q")
     perms = tmp_path / "al" / "permutations.safetensors"
     assert load_file(perms)  # something moved
     _cli("apply", pb, "--perms", perms, "--out", tmp_path / "bp", "-q")
@@ -215,7 +271,7 @@ def test_merging_a_with_a_transformed_copy_gives_back_a(case: Case, tmp_path) ->
         pytest.xfail("weight matching does not yet recover Llama's permutations exactly")
     a = _build(case, 0)
     pa = _save(a, tmp_path / "a")
-    loaded = load_model(pa)
+    loaded = load_model(pa, scope=case.scope)
     _, analysis, plan = prepare(loaded, load_policy("weights"))
     indexer = Indexer(analysis)
     every = random_permutation(indexer.shapes(), seed=3)
@@ -225,7 +281,8 @@ def test_merging_a_with_a_transformed_copy_gives_back_a(case: Case, tmp_path) ->
     copy_a = copy.deepcopy(loaded)
     copy_a.module.load_state_dict(permute_state(indexer, loaded.state_dict(), secret))
     copy_a.model.save_pretrained(tmp_path / "ta")
-    _cli("merge", pa, tmp_path / "ta", "--policy", "weights", "--out", tmp_path / "m", "-q")
+    flags = ["--policy", "weights", *case.flags()]
+    _cli("merge", pa, tmp_path / "ta", *flags, "--out", tmp_path / "m", "-q")
     merged = _load(case, tmp_path / "m")
     assert _close(_outputs(case, merged), _outputs(case, a)) < 1e-4
 
@@ -234,7 +291,17 @@ def test_average_is_the_exact_average_of_every_tensor(case: Case, tmp_path) -> N
     a, b = _build(case, 0), _build(case, 1)
     pa, pb = _save(a, tmp_path / "a"), _save(b, tmp_path / "b")
     _cli(
-        "merge", pa, pb, "--policy", "average", "--weight-a", "0.25", "--out", tmp_path / "m", "-q"
+        "merge",
+        pa,
+        pb,
+        "--policy",
+        "average",
+        "--weight-a",
+        "0.25",
+        *case.flags(),
+        "--out",
+        tmp_path / "m",
+        "-q",
     )
     merged = _load(case, tmp_path / "m").state_dict()
     sa, sb = a.state_dict(), b.state_dict()

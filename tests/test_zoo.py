@@ -92,6 +92,13 @@ EXPECTED: dict[str, dict[str, int]] = {
     "poolformer": {"residual": 2, "conv": 2},
     "segformer": {"residual": 2, "attn": 3, "conv": 3},
     "levit": {"residual": 3, "attn": 5, "ffn": 5, "conv": 3},
+    # whole encoder–decoders with their LM heads (scope "whole"): each stream a residual group
+    # (Whisper's encoder and decoder streams are two; T5 and BART share one embedding between
+    # encoder, decoder and head, so theirs are one), cross-attention one more attn group per
+    # decoder layer, the encoder's stream free (no longer pinned, as the encoder's outputs are)
+    "whisper-lm": {"conv": 1, "residual": 2, "attn": 4, "ffn": 3},
+    "t5": {"residual": 1, "attn": 3, "ffn": 3},
+    "bart": {"residual": 1, "attn": 4, "ffn": 3},
     # causal language models (base models): one residual stream, attention and FFN per layer
     "gpt2": DECODER,
     "gpt-neo": DECODER,
@@ -119,6 +126,10 @@ EXPORT_FAILS = {
     # transformers keeps the attention mask when traced, and the landmark scores (4 × 16) cannot
     # take a 16 × 16 mask: it fails as well when run on any padded input
     "nystromformer": "broadcast",
+    # its padding computes lengths as tensors (data-dependent under export); specialised to the
+    # example (draft_export), its LSTM then meets a sequence length export cannot bound, and
+    # its vector quantiser turns the stream into codebook indices (argmin): nothing to align
+    "encodec": "data-dependent",
 }
 
 #: Models traced specialised to their example inputs (branches on input values: draft_export).
@@ -134,7 +145,8 @@ def zoo_inputs(name: str, loaded) -> dict[str, torch.Tensor]:
 
 @functools.cache
 def zoo_analysis(name: str) -> Analysis:
-    loaded = load_model(f"builtin:zoo/{name}")
+    scope = "whole" if ZOO[name].modality == "encoder-decoder" else "encoder"
+    loaded = load_model(f"builtin:zoo/{name}", scope=scope)
     return analyse(trace(loaded, zoo_inputs(name, loaded)))
 
 

@@ -351,12 +351,14 @@ def main(argv: list[str] | None = None) -> int:
     gp = [sys.executable, "-m", "graphperm"]
     me = [sys.executable, str(Path(__file__).resolve()), "--model", str(a_dir), "--out", str(out)]
     me += [] if transcripts else ["--no-transcribe"]
+    # the encoder alone, as this oracle permutes it (whole.py merges encoder and decoder)
     merge = ["merge", str(a_dir), str(b_dir), "--policy", "paper", "--weight-a", "0.5"]
+    merge += ["--scope", "encoder"]
     merge += ["--calib", str(SPEECH), "--calib", str(MUSIC), "--num-clips", str(args.num_clips)]
     merge += ["--out", str(merged), "--force", "--device", "cpu", "-q"]
     steps = {
-        "trace": [*gp, "trace", str(a_dir)],
-        "verify": [*gp, "verify", str(a_dir)],
+        "trace": [*gp, "trace", str(a_dir), "--scope", "encoder"],
+        "verify": [*gp, "verify", str(a_dir), "--scope", "encoder"],
         "make_b": [*me, "--step", "make-b"],
         "merge": [*gp, *merge],
         "check": [*me, "--step", "check"],

@@ -29,7 +29,8 @@ def run_one(name: str) -> dict:
     start = time.perf_counter()
     row: dict = {"name": name, "modality": ZOO[name].modality}
     try:
-        loaded = load_model(f"builtin:zoo/{name}")
+        scope = "whole" if ZOO[name].modality == "encoder-decoder" else "encoder"
+        loaded = load_model(f"builtin:zoo/{name}", scope=scope)
         row["class"] = type(loaded.module).__name__
         a = analyse(trace(loaded, zoo_inputs(name, loaded)))
         report = verify(a, seed=0)

@@ -147,10 +147,28 @@ def _pin_outputs(coupling: Coupling, traced: Traced) -> None:
         )
     else:
         why = f"it is an axis of {type(loaded.model).__name__}'s output (a task head's units)"
-    for name in traced.program.graph_signature.user_outputs:
+    names = output_names(traced.program)
+    for k, name in enumerate(traced.program.graph_signature.user_outputs):
+        if not loaded.partial and k < len(names) and "hidden_state" in names[k]:
+            continue  # a hidden state beside the head's output (an encoder–decoder's encoder
+            # output) moves with its stream, as a bare encoder's does
         if name in coupling.tensors:
             for c in coupling.classes(name):
                 coupling.table.fix(c, why)
+
+
+def output_names(program) -> list[str]:
+    """The name of each user output of ``program`` in the model's output structure
+    (``"['logits']"``, ``"['encoder_last_hidden_state']"``), in order; [] if unknown."""
+    import torch.utils._pytree as pytree
+
+    n = len(program.graph_signature.user_outputs)
+    try:
+        tree = pytree.tree_unflatten(list(range(n)), program.call_spec.out_spec)
+        leaves = pytree.tree_flatten_with_path(tree)[0]
+    except Exception:  # an output structure pytree cannot rebuild: every output counts
+        return []
+    return [pytree.keystr(path) for path, _ in leaves] if len(leaves) == n else []
 
 
 def _pin_shared(coupling: Coupling, traced: Traced) -> None:

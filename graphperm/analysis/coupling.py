@@ -192,6 +192,7 @@ class CouplingBuilder:
             else:
                 self._constant.add(name)
         module_of: dict[str, str] = {}
+        live = _live(self.program.graph)
         for node in self.program.graph.nodes:
             if node.op == "placeholder":
                 for t in self._register_values(node):
@@ -202,7 +203,9 @@ class CouplingBuilder:
                     elif node.name in self._constant:
                         self._fix_all(t, f"'{node.name}' is a constant not saved with the model")
                 self._note_origins(node)
-            elif node.op == "call_function":
+            elif node.op == "call_function" and node in live:
+                # a value nothing reads (BART reads an embedding's last channel for its shape
+                # only) cannot change what the model computes: it couples nothing
                 module_of[node.name] = _module_path(node)
                 self._note_origins(node)
                 self._visit(node)
@@ -272,6 +275,15 @@ class CouplingBuilder:
         for a in t.axes():
             if a.size > 1:
                 self.table.fix(self.cls(a), reason)
+
+
+def _live(graph: fx.Graph) -> set[fx.Node]:
+    """The nodes whose values reach the graph's outputs (mutated buffers included)."""
+    live: set[fx.Node] = set()
+    for node in reversed(graph.nodes):
+        if node.op == "output" or any(u in live for u in node.users):
+            live.add(node)
+    return live
 
 
 def couple(program: ExportedProgram) -> Coupling:

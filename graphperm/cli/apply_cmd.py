@@ -80,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
         beside = args.perms.parent / "policy.yaml"
         policy_source = beside if beside.is_file() else "paper"
     policy = load_policy(policy_source)
+    args.policy_scope = policy.scope  # the scope the permutations were found in
     b = load_cli_model(args, args.model_b, seed=1)
     analysis = analyse_model(args, b)
     indexer = Indexer(analysis)

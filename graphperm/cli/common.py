@@ -15,7 +15,7 @@ from graphperm.errors import ModelLoadError
 from graphperm.merge import Alignment
 from graphperm.policy import Policy, default_policy, load_policy, policy_names
 from graphperm.report import format_table
-from graphperm.trace import LoadedModel, example_inputs, load_model, trace
+from graphperm.trace import SCOPES, LoadedModel, example_inputs, load_model, trace
 
 __all__ = [
     "add_dtype_arg",
@@ -27,6 +27,7 @@ __all__ = [
     "policy_from_args",
     "print_alignment",
     "say",
+    "scoped_policy",
     "setup_logging",
     "user_inputs",
 ]
@@ -51,6 +52,14 @@ def add_model_args(
         "--trust-remote-code",
         action="store_true",
         help="allow a checkpoint's own model code to run (off by default)",
+    )
+    p.add_argument(
+        "--scope",
+        choices=list(SCOPES),
+        help="encoder–decoder models (Whisper, T5, BART): what to trace, align and merge; "
+        "whole (the default: encoder, decoder and cross-attention as one graph) or encoder "
+        "(the encoder alone, as graphperm did before; the decoder is interpolated plainly). "
+        "A policy's scope: field sets it too",
     )
     p.add_argument(
         "--inputs",
@@ -94,9 +103,32 @@ def setup_logging(args: argparse.Namespace) -> None:
 
 
 def load_cli_model(args: argparse.Namespace, spec: str, seed: int = 0) -> LoadedModel:
-    return load_model(
-        spec, random_init=args.random_init, seed=seed, trust_remote_code=args.trust_remote_code
+    """``spec`` loaded as the command line asks: an encoder–decoder in ``--scope``, else in the
+    policy's scope (``args.policy_scope``, when a command has read its policy first), else
+    whole. ``--scope`` on a model without a decoder is a one-line error."""
+    given = getattr(args, "scope", None)
+    scope = given or getattr(args, "policy_scope", None) or "whole"
+    loaded = load_model(
+        spec,
+        random_init=args.random_init,
+        seed=seed,
+        trust_remote_code=args.trust_remote_code,
+        scope=scope,
     )
+    if given and not loaded.encoder_decoder:
+        raise ModelLoadError(
+            f"--scope {given}: '{spec}' is a {type(loaded.model).__name__}, not an "
+            "encoder–decoder model (Whisper, T5, BART); leave --scope out"
+        )
+    return loaded
+
+
+def scoped_policy(policy: Policy, a: LoadedModel) -> Policy:
+    """``policy`` saying the scope model A was loaded in, when A is an encoder–decoder (so
+    ``policy.yaml``, ``merge.yaml`` and statistics files record it)."""
+    if a.encoder_decoder and policy.scope != a.scope:
+        return policy.model_copy(update={"scope": a.scope})
+    return policy
 
 
 def cli_inputs(args: argparse.Namespace, loaded: LoadedModel) -> dict[str, torch.Tensor]:
@@ -229,6 +261,8 @@ def policy_from_args(args: argparse.Namespace) -> Policy:
         data["method"] = args.method
     if getattr(args, "transform", None):
         data["align"] = [{**rule, "transform": args.transform} for rule in data["align"]]
+    if getattr(args, "scope", None):
+        data["scope"] = args.scope
     return load_policy(data) if data != policy.model_dump() else policy
 
 

@@ -26,6 +26,7 @@ from graphperm.cli.common import (
     policy_from_args,
     print_alignment,
     say,
+    scoped_policy,
     user_inputs,
 )
 from graphperm.distributed import finish, is_main
@@ -146,6 +147,7 @@ def _setup(args: argparse.Namespace):
         models = [load_cli_model(args, specs[0], seed=0)]
         choose_policy(args, models[0])
     policy = combine_policy(args, policy_from_args(args))
+    args.policy_scope = policy.scope  # the models load in the policy's scope (or --scope)
     rounds = getattr(args, "consensus_rounds", None)
     if rounds is not None:
         if rounds < 0:
@@ -162,6 +164,7 @@ def _setup(args: argparse.Namespace):
         load_cli_model(args, spec, seed=seed)
         for spec, seed in list(zip(specs, seeds))[len(models) :]
     ]
+    policy = scoped_policy(policy, models[0])
     alignment = align_models(
         models,
         policy,

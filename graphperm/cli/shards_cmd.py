@@ -18,6 +18,7 @@ from graphperm.cli.common import (
     policy_from_args,
     print_alignment,
     say,
+    scoped_policy,
     user_inputs,
 )
 from graphperm.errors import OutputExistsError, UsageError
@@ -78,9 +79,11 @@ def run_stats(args: argparse.Namespace) -> int:
         raise UsageError(f"--out '{args.out}' is a folder; name the statistics file to write")
     if args.out.exists() and not args.force:
         raise OutputExistsError(f"'{args.out}' exists; choose another --out or pass --force")
+    if args.policy is not None:  # the models load in the policy's scope (or --scope)
+        args.policy_scope = policy_from_args(args).scope
     a = load_cli_model(args, args.model_a, seed=0)
     choose_policy(args, a)
-    policy = policy_from_args(args)
+    policy = scoped_policy(policy_from_args(args), a)
     b = load_cli_model(args, args.model_b, seed=args.seed_b)
     check_same_architecture(a, b)
     adapter, analysis, plan = prepare(a, policy, where=args.policy)
@@ -131,7 +134,8 @@ def run_solve(args: argparse.Namespace) -> int:
     if len(set(shards)) != len(shards):
         raise UsageError(f"the same shard was given twice ({shards}); pass each shard once")
     policy = load_policy(meta["policy"])
-    a = load_model(meta["model_a"], random_init=meta["random_init"], seed=0)
+    scope = policy.scope or "whole"  # as `stats` loaded them
+    a = load_model(meta["model_a"], random_init=meta["random_init"], seed=0, scope=scope)
     _, analysis, plan = prepare(a, policy)
     wanted = sorted(f"{s.key}:{s.dim}" for s in plan.sites())
     if wanted != meta["sites"]:
@@ -146,7 +150,9 @@ def run_solve(args: argparse.Namespace) -> int:
     amount = f" ({calibration['seconds']:.1f} s)" if "seconds" in calibration else ""
     calibration["description"] = f"{stats.items} {item}{amount} in {len(loaded)} shard(s)"
     # the weights break ties between units the statistics cannot separate, as in `align`
-    b = load_model(meta["model_b"], random_init=meta["random_init"], seed=meta["seed_b"])
+    b = load_model(
+        meta["model_b"], random_init=meta["random_init"], seed=meta["seed_b"], scope=scope
+    )
     fold_models([a, b], analysis, plan)
     alignment = finish_alignment(
         analysis,

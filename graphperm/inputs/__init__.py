@@ -13,10 +13,12 @@ from graphperm.inputs import audio, pixels, tensors, tokens  # noqa: F401
 from graphperm.inputs.audio import AudioAdapter, LogMelAdapter, WaveformAdapter
 from graphperm.inputs.base import (
     ADAPTERS,
+    DECODER_TOKENS,
     CalibrationData,
     InputAdapter,
     ModelBatch,
     adapter_for,
+    decoder_inputs,
     main_input_name,
     register_adapter,
     step_mask,
@@ -30,6 +32,7 @@ from graphperm.inputs.tensors import (
 
 __all__ = [
     "ADAPTERS",
+    "DECODER_TOKENS",
     "AudioAdapter",
     "CalibrationData",
     "InputAdapter",
@@ -39,6 +42,7 @@ __all__ = [
     "WaveformAdapter",
     "adapter_for",
     "calibration_adapter",
+    "decoder_inputs",
     "is_tensor_source",
     "main_input_name",
     "register_adapter",

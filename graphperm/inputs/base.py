@@ -35,10 +35,12 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ADAPTERS",
+    "DECODER_TOKENS",
     "CalibrationData",
     "InputAdapter",
     "ModelBatch",
     "adapter_for",
+    "decoder_inputs",
     "main_input_name",
     "register_adapter",
 ]
@@ -178,7 +180,7 @@ def adapter_for(loaded: LoadedModel, settings: Calibration | None = None) -> Inp
     if loaded.config is not None:
         for main_input, when, cls in ADAPTERS:
             if main_input == name and when(loaded):
-                return cls(loaded, settings)
+                return (_whole(cls) if loaded.whole_encoder_decoder else cls)(loaded, settings)
     raise ModelLoadError(
         f"no example-input recipe for {type(loaded.module).__name__} (main input '{name}'); "
         "pass --inputs FILE.safetensors with one tensor per forward() argument"
@@ -200,3 +202,123 @@ def step_mask(mask: torch.Tensor, steps: int) -> torch.Tensor:
     lo = (t * n) // steps
     hi = ((t + 1) * n + steps - 1) // steps
     return (bad[:, hi] - bad[:, lo]) == 0
+
+
+#: Decoder positions per row of an audio encoder–decoder (Whisper) with a language-model head:
+#: the prompt, then the model's own greedy continuation up to this many tokens.
+DECODER_TOKENS = 16
+
+
+def decoder_inputs(loaded: LoadedModel, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``inputs`` with the decoder's inputs of a whole encoder–decoder model added (unless
+    given): for token ids (T5, BART), the ids shifted right behind the config's
+    ``decoder_start_token_id`` (teacher forcing on the text itself: the decoder's positions
+    then line up with the encoder's, and the batch's mask serves both); for any other input
+    (Whisper's log-mel window), the start token and the generation config's forced prompt
+    tokens, followed, when the model has a language-model head, by its own greedy transcript
+    of each row (:data:`DECODER_TOKENS` in all): what its decoder reads when it transcribes
+    that audio. The model that builds them is the one ``loaded`` holds (model A), so every
+    model is measured on the same decoder inputs.
+
+    Example:
+        >>> from graphperm.trace import load_model
+        >>> t5 = load_model("builtin:zoo/t5", scope="whole")
+        >>> ids = torch.tensor([[5, 6, 7]])
+        >>> decoder_inputs(t5, {"input_ids": ids})["decoder_input_ids"].tolist()
+        [[0, 5, 6]]
+        >>> whisper = load_model("builtin:zoo/whisper-lm", scope="whole")
+        >>> features = torch.randn(2, 16, 100)
+        >>> tuple(decoder_inputs(whisper, {"input_features": features})["decoder_input_ids"].shape)
+        (2, 16)
+    """
+    if "decoder_input_ids" in inputs:
+        return inputs
+    config = loaded.config
+    start = getattr(config, "decoder_start_token_id", None)
+    generation = getattr(loaded.model, "generation_config", None)
+    if start is None:
+        start = getattr(generation, "decoder_start_token_id", None)
+    if not isinstance(start, int):
+        raise ModelLoadError(
+            f"{type(loaded.model).__name__} from '{loaded.source}' has no decoder_start_token_id "
+            "in its config, so graphperm cannot build its decoder's inputs; set it in "
+            "config.json, pass --inputs FILE.safetensors with decoder_input_ids, or merge the "
+            "encoder alone with --scope encoder"
+        )
+    name = main_input_name(loaded)
+    main = inputs[name]
+    rows = main.shape[0]
+    if not main.is_floating_point():  # token ids: shifted right behind the start token
+        ids = torch.cat([torch.full((rows, 1), start, dtype=main.dtype), main[:, :-1]], dim=1)
+        pad = getattr(config, "pad_token_id", None)
+        mask = inputs.get("attention_mask")
+        if mask is not None and isinstance(pad, int):
+            shifted = torch.cat([torch.ones_like(mask[:, :1]), mask[:, :-1]], dim=1)
+            ids = ids.masked_fill(shifted == 0, pad)
+        return {**inputs, "decoder_input_ids": ids}
+    forced = getattr(generation, "forced_decoder_ids", None) or []
+    prompt = torch.tensor([[start] + [int(token) for _, token in sorted(forced)]] * rows)
+    most = getattr(config, "max_target_positions", None) or DECODER_TOKENS
+    steps = min(DECODER_TOKENS, most) - prompt.shape[1]
+    return {**inputs, "decoder_input_ids": _greedy(loaded, name, main, prompt, steps)}
+
+
+def _greedy(
+    loaded: LoadedModel, name: str, main: torch.Tensor, prompt: torch.Tensor, steps: int
+) -> torch.Tensor:
+    """``prompt`` followed by ``steps`` tokens the model picks greedily for ``main`` (the
+    prompt alone for a model without a language-model head)."""
+    model = loaded.model
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is None or steps <= 0:
+        return prompt
+    param = next(model.parameters())
+    x = main.to(param.device, param.dtype)
+    ids = prompt.to(param.device)
+    with torch.no_grad():
+        encoded = model.get_encoder()(**{name: x})
+        for _ in range(steps):
+            logits = model(encoder_outputs=encoded, decoder_input_ids=ids).logits[:, -1]
+            ids = torch.cat([ids, logits.argmax(-1, keepdim=True)], dim=1)
+    return ids.cpu()
+
+
+_WHOLE: dict[type, type] = {}
+
+
+def _whole(cls: type[InputAdapter]) -> type[InputAdapter]:
+    """``cls`` whose inputs carry :func:`decoder_inputs` (a whole encoder–decoder model)."""
+    if cls in _WHOLE:
+        return _WHOLE[cls]
+
+    class Whole(cls):  # type: ignore[valid-type, misc]
+        def example(self, batch_size=1, length=None, seed=0):
+            return decoder_inputs(self.loaded, super().example(batch_size, length, seed))
+
+        def calibration(self, sources, *, shard=None):
+            data = super().calibration(sources, shard=shard)
+            stream = data.stream
+
+            def with_decoder(batch_size: int) -> Iterator[ModelBatch]:
+                for b in stream(batch_size):
+                    yield ModelBatch(decoder_inputs(self.loaded, b.inputs), b.mask, b.items)
+
+            data.stream = with_decoder
+            if data.dynamic is not None:  # the decoder's ids: as long as the token ids, or fixed
+                axes = data.dynamic.get(self.input_name, {})
+                text = self.kind == "tokens"
+                data.dynamic = {
+                    **data.dynamic,
+                    "decoder_input_ids": dict(axes) if text else {0: axes[0]} if 0 in axes else {},
+                }
+            return data
+
+        def padded(self, batch, batch_size):
+            b = super().padded(batch, batch_size)
+            inputs = {k: v for k, v in b.inputs.items() if k != "decoder_input_ids"}
+            return ModelBatch(decoder_inputs(self.loaded, inputs), b.mask, b.items)
+
+    Whole.__name__ = Whole.__qualname__ = cls.__name__
+    Whole.__doc__ = cls.__doc__
+    _WHOLE[cls] = Whole
+    return Whole

@@ -68,6 +68,7 @@ __all__ = [
     "align",
     "align_models",
     "aligned_states",
+    "check_scope",
     "enough_data",
     "finish_alignment",
     "fold_models",
@@ -90,6 +91,7 @@ def prepare(
     when those are ``.safetensors`` batches.
     """
     method = get_method(policy.method, where=where)
+    check_scope(a, policy, where)
     try:
         adapter = calibration_adapter(a, policy.calibration, calib)
         inputs = adapter.example(policy.calibration.batch_size)
@@ -99,6 +101,24 @@ def prepare(
         adapter, inputs = None, None  # plain interpolation and weight matching need no data
     analysis = analyse(trace(a, inputs))
     return adapter, analysis, resolve(policy, analysis, where=where)
+
+
+def check_scope(a: LoadedModel, policy: Policy, where: str = "policy") -> None:
+    """The policy's ``scope`` fits model A: A is an encoder–decoder, loaded with that scope."""
+    if policy.scope is None:
+        return
+    name = f"{type(a.model).__name__} from '{a.source}'"
+    if not a.encoder_decoder:
+        raise PolicyError(
+            f"{where}: scope '{policy.scope}' is for encoder–decoder models (Whisper, T5, BART), "
+            f"and {name} has no decoder; remove scope from the policy (or pass an "
+            "encoder–decoder model)"
+        )
+    if a.scope != policy.scope:
+        raise PolicyError(
+            f"{where}: scope '{policy.scope}', but {name} was loaded with scope '{a.scope}'; "
+            f"load it with load_model(..., scope='{policy.scope}') (--scope {policy.scope})"
+        )
 
 
 def align(

@@ -266,6 +266,14 @@ class Policy(_Strict):
 
     version: Literal[1] = 1
     description: str = ""
+    scope: Literal["whole", "encoder"] | None = Field(
+        None,
+        description="encoder–decoder models (Whisper, T5, BART) only: 'whole' = encoder, "
+        "decoder and head traced, aligned and merged as one graph (cross-attention couples "
+        "the encoder's output stream to the decoder's keys and values); 'encoder' = the "
+        "encoder alone (its outputs keep their order; the decoder is interpolated plainly). "
+        "null: as the model was loaded (graphperm commands: --scope, default whole)",
+    )
     align: list[AlignRule] = Field(default_factory=list)
     method: str = Field(
         "activations",

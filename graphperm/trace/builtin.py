@@ -91,7 +91,8 @@ def builtin_config(name: str) -> tf.PretrainedConfig:
 @dataclass(frozen=True)
 class ZooModel:
     """A tiny random-init config of one model class of transformers, as the zoo test uses it:
-    an encoder, or a causal language model's base model (modality ``"decoder"``).
+    an encoder, a causal language model's base model (modality ``"decoder"``), or a whole
+    encoder–decoder with its language-model head (modality ``"encoder-decoder"``).
 
     ``config()`` builds the config (``architectures`` names the class when ``AutoModel`` would
     build another one); ``length`` is the example input's length (samples, frames or tokens);
@@ -99,7 +100,9 @@ class ZooModel:
     :func:`graphperm.trace.example_inputs`.
     """
 
-    modality: str  # "audio", "text", "vision", or "decoder" (causal language models)
+    #: "audio", "text", "vision", "decoder" (causal language models) or "encoder-decoder" (traced
+    #: whole: ``load_model(..., scope="whole")``)
+    modality: str
     config: Callable[[], tf.PretrainedConfig]
     length: int | None = None
     inputs: Callable[[tf.PretrainedConfig], dict[str, torch.Tensor]] | None = None
@@ -217,6 +220,19 @@ ZOO: dict[str, ZooModel] = {
         "audio",
         lambda: tf.ASTConfig(**{**_VIT, "image_size": None}, num_mel_bins=32, max_length=48),
     ),
+    "encodec": ZooModel(  # a neural codec: conv + LSTM encoder, vector quantiser, decoder
+        "audio",
+        lambda: tf.EncodecConfig(
+            hidden_size=16,
+            num_filters=4,
+            num_residual_layers=1,
+            upsampling_ratios=[2, 2],
+            codebook_size=16,
+            codebook_dim=16,
+            num_lstm_layers=1,
+        ),
+        inputs=lambda c: _features(c, (1, c.audio_channels, 400), "input_values"),
+    ),
     "clap-audio": ZooModel(
         "audio",
         lambda: _cls(
@@ -321,6 +337,32 @@ ZOO: dict[str, ZooModel] = {
     ),
     "nystromformer": ZooModel(
         "text", lambda: tf.NystromformerConfig(**_TEXT, num_landmarks=4, segment_means_seq_len=16)
+    ),
+    # ------------------------------------------- whole encoder–decoders (scope "whole"), with heads
+    "whisper-lm": ZooModel(
+        "encoder-decoder",
+        lambda: _cls(BUILTINS["whisper-tiny"](), "WhisperForConditionalGeneration"),
+    ),
+    "t5": ZooModel(
+        "encoder-decoder",
+        lambda: _cls(tf.T5Config(**_T5, decoder_start_token_id=0), "T5ForConditionalGeneration"),
+    ),
+    "bart": ZooModel(
+        "encoder-decoder",
+        lambda: _cls(
+            tf.BartConfig(
+                d_model=32,
+                encoder_layers=2,
+                decoder_layers=1,
+                encoder_attention_heads=4,
+                decoder_attention_heads=4,
+                encoder_ffn_dim=64,
+                decoder_ffn_dim=64,
+                vocab_size=128,
+                max_position_embeddings=64,
+            ),
+            "BartForConditionalGeneration",
+        ),
     ),
     # --------------------------------------------------------- decoders (causal language models)
     "gpt2": ZooModel("decoder", lambda: tf.GPT2Config(**_GPT2)),

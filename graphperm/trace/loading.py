@@ -2,16 +2,23 @@
 
 What is saved is what is traced: a checkpoint with a task head (``HubertForCTC``,
 ``LlamaForCausalLM``) is traced whole, head and tied output embeddings included, so the head
-moves with the stream it reads. For encoder–decoder models (Whisper) the encoder is the module
-graphperm works on; the analysis then keeps every axis of the encoder's outputs fixed (the
-decoder, which is not traced, reads them), and the whole model is kept so that a merged encoder
-can be saved back in place. graphperm runs models with :data:`RUN_SETTINGS` (no KV cache);
-the saved config keeps the user's values.
+moves with the stream it reads. An encoder–decoder model (Whisper, T5, BART) is traced in one of
+two :data:`SCOPES`: ``"whole"``, encoder, decoder and head as one graph (the decoder's inputs come
+from the config: :mod:`graphperm.inputs`), where cross-attention couples the encoder's output
+stream to the decoder's key and value projections; or ``"encoder"``, its encoder alone, whose
+output axes the analysis then keeps fixed (the decoder, which is not traced, reads them) and
+whose merge leaves the decoder interpolated plainly. ``load_model`` defaults to ``"encoder"``
+(the library's behaviour before whole models); ``graphperm`` commands default to ``"whole"``.
+graphperm runs models with :data:`RUN_SETTINGS` (no KV cache); the saved config keeps the
+user's values.
 
 Example:
     >>> m = load_model("builtin:hubert-tiny")
     >>> m.prefix, type(m.module).__name__, m.partial
     ('', 'HubertModel', False)
+    >>> w = load_model("builtin:whisper-tiny", scope="whole")
+    >>> w.encoder_decoder, w.partial, load_model("builtin:whisper-tiny").prefix
+    (True, False, 'encoder.')
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ from torch import nn
 from graphperm.errors import ModelLoadError
 from graphperm.trace.builtin import BUILTINS, ZOO, builtin_config
 
-__all__ = ["RUN_SETTINGS", "LoadedModel", "load_model"]
+__all__ = ["RUN_SETTINGS", "SCOPES", "LoadedModel", "load_model"]
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +45,12 @@ log = logging.getLogger(__name__)
 #: nothing reads. Mixture-of-experts layers as batched products of the experts' gathered weights:
 #: plain ATen ops whose axes the analysis reads (the default grouped kernel is one opaque op).
 RUN_SETTINGS: dict[str, object] = {"use_cache": False, "_experts_implementation": "batched_mm"}
+
+#: What of an encoder–decoder model graphperm traces, aligns and merges: ``"whole"`` (encoder,
+#: decoder and head as one graph) or ``"encoder"`` (the encoder alone; the decoder is
+#: interpolated plainly and the encoder's outputs keep their order). Other models are traced
+#: whole whatever the scope.
+SCOPES = ("whole", "encoder")
 
 
 @dataclass
@@ -50,6 +63,22 @@ class LoadedModel:
     source: str  # what the user passed
     #: (config, attribute, value as loaded) for each setting of :data:`RUN_SETTINGS` changed
     changed: list[tuple[object, str, object]] = field(default_factory=list, repr=False)
+
+    @property
+    def scope(self) -> str:
+        """``"encoder"`` when an encoder–decoder's encoder alone is traced, else ``"whole"``."""
+        return "encoder" if self.partial else "whole"
+
+    @property
+    def encoder_decoder(self) -> bool:
+        """Whether the saved model is an encoder–decoder with a decoder (Whisper, T5, BART;
+        not ``T5EncoderModel``)."""
+        return _encoder_decoder(self.model)
+
+    @property
+    def whole_encoder_decoder(self) -> bool:
+        """Whether an encoder–decoder model is traced whole: it then takes decoder inputs."""
+        return self.encoder_decoder and not self.partial
 
     @property
     def partial(self) -> bool:
@@ -102,12 +131,54 @@ def load_model(
     random_init: bool = False,
     seed: int = 0,
     trust_remote_code: bool = False,
+    scope: str = "encoder",
 ) -> LoadedModel:
     """Load ``spec``: a folder saved with ``save_pretrained``, a hub id, ``builtin:NAME``, or a
     module. ``random_init`` builds the model from its config alone, with seeded random weights.
+    ``scope`` (one of :data:`SCOPES`) says what of an encoder–decoder model is traced.
 
     Raises :class:`~graphperm.errors.ModelLoadError` with a one-line fix for anything else.
     """
+    if scope not in SCOPES:
+        raise ModelLoadError(f"scope must be one of {', '.join(SCOPES)}, not {scope!r}")
+    loaded = _load(spec, random_init, seed, trust_remote_code)
+    return with_scope(loaded, scope)
+
+
+def with_scope(loaded: LoadedModel, scope: str) -> LoadedModel:
+    """``loaded`` with what of it is traced chosen again by ``scope`` (the same model object).
+
+    Example:
+        >>> m = load_model("builtin:whisper-tiny")
+        >>> with_scope(m, "whole").prefix, with_scope(m, "whole").model is m.model
+        ('', True)
+    """
+    if scope not in SCOPES:
+        raise ModelLoadError(f"scope must be one of {', '.join(SCOPES)}, not {scope!r}")
+    model = loaded.model
+    module = model
+    if scope == "encoder" and _encoder_decoder(model):
+        module = model.get_encoder()
+        log.info(
+            "%s is an encoder-decoder model: working on its encoder (scope 'encoder'); the "
+            "axes its outputs carry to the decoder stay fixed",
+            loaded.source,
+        )
+    prefix = ""
+    if module is not model:
+        prefix = next(n for n, m in model.named_modules() if m is module) + "."
+    return LoadedModel(
+        model=model,
+        module=module.eval(),
+        prefix=prefix,
+        source=loaded.source,
+        changed=loaded.changed,
+    )
+
+
+def _load(
+    spec: str | Path | nn.Module, random_init: bool, seed: int, trust_remote_code: bool
+) -> LoadedModel:
     if isinstance(spec, nn.Module):  # a module given as is is traced as is, head included
         return _wrap(spec.eval(), type(spec).__name__)
     text = str(spec)
@@ -145,7 +216,7 @@ def load_model(
         return _wrap(_pretrained(text, trust_remote_code), text)
     if "/" in text.strip("/") and not text.startswith((".", "/", "~")) and text.count("/") == 1:
         if not trust_remote_code and "mert" in text.lower():
-            return load_model(_snapshot(text), random_init=random_init, seed=seed)
+            return _load(_snapshot(text), random_init, seed, False)
         if random_init:
             return _wrap(_from_config(_config(text, trust_remote_code), seed), text)
         return _wrap(_pretrained(text, trust_remote_code), text)
@@ -240,25 +311,16 @@ def _from_config(config: tf.PretrainedConfig, seed: int) -> nn.Module:
 
 
 def _wrap(model: nn.Module, source: str) -> LoadedModel:
-    """The module to trace inside ``model``: the whole model (a checkpoint saved as
-    ``HubertForCTC`` is traced with its CTC head), or, for an encoder-decoder model, its
-    encoder. The model runs with :data:`RUN_SETTINGS` (its saved config keeps its own)."""
-    config = getattr(model, "config", None)
-    module = model
-    if config is not None and getattr(config, "is_encoder_decoder", False) and _has_decoder(model):
-        module = model.get_encoder()
-        log.info(
-            "%s is an encoder-decoder model: working on its encoder; the axes its outputs "
-            "carry to the decoder stay fixed",
-            source,
-        )
-    prefix = ""
-    if module is not model:
-        prefix = next(n for n, m in model.named_modules() if m is module) + "."
+    """The whole model (a checkpoint saved as ``HubertForCTC`` is traced with its CTC head;
+    :func:`with_scope` then picks an encoder–decoder's encoder if asked), run with
+    :data:`RUN_SETTINGS` (its saved config keeps its own)."""
     changed = _run_settings(model)
-    return LoadedModel(
-        model=model.eval(), module=module.eval(), prefix=prefix, source=source, changed=changed
-    )
+    return LoadedModel(model=model.eval(), module=model, prefix="", source=source, changed=changed)
+
+
+def _encoder_decoder(model: nn.Module) -> bool:
+    config = getattr(model, "config", None)
+    return bool(getattr(config, "is_encoder_decoder", False)) and _has_decoder(model)
 
 
 def _run_settings(model: nn.Module) -> list[tuple[object, str, object]]:

@@ -42,6 +42,7 @@ from graphperm.errors import PolicyError
 from graphperm.learn.transforms import LearnedTransforms
 from graphperm.policy import Learn, Plan
 from graphperm.solve import Problem, weight_matching
+from graphperm.stats import SiteRunner
 from graphperm.trace import LoadedModel
 
 __all__ = ["LearnReport", "learn_alignment"]
@@ -122,13 +123,21 @@ def learn_alignment(
     params = LearnedTransforms(start, keeps, frozen=set(frozen))
     n_held = max(1, round(len(batches) * settings.holdout))
     train, held = list(batches[:-n_held]), list(batches[-n_held:])
-    names = analysis.traced.program.graph_signature.user_outputs
+    names = list(analysis.traced.program.graph_signature.user_outputs)
+    runner = None
+    if loss_fn is None and settings.objective == "sites":
+        if plan is None:
+            raise PolicyError("learn.objective 'sites' needs the plan (where the sites are)")
+        sites = sorted({s.key for s in plan.sites()} - set(names))
+        runner = SiteRunner(analysis.traced.program, [*names, *sites])
+    else:
+        sites = []
     ref_a: list = []
     ref_b: list = []
-    if loss_fn is None:  # the parents' outputs, once
+    if loss_fn is None:  # the parents' outputs (and site values), once
         with torch.no_grad():
-            ref_a = [_outputs(module, state_a, b) for b in batches]
-            ref_b = [_outputs(module, state_b, b) for b in batches]
+            ref_a = [_outputs(module, runner, state_a, b) for b in batches]
+            ref_b = [_outputs(module, runner, state_b, b) for b in batches]
 
     def transformed(perm: Permutation) -> dict[str, torch.Tensor]:
         b_prime = dict(state_b)
@@ -146,8 +155,13 @@ def learn_alignment(
             batch = batches[i]
             if loss_fn is not None:
                 return loss_fn(lambda **kw: functional_call(module, merged, (), kw), batch)
-            got = flat_outputs(functional_call(module, merged, (), _inputs(batch)))
-            return _distance(got, ref_a[i], ref_b[i], names, indexer, hard, lam)
+            got = _outputs(module, runner, merged, batch, grad=grad)
+            out = _distance(got, ref_a[i], ref_b[i], names, indexer, hard, lam)
+            if not sites:
+                return out
+            n = len(names)
+            inner = _distance(got[n:], ref_a[i][n:], ref_b[i][n:], sites, indexer, hard, lam)
+            return 0.5 * (out + inner)
 
     def evaluate(indices: Sequence[int]) -> float:
         with torch.no_grad():
@@ -242,8 +256,18 @@ def _inputs(batch: dict) -> dict:
     return dict(getattr(batch, "inputs", batch))
 
 
-def _outputs(module: torch.nn.Module, state: dict, batch: dict) -> list[torch.Tensor]:
-    return flat_outputs(functional_call(module, state, (), _inputs(batch)))
+def _outputs(
+    module: torch.nn.Module,
+    runner: SiteRunner | None,
+    state: dict,
+    batch: dict,
+    *,
+    grad: bool = False,
+) -> list[torch.Tensor]:
+    """The model's flat outputs on ``batch``, followed by the runner's site values if any."""
+    if runner is None:
+        return flat_outputs(functional_call(module, state, (), _inputs(batch)))
+    return runner(state, _inputs(batch), grad=grad)
 
 
 def _distance(

@@ -225,11 +225,13 @@ class Learn(_Strict):
         "proxy weights for B′, the permutation that weight-matches B to them in the forward "
         "pass, straight through)",
     )
-    objective: Literal["outputs"] = Field(
+    objective: Literal["outputs", "sites"] = Field(
         "outputs",
         description="'outputs' (no labels): the merged model's outputs should be the parents' "
-        "outputs interpolated in A's basis, at weights drawn around weight_a; a user's own "
-        "loss goes through the Python API (graphperm.learn.learn_alignment(loss_fn=...))",
+        "outputs interpolated in A's basis, at weights drawn around weight_a; 'sites': the "
+        "same, and also the activations at every site the alignment measures (each layer "
+        "gets its own signal); a user's own loss goes through the Python API "
+        "(graphperm.learn.learn_alignment(loss_fn=...))",
     )
     items: int = Field(
         32, ge=2, description="calibration items kept in memory for learning (the first ones)"

@@ -70,8 +70,9 @@ class SiteRunner:
         self._constants = _constants(program, device, getattr(self, "_float", None))
 
     def __call__(
-        self, state: dict[str, torch.Tensor], inputs: dict[str, torch.Tensor]
+        self, state: dict[str, torch.Tensor], inputs: dict[str, torch.Tensor], *, grad: bool = False
     ) -> list[torch.Tensor]:
+        """The values named ``keys``; with ``grad``, differentiable in ``state``."""
         args = []
         for spec in self._specs:
             if spec.kind == InputKind.USER_INPUT:
@@ -80,7 +81,7 @@ class SiteRunner:
                 args.append(state[spec.target])
             else:
                 args.append(self._constants[spec.target])
-        with torch.no_grad():
+        with torch.set_grad_enabled(grad):
             return list(self.module(*args))
 
 

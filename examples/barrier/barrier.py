@@ -209,6 +209,9 @@ def first(rules: list[dict]) -> list[dict]:
 
 LEARN = {"steps": 200, "lr": 0.02, "eval_every": 10, "holdout": 0.25}
 LEARN_BATCHES = 8  # of the image pairs' 32 images: 6 to learn on, 2 held out
+# the longer setting (issue 21, second pass): more images and more steps
+LEARN_LONG = {**LEARN, "steps": 1600, "eval_every": 20}
+LEARN_BATCHES_LONG = 128
 
 
 def _learned(
@@ -216,22 +219,28 @@ def _learned(
     description: str,
     *,
     start: str = "hybrid",
-    steps: int = LEARN["steps"],
+    steps: int | None = None,
     labels: bool = False,
     repair: bool = False,
+    settings: dict | None = None,
+    n_batches: int = LEARN_BATCHES,
 ) -> Callable[..., AlignedMerger]:
     """``start``'s alignment, then (``steps`` > 0) learned alignment through the merged model:
     label-free (the merged model reproduces its parents' outputs interpolated), or with
     ``labels`` the classifier's own cross-entropy on labelled training images (image pairs
     only); with ``repair``, REPAIR after every merge."""
     base = _aligned(rules, description, how=start)
+    settings = {**(settings or LEARN)}
+    if steps is not None:
+        settings["steps"] = steps
+    steps = settings["steps"]
 
     def method(a: LoadedModel, b: LoadedModel, calib: Calib) -> AlignedMerger:
         if isinstance(calib[0], (str, Path)):  # audio: graphperm's own pipeline does it all
             policy = policy_for(rules, kinds_of(a, calib), description).model_copy(
                 update={
                     "method": "learned" if steps else start,
-                    "learn": Learn(start=start, **{**LEARN, "steps": steps}, items=64),
+                    "learn": Learn(start=start, **settings, items=64),
                     "repair": Repair(enabled=repair),
                     "weight_a": 0.5,
                 }
@@ -249,26 +258,29 @@ def _learned(
         info = dict(merger.info)
         t = time.perf_counter()
         if steps:
-            batches, loss_fn = list(calib[:LEARN_BATCHES]), None
+            batches, loss_fn = list(calib[:n_batches]), None
             if labels:
-                batches, loss_fn = _labelled(calib, LEARN_BATCHES), _cross_entropy
+                batches, loss_fn = _labelled(calib, n_batches), _cross_entropy
+            elif n_batches > len(calib):  # more images than calibration has: a longer draw
+                batches = [{"pixel_values": x["pixel_values"]} for x in _labelled(calib, n_batches)]
             perm, report = learn_alignment(
                 alignment.analysis,
                 [a, b],
                 alignment.perms[0],
                 batches,
-                Learn(start=start, **{**LEARN, "steps": steps}),
+                Learn(start=start, **settings),
                 weight_a=0.5,
                 loss_fn=loss_fn,
+                plan=alignment.plan,
             )
             alignment.perms[0] = perm
             info["learn"] = report.to_dict()
         if repair:
             policy = alignment.plan.policy.model_copy(
-                update={"repair": Repair(enabled=True, items=LEARN_BATCHES * 32)}
+                update={"repair": Repair(enabled=True, items=n_batches * 32)}
             )
             alignment.plan = dataclasses.replace(alignment.plan, policy=policy)
-            alignment.batches = list(calib[:LEARN_BATCHES])
+            alignment.batches = list(calib[:n_batches])
         info["learn_seconds"] = round(time.perf_counter() - t, 1)
         info["data"] = "labels" if labels else "calibration"
         return AlignedMerger(alignment, a, b, info)
@@ -277,7 +289,8 @@ def _learned(
 
 
 def _labelled(calib: Calib, n: int) -> list[dict[str, torch.Tensor]]:
-    """The image pairs' calibration images with their labels (the same draw as ``calib``)."""
+    """``n`` batches of the image pairs' training images with their labels (a draw of
+    ``n`` batches from the training seed: the images depend on how many are drawn)."""
     size = next(iter(calib[0].values())).shape[0]
     x, y = images.draw(n * size, images.TRAIN_SEED)
     return [
@@ -346,6 +359,15 @@ METHODS: dict[str, Callable[[LoadedModel, LoadedModel, Calib], Merger]] = {
     ),
     "learned-orth-repair": _learned(
         ORTH_ALL_RULES, "every exact rotation, learned (no labels), + REPAIR", repair=True
+    ),
+    "learned-repair": _learned(ALL_RULES, "hybrid, learned (no labels), + REPAIR", repair=True),
+    # the longer setting: 4,096 training images (128 batches: 96 to learn on, 32 held out),
+    # 1,600 steps (issue 21, second pass)
+    "learned-orth-long": _learned(
+        ORTH_ALL_RULES,
+        "every exact rotation, hybrid, learned on 4,096 images, 1,600 steps (no labels)",
+        settings=LEARN_LONG,
+        n_batches=LEARN_BATCHES_LONG,
     ),
     "learned-labels": _learned(
         ALL_RULES, "hybrid, then learned on the model's own loss", labels=True

@@ -130,6 +130,13 @@ def learn_alignment(
             raise PolicyError("learn.objective 'sites' needs the plan (where the sites are)")
         sites = sorted({s.key for s in plan.sites()} - set(names))
         runner = SiteRunner(analysis.traced.program, [*names, *sites])
+        wanted = set(runner.input_names)
+        lacking = sorted(wanted - set(_inputs(batches[0])))
+        if lacking:
+            raise PolicyError(
+                f"learn.objective 'sites' runs the traced graph, which takes {sorted(wanted)}; "
+                f"the batches lack {lacking}: pass them, or use objective 'outputs'"
+            )
     else:
         sites = []
     ref_a: list = []

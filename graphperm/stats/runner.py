@@ -69,6 +69,11 @@ class SiteRunner:
         self._specs = list(program.graph_signature.input_specs)
         self._constants = _constants(program, device, getattr(self, "_float", None))
 
+    @property
+    def input_names(self) -> list[str]:
+        """The model inputs the graph takes."""
+        return [s.arg.name for s in self._specs if s.kind == InputKind.USER_INPUT]
+
     def __call__(
         self, state: dict[str, torch.Tensor], inputs: dict[str, torch.Tensor], *, grad: bool = False
     ) -> list[torch.Tensor]:

@@ -247,6 +247,15 @@ class Learn(_Strict):
         0.1, ge=0.0, le=0.5, description="each step draws A's weight from weight_a ± spread"
     )
     eval_every: int = Field(10, ge=1, description="steps between two held-out evaluations")
+    budget: float | None = Field(
+        None,
+        gt=0.0,
+        description="cap on learning's cost, as a multiple of the calibration's forward passes "
+        "(items × models): the parents' reference outputs count one forward per item and "
+        "model, a step three forwards of its batch, a held-out evaluation one per item; "
+        "steps beyond the cap are not run (null: `steps` alone). 1.5 keeps a merge within "
+        "about 2.5× the time of the start method alone",
+    )
     seed: int = Field(0, description="seed of the batch and weight draws")
 
 

@@ -125,7 +125,14 @@ def learn_alignment(
     train, held = list(batches[:-n_held]), list(batches[-n_held:])
     names = list(analysis.traced.program.graph_signature.user_outputs)
     runner = None
-    if loss_fn is None and settings.objective == "sites":
+    objective = "loss_fn" if loss_fn is not None else settings.objective
+    if objective == "sites" and not _traced_shape(analysis, batches):
+        log.warning(
+            "learn.objective 'sites' runs the analysed graph, exported for inputs of another "
+            "shape than these batches: the outputs alone are matched"
+        )
+        objective = "outputs"
+    if objective == "sites":
         if plan is None:
             raise PolicyError("learn.objective 'sites' needs the plan (where the sites are)")
         sites = sorted({s.key for s in plan.sites()} - set(names))
@@ -233,7 +240,7 @@ def learn_alignment(
     held_after, best_step, hard = best
     train_after = evaluate(train_idx)
     report = LearnReport(
-        objective="loss_fn" if loss_fn is not None else settings.objective,
+        objective=objective,
         steps=settings.steps,
         best_step=best_step,
         train_before=train_before,
@@ -256,6 +263,14 @@ def learn_alignment(
         settings.steps,
     )
     return hard, report
+
+
+def _traced_shape(analysis: Analysis, batches: Sequence) -> bool:
+    """Whether every batch has the shapes of the analysed graph's example inputs."""
+    want = {k: tuple(v.shape) for k, v in analysis.traced.inputs.items()}
+    return all(
+        {k: tuple(v.shape) for k, v in _inputs(b).items() if k in want} == want for b in batches
+    )
 
 
 def _inputs(batch: dict) -> dict:

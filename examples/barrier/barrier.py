@@ -392,7 +392,14 @@ METHODS: dict[str, Callable[[LoadedModel, LoadedModel, Calib], Merger]] = {
 }
 
 #: What each method used besides the two models: nothing, calibration inputs, or labels.
-DATA = {"plain": "none", "weights": "none", "orth-weights": "none", "orth-all-weights": "none"}
+DATA = {
+    "plain": "none",
+    "plain-ties": "none",
+    "weights": "none",
+    "orth-weights": "none",
+    "orth-all-weights": "none",
+}
+LABELLED = {"learned-labels", "learned-orth-labels", "learned-orth-labels-long"}
 
 
 # -------------------------------------------------------------------------------------- pairs
@@ -500,9 +507,9 @@ def write_markdown(result: dict, path: Path) -> None:
         "barrier = loss minus the straight line between the end points. Written by",
         "`python examples/barrier/barrier.py`.",
         "",
-        "| pair | method | loss A | loss B | loss at 0.5 | barrier at 0.5 | max barrier |"
+        "| pair | method | data | loss A | loss B | loss at 0.5 | barrier at 0.5 | max barrier |"
         " vs plain at 0.5 |",
-        "|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     plain_mid = {r["pair"]: r["barrier_mid"] for r in result["runs"] if r["method"] == "plain"}
     for r in result["runs"]:
@@ -511,7 +518,8 @@ def write_markdown(result: dict, path: Path) -> None:
         if r["method"] == "plain":
             cut = ""
         lines.append(
-            f"| {r['pair']} | {r['method']} | {r['losses'][-1]:.4f} | {r['losses'][0]:.4f} | "
+            f"| {r['pair']} | {r['method']} | {r.get('data', '')} | {r['losses'][-1]:.4f} | "
+            f"{r['losses'][0]:.4f} | "
             f"{r['losses'][LAMBDAS.index(0.5)]:.4f} | {r['barrier_mid']:.4f} | "
             f"{r['barrier_max']:.4f} | {cut} |"
         )
@@ -574,6 +582,10 @@ def main() -> None:
     result = json.loads(path.read_text()) if path.exists() else {"runs": []}
     result.setdefault("pairs", {})
     result.setdefault("training", {})
+    for r in result["runs"]:  # runs from before the field: what their method uses
+        r.setdefault(
+            "data", "labels" if r["method"] in LABELLED else DATA.get(r["method"], "calibration")
+        )
     for name in args.pair or sorted(PAIRS):
         pair = PAIRS[name]()
         result["pairs"][name] = pair.description

@@ -37,13 +37,21 @@ def _policy(transform="perm", steps=4, start="hybrid"):
 
 
 @pytest.mark.parametrize(
-    ("transform", "estimator"), [("perm", "scores"), ("orth", "scores"), ("perm", "weights")]
+    ("transform", "estimator", "objective"),
+    [
+        ("perm", "scores", "outputs"),
+        ("orth", "scores", "outputs"),
+        ("perm", "weights", "outputs"),
+        ("orth", "scores", "sites"),
+    ],
 )
-def test_started_from_the_exact_answer_it_stays_and_gives_back_a(tmp_path, transform, estimator):
+def test_started_from_the_exact_answer_it_stays_and_gives_back_a(
+    tmp_path, transform, estimator, objective
+):
     a = load_model("builtin:vit-tiny")
     calib = [_pixels(tmp_path / "x.safetensors")]
     policy = _policy(transform)
-    policy["learn"]["estimator"] = estimator
+    policy["learn"] |= {"estimator": estimator, "objective": objective}
     worst, alignment = function_oracle(a, policy, calib)
     assert worst <= 1e-4
     learn = alignment.method_reports[0]["learn"]
@@ -210,3 +218,13 @@ def test_repair_without_data_is_one_line_error(tmp_path):
     assert "--calib" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "m").exists()
+
+
+def test_a_budget_caps_the_steps_at_a_multiple_of_the_calibrations_cost(tmp_path):
+    a, b = load_model("builtin:vit-tiny"), load_model("builtin:vit-tiny", seed=1)
+    policy = _policy(steps=50)
+    policy["learn"]["budget"] = 2.0
+    alignment = align(a, b, policy, [_pixels(tmp_path / "x.safetensors")])
+    # 8 images calibrated, two models: 32 forwards allowed; the references cost 16 and the
+    # first held-out evaluation 2 (one batch of 2 held out of 4); a step 3 x 2 + 2 / 2 = 7
+    assert alignment.method_reports[0]["learn"]["steps"] == 2

@@ -209,6 +209,10 @@ def first(rules: list[dict]) -> list[dict]:
 
 LEARN = {"steps": 200, "lr": 0.02, "eval_every": 10, "holdout": 0.25}
 LEARN_BATCHES = 8  # of the image pairs' 32 images: 6 to learn on, 2 held out
+# the longer settings (issue 21, second pass): more images (64 or 96 batches of 32 drawn from
+# the training seed, a quarter held out) and more steps
+LEARN_LONG = {**LEARN, "steps": 800, "eval_every": 20}
+LEARN_SITES = {**LEARN, "steps": 1200, "eval_every": 20, "objective": "sites"}
 
 
 def _learned(
@@ -216,22 +220,28 @@ def _learned(
     description: str,
     *,
     start: str = "hybrid",
-    steps: int = LEARN["steps"],
+    steps: int | None = None,
     labels: bool = False,
     repair: bool = False,
+    settings: dict | None = None,
+    n_batches: int = LEARN_BATCHES,
 ) -> Callable[..., AlignedMerger]:
     """``start``'s alignment, then (``steps`` > 0) learned alignment through the merged model:
     label-free (the merged model reproduces its parents' outputs interpolated), or with
     ``labels`` the classifier's own cross-entropy on labelled training images (image pairs
     only); with ``repair``, REPAIR after every merge."""
     base = _aligned(rules, description, how=start)
+    settings = {**(settings or LEARN)}
+    if steps is not None:
+        settings["steps"] = steps
+    steps = settings["steps"]
 
     def method(a: LoadedModel, b: LoadedModel, calib: Calib) -> AlignedMerger:
         if isinstance(calib[0], (str, Path)):  # audio: graphperm's own pipeline does it all
             policy = policy_for(rules, kinds_of(a, calib), description).model_copy(
                 update={
                     "method": "learned" if steps else start,
-                    "learn": Learn(start=start, **{**LEARN, "steps": steps}, items=64),
+                    "learn": Learn(start=start, **settings, items=64),
                     "repair": Repair(enabled=repair),
                     "weight_a": 0.5,
                 }
@@ -249,26 +259,29 @@ def _learned(
         info = dict(merger.info)
         t = time.perf_counter()
         if steps:
-            batches, loss_fn = list(calib[:LEARN_BATCHES]), None
+            batches, loss_fn = list(calib[:n_batches]), None
             if labels:
-                batches, loss_fn = _labelled(calib, LEARN_BATCHES), _cross_entropy
+                batches, loss_fn = _labelled(calib, n_batches), _cross_entropy
+            elif n_batches > len(calib):  # more images than calibration has: a longer draw
+                batches = [{"pixel_values": x["pixel_values"]} for x in _labelled(calib, n_batches)]
             perm, report = learn_alignment(
                 alignment.analysis,
                 [a, b],
                 alignment.perms[0],
                 batches,
-                Learn(start=start, **{**LEARN, "steps": steps}),
+                Learn(start=start, **settings),
                 weight_a=0.5,
                 loss_fn=loss_fn,
+                plan=alignment.plan,
             )
             alignment.perms[0] = perm
             info["learn"] = report.to_dict()
         if repair:
             policy = alignment.plan.policy.model_copy(
-                update={"repair": Repair(enabled=True, items=LEARN_BATCHES * 32)}
+                update={"repair": Repair(enabled=True, items=n_batches * 32)}
             )
             alignment.plan = dataclasses.replace(alignment.plan, policy=policy)
-            alignment.batches = list(calib[:LEARN_BATCHES])
+            alignment.batches = list(calib[:n_batches])
         info["learn_seconds"] = round(time.perf_counter() - t, 1)
         info["data"] = "labels" if labels else "calibration"
         return AlignedMerger(alignment, a, b, info)
@@ -277,7 +290,8 @@ def _learned(
 
 
 def _labelled(calib: Calib, n: int) -> list[dict[str, torch.Tensor]]:
-    """The image pairs' calibration images with their labels (the same draw as ``calib``)."""
+    """``n`` batches of the image pairs' training images with their labels (a draw of
+    ``n`` batches from the training seed: the images depend on how many are drawn)."""
     size = next(iter(calib[0].values())).shape[0]
     x, y = images.draw(n * size, images.TRAIN_SEED)
     return [
@@ -347,6 +361,28 @@ METHODS: dict[str, Callable[[LoadedModel, LoadedModel, Calib], Merger]] = {
     "learned-orth-repair": _learned(
         ORTH_ALL_RULES, "every exact rotation, learned (no labels), + REPAIR", repair=True
     ),
+    "learned-repair": _learned(ALL_RULES, "hybrid, learned (no labels), + REPAIR", repair=True),
+    # the longer settings (issue 21, second pass)
+    "learned-orth-long": _learned(
+        ORTH_ALL_RULES,
+        "every exact rotation, hybrid, learned on 2,048 images, 800 steps (no labels)",
+        settings=LEARN_LONG,
+        n_batches=64,
+    ),
+    "learned-orth-sites": _learned(
+        ORTH_ALL_RULES,
+        "every exact rotation, hybrid, learned on 3,072 images, 1,200 steps, outputs and every "
+        "measured site (no labels)",
+        settings=LEARN_SITES,
+        n_batches=96,
+    ),
+    "learned-orth-labels-long": _learned(
+        ORTH_ALL_RULES,
+        "every exact rotation, learned on the model's own loss, 2,048 images, 800 steps",
+        labels=True,
+        settings=LEARN_LONG,
+        n_batches=64,
+    ),
     "learned-labels": _learned(
         ALL_RULES, "hybrid, then learned on the model's own loss", labels=True
     ),
@@ -356,7 +392,14 @@ METHODS: dict[str, Callable[[LoadedModel, LoadedModel, Calib], Merger]] = {
 }
 
 #: What each method used besides the two models: nothing, calibration inputs, or labels.
-DATA = {"plain": "none", "weights": "none", "orth-weights": "none", "orth-all-weights": "none"}
+DATA = {
+    "plain": "none",
+    "plain-ties": "none",
+    "weights": "none",
+    "orth-weights": "none",
+    "orth-all-weights": "none",
+}
+LABELLED = {"learned-labels", "learned-orth-labels", "learned-orth-labels-long"}
 
 
 # -------------------------------------------------------------------------------------- pairs
@@ -464,9 +507,9 @@ def write_markdown(result: dict, path: Path) -> None:
         "barrier = loss minus the straight line between the end points. Written by",
         "`python examples/barrier/barrier.py`.",
         "",
-        "| pair | method | loss A | loss B | loss at 0.5 | barrier at 0.5 | max barrier |"
+        "| pair | method | data | loss A | loss B | loss at 0.5 | barrier at 0.5 | max barrier |"
         " vs plain at 0.5 |",
-        "|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     plain_mid = {r["pair"]: r["barrier_mid"] for r in result["runs"] if r["method"] == "plain"}
     for r in result["runs"]:
@@ -475,7 +518,8 @@ def write_markdown(result: dict, path: Path) -> None:
         if r["method"] == "plain":
             cut = ""
         lines.append(
-            f"| {r['pair']} | {r['method']} | {r['losses'][-1]:.4f} | {r['losses'][0]:.4f} | "
+            f"| {r['pair']} | {r['method']} | {r.get('data', '')} | {r['losses'][-1]:.4f} | "
+            f"{r['losses'][0]:.4f} | "
             f"{r['losses'][LAMBDAS.index(0.5)]:.4f} | {r['barrier_mid']:.4f} | "
             f"{r['barrier_max']:.4f} | {cut} |"
         )
@@ -538,6 +582,10 @@ def main() -> None:
     result = json.loads(path.read_text()) if path.exists() else {"runs": []}
     result.setdefault("pairs", {})
     result.setdefault("training", {})
+    for r in result["runs"]:  # runs from before the field: what their method uses
+        r.setdefault(
+            "data", "labels" if r["method"] in LABELLED else DATA.get(r["method"], "calibration")
+        )
     for name in args.pair or sorted(PAIRS):
         pair = PAIRS[name]()
         result["pairs"][name] = pair.description

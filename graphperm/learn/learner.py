@@ -42,6 +42,7 @@ from graphperm.errors import PolicyError
 from graphperm.learn.transforms import LearnedTransforms
 from graphperm.policy import Learn, Plan
 from graphperm.solve import Problem, weight_matching
+from graphperm.stats import SiteRunner
 from graphperm.trace import LoadedModel
 
 __all__ = ["LearnReport", "learn_alignment"]
@@ -122,13 +123,35 @@ def learn_alignment(
     params = LearnedTransforms(start, keeps, frozen=set(frozen))
     n_held = max(1, round(len(batches) * settings.holdout))
     train, held = list(batches[:-n_held]), list(batches[-n_held:])
-    names = analysis.traced.program.graph_signature.user_outputs
+    names = list(analysis.traced.program.graph_signature.user_outputs)
+    runner = None
+    objective = "loss_fn" if loss_fn is not None else settings.objective
+    if objective == "sites" and not _traced_shape(analysis, batches):
+        log.warning(
+            "learn.objective 'sites' runs the analysed graph, exported for inputs of another "
+            "shape than these batches: the outputs alone are matched"
+        )
+        objective = "outputs"
+    if objective == "sites":
+        if plan is None:
+            raise PolicyError("learn.objective 'sites' needs the plan (where the sites are)")
+        sites = sorted({s.key for s in plan.sites()} - set(names))
+        runner = SiteRunner(analysis.traced.program, [*names, *sites])
+        wanted = set(runner.input_names)
+        lacking = sorted(wanted - set(_inputs(batches[0])))
+        if lacking:
+            raise PolicyError(
+                f"learn.objective 'sites' runs the traced graph, which takes {sorted(wanted)}; "
+                f"the batches lack {lacking}: pass them, or use objective 'outputs'"
+            )
+    else:
+        sites = []
     ref_a: list = []
     ref_b: list = []
-    if loss_fn is None:  # the parents' outputs, once
+    if loss_fn is None:  # the parents' outputs (and site values), once
         with torch.no_grad():
-            ref_a = [_outputs(module, state_a, b) for b in batches]
-            ref_b = [_outputs(module, state_b, b) for b in batches]
+            ref_a = [_outputs(module, runner, state_a, b) for b in batches]
+            ref_b = [_outputs(module, runner, state_b, b) for b in batches]
 
     def transformed(perm: Permutation) -> dict[str, torch.Tensor]:
         b_prime = dict(state_b)
@@ -146,8 +169,13 @@ def learn_alignment(
             batch = batches[i]
             if loss_fn is not None:
                 return loss_fn(lambda **kw: functional_call(module, merged, (), kw), batch)
-            got = flat_outputs(functional_call(module, merged, (), _inputs(batch)))
-            return _distance(got, ref_a[i], ref_b[i], names, indexer, hard, lam)
+            got = _outputs(module, runner, merged, batch, grad=grad)
+            out = _distance(got, ref_a[i], ref_b[i], names, indexer, hard, lam)
+            if not sites:
+                return out
+            n = len(names)
+            inner = _distance(got[n:], ref_a[i][n:], ref_b[i][n:], sites, indexer, hard, lam)
+            return 0.5 * (out + inner)
 
     def evaluate(indices: Sequence[int]) -> float:
         with torch.no_grad():
@@ -212,7 +240,7 @@ def learn_alignment(
     held_after, best_step, hard = best
     train_after = evaluate(train_idx)
     report = LearnReport(
-        objective="loss_fn" if loss_fn is not None else settings.objective,
+        objective=objective,
         steps=settings.steps,
         best_step=best_step,
         train_before=train_before,
@@ -237,13 +265,31 @@ def learn_alignment(
     return hard, report
 
 
+def _traced_shape(analysis: Analysis, batches: Sequence) -> bool:
+    """Whether every batch has the shapes of the analysed graph's example inputs."""
+    want = {k: tuple(v.shape) for k, v in analysis.traced.inputs.items()}
+    return all(
+        {k: tuple(v.shape) for k, v in _inputs(b).items() if k in want} == want for b in batches
+    )
+
+
 def _inputs(batch: dict) -> dict:
     """Model inputs of a batch (a :class:`~graphperm.inputs.ModelBatch` or a dict)."""
     return dict(getattr(batch, "inputs", batch))
 
 
-def _outputs(module: torch.nn.Module, state: dict, batch: dict) -> list[torch.Tensor]:
-    return flat_outputs(functional_call(module, state, (), _inputs(batch)))
+def _outputs(
+    module: torch.nn.Module,
+    runner: SiteRunner | None,
+    state: dict,
+    batch: dict,
+    *,
+    grad: bool = False,
+) -> list[torch.Tensor]:
+    """The model's flat outputs on ``batch``, followed by the runner's site values if any."""
+    if runner is None:
+        return flat_outputs(functional_call(module, state, (), _inputs(batch)))
+    return runner(state, _inputs(batch), grad=grad)
 
 
 def _distance(

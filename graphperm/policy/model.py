@@ -225,11 +225,13 @@ class Learn(_Strict):
         "proxy weights for B′, the permutation that weight-matches B to them in the forward "
         "pass, straight through)",
     )
-    objective: Literal["outputs"] = Field(
+    objective: Literal["outputs", "sites"] = Field(
         "outputs",
         description="'outputs' (no labels): the merged model's outputs should be the parents' "
-        "outputs interpolated in A's basis, at weights drawn around weight_a; a user's own "
-        "loss goes through the Python API (graphperm.learn.learn_alignment(loss_fn=...))",
+        "outputs interpolated in A's basis, at weights drawn around weight_a; 'sites': the "
+        "same, and also the activations at every site the alignment measures (each layer "
+        "gets its own signal); a user's own loss goes through the Python API "
+        "(graphperm.learn.learn_alignment(loss_fn=...))",
     )
     items: int = Field(
         32, ge=2, description="calibration items kept in memory for learning (the first ones)"
@@ -245,6 +247,15 @@ class Learn(_Strict):
         0.1, ge=0.0, le=0.5, description="each step draws A's weight from weight_a ± spread"
     )
     eval_every: int = Field(10, ge=1, description="steps between two held-out evaluations")
+    budget: float | None = Field(
+        None,
+        gt=0.0,
+        description="cap on learning's cost, as a multiple of the calibration's forward passes "
+        "(items × models): the parents' reference outputs count one forward per item and "
+        "model, a step three forwards of its batch, a held-out evaluation one per item; "
+        "steps beyond the cap are not run (null: `steps` alone). 1.5 keeps a merge within "
+        "about 2.5× the time of the start method alone",
+    )
     seed: int = Field(0, description="seed of the batch and weight draws")
 
 

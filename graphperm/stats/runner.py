@@ -69,9 +69,15 @@ class SiteRunner:
         self._specs = list(program.graph_signature.input_specs)
         self._constants = _constants(program, device, getattr(self, "_float", None))
 
+    @property
+    def input_names(self) -> list[str]:
+        """The model inputs the graph takes."""
+        return [s.arg.name for s in self._specs if s.kind == InputKind.USER_INPUT]
+
     def __call__(
-        self, state: dict[str, torch.Tensor], inputs: dict[str, torch.Tensor]
+        self, state: dict[str, torch.Tensor], inputs: dict[str, torch.Tensor], *, grad: bool = False
     ) -> list[torch.Tensor]:
+        """The values named ``keys``; with ``grad``, differentiable in ``state``."""
         args = []
         for spec in self._specs:
             if spec.kind == InputKind.USER_INPUT:
@@ -80,7 +86,7 @@ class SiteRunner:
                 args.append(state[spec.target])
             else:
                 args.append(self._constants[spec.target])
-        with torch.no_grad():
+        with torch.set_grad_enabled(grad):
             return list(self.module(*args))
 
 

@@ -99,10 +99,12 @@ def main() -> None:
     import graphperm.solve.assignment as assignment
     import graphperm.solve.solver as solver
     import graphperm.solve.tiebreak as tiebreak
-    import graphperm.stats.calibrate as calibrate
-    collect = sys.modules["graphperm.stats.collect"]
     from graphperm.cli import main as cli
     from graphperm.stats.accumulate import SiteStats
+
+    # modules a package re-export of a function of the same name hides
+    calibrate = sys.modules["graphperm.stats.calibrate"]
+    collect = sys.modules["graphperm.stats.collect"]
 
     width = lambda self, *a, **k: f"products+sums C={self.channels}"  # noqa: E731
     _timed(SiteStats, "update", width)
@@ -116,16 +118,30 @@ def main() -> None:
     for owner in (tiebreak, solver):
         _timed(owner, "undecided", lambda *a, **k: "tie-break: undecided units")
         _timed(owner, "fingerprints", lambda *a, **k: "tie-break: fingerprints")
-    real_break = tiebreak.break_ties
+    _timed(tiebreak, "decided", lambda *a, **k: "tie-break: decided pairs")
+    for owner in (tiebreak, solver):
+        real = owner.break_ties
 
-    def break_ties(*a, **k):
+        def break_ties(*a, real=real, **k):
+            in_tiebreak[0] = True
+            try:
+                return real(*a, **k)
+            finally:
+                in_tiebreak[0] = False
+
+        owner.break_ties = break_ties
+    real_settle = solver.settle
+
+    def settle(*a, **k):  # a large part's assignment and tie-break, in a worker
         in_tiebreak[0] = True
+        t = time.perf_counter()
         try:
-            return real_break(*a, **k)
+            return real_settle(*a, **k)
         finally:
             in_tiebreak[0] = False
+            _note("settle (in a worker, all of it)", time.perf_counter() - t)
 
-    tiebreak.break_ties = solver.break_ties = break_ties
+    solver.settle = settle
 
     real_collect = calibrate.collect
 

@@ -90,7 +90,8 @@ def decided(corr: torch.Tensor, margin: float) -> torch.Tensor:
     for the others: ``corr[i, j]`` beats every other entry of row ``i`` and of column ``j`` by
     at least ``margin`` (then ``j`` is row ``i``'s best and ``i`` column ``j``'s best, so these
     pairs never share a unit). An assignment that keeps these pairs leaves undecided (see
-    :func:`undecided`) exactly the units this marks -1.
+    :func:`undecided`) exactly the units this marks -1. ``corr`` is written to while this
+    runs and restored before it returns.
 
     Example:
         >>> decided(torch.tensor([[0.9, 0.1, 0.0], [0.2, 0.5, 0.5], [0.0, 0.5, 0.5]]), 1e-3)
@@ -99,14 +100,20 @@ def decided(corr: torch.Tensor, margin: float) -> torch.Tensor:
     n = corr.shape[0]
     if n < 2:
         return torch.full((n,), -1, dtype=torch.long)
-    top_r, arg_r = corr.topk(2, dim=1)
-    top_c, arg_c = corr.topk(2, dim=0)
-    best = arg_r[:, 0]
+    first_r, best = corr.max(dim=1)
+    first_c = corr.amax(dim=0)  # (a strided arg-max along dim 0 is several times slower)
     rows = torch.arange(n)
-    mutual = arg_c[0][best] == rows
+    mutual = first_r >= first_c[best]  # row i's best is also its column's best ...
+    claims = torch.bincount(best[mutual], minlength=n)
+    mutual &= claims[best] == 1  # ... and no other row's (a tie in the column)
+    i, j = rows[mutual], best[mutual]
+    corr[i, j] = float("-inf")  # the runners-up without the pairs, in place (restored)
+    try:
+        second_r, second_c = corr.amax(dim=1), corr.amax(dim=0)
+    finally:
+        corr[i, j] = first_r[mutual]
     lead = torch.minimum(
-        top_r[:, 0].double() - top_r[:, 1].double(),
-        top_c[0][best].double() - top_c[1][best].double(),
+        first_r.double() - second_r.double(), first_c[best].double() - second_c[best].double()
     )
     return torch.where(mutual & (lead >= margin), best, -1)
 

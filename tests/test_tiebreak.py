@@ -9,11 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 
+import graphperm.solve.tiebreak as tiebreak
 from graphperm.data.synth import write_clips
 from graphperm.policy import load_policy
 from graphperm.solve import match
 from graphperm.solve.assignment import Matcher
-from graphperm.solve.tiebreak import break_ties, settle, undecided
+from graphperm.solve.tiebreak import break_ties, decided, settle, undecided
 from graphperm.trace import load_model
 from tests.helpers import merge_oracle
 
@@ -58,13 +59,66 @@ def test_tie_break_in_worker_processes_gives_what_it_gives_in_place() -> None:
     got: dict[int, tuple[torch.Tensor, int]] = {}
     with Matcher(workers=2) as matcher:
         for i, (corr, fa, fb) in enumerate(jobs):
-            job = partial(settle, finger_a=fa, finger_b=fb, margin=1e-3)
+            job = partial(settle, fingers=lambda fa=fa, fb=fb: (fa, fb), margin=1e-3)
             matcher.submit(corr, lambda r, i=i: got.__setitem__(i, r), job=job)
     for i, (corr, fa, fb) in enumerate(jobs):
         p, count = break_ties(corr.float(), match(corr), fa, fb, margin=1e-3)
         assert count >= 100 * (i + 1)
         assert torch.equal(got[i][0], p) and got[i][1] == count
         assert torch.equal(p, truth)  # the weights placed the dead units
+
+
+def _counting_match(monkeypatch) -> list[int]:
+    """Sizes of the assignments the tie-break solves from now on."""
+    sizes: list[int] = []
+
+    def counted(m: torch.Tensor) -> torch.Tensor:
+        sizes.append(m.shape[0])
+        return match(m)
+
+    monkeypatch.setattr(tiebreak, "match", counted)
+    return sizes
+
+
+def test_tie_break_is_free_when_every_unit_is_decided(monkeypatch) -> None:
+    g = torch.Generator().manual_seed(1)
+    n = 300
+    truth = torch.randperm(n, generator=g)
+    corr = torch.rand(n, n, generator=g, dtype=torch.float64) * 0.5
+    corr[torch.arange(n), truth] = 0.9
+    sizes = _counting_match(monkeypatch)
+    asked = []
+    p, count = settle(corr.numpy(), fingers=lambda: asked.append(1), margin=1e-3)
+    assert torch.equal(p, truth) and count == 0
+    assert sizes == [] and asked == []  # no assignment solved, no fingerprints taken
+
+
+def test_tie_break_of_random_units_costs_one_assignment(monkeypatch) -> None:
+    # random weights: no unit is decided; the tie-break is the one assignment (on correlation
+    # + fingerprints), not a second one after the assignment on correlations
+    g = torch.Generator().manual_seed(2)
+    n = 200
+    corr = torch.randn(n, n, generator=g, dtype=torch.float64) * 1e-3
+    fa, fb = torch.randn(n, 5, generator=g), torch.randn(n, 5, generator=g)
+    sizes = _counting_match(monkeypatch)
+    p, count = settle(corr.numpy(), fingers=lambda: (fa, fb), margin=1e-3)
+    assert sizes == [count] and count > 0.9 * n
+    monkeypatch.undo()
+    q, count_before = break_ties(corr.float(), match(corr), fa, fb, margin=1e-3)
+    assert count == count_before and torch.equal(p, q)  # what match + break_ties gives
+
+
+def test_decided_pairs_are_those_every_assignment_leaves_decided() -> None:
+    g = torch.Generator().manual_seed(4)
+    n = 60
+    truth = torch.randperm(n, generator=g)
+    corr = torch.rand(n, n, generator=g) * 0.5
+    corr[torch.arange(n), truth] = 0.9
+    corr[:15] = 0.3  # fifteen rows with no preference
+    partner = decided(corr, 1e-3)
+    loose = undecided(corr, match(corr), 1e-3)
+    assert torch.equal(partner < 0, loose) and (partner < 0).sum() == 15
+    assert torch.equal(partner[15:], truth[15:])
 
 
 def test_dead_units_of_a_random_model_are_matched_on_weights(tmp_path) -> None:

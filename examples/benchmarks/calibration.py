@@ -183,7 +183,9 @@ def main() -> None:
     _say(f"solve: {result['solve_s']} s {result['solve_s_by_kind']}")
 
     alignment = finish_alignment(analysis, plan, stats, {}, {}, (model, model))
-    exact = collect(analysis, sites, [state_a, state_b], batches, precision="fp64")
+    exact = collect(
+        analysis, sites, [state_a, state_b], batches, precision="fp64", programs=programs
+    )
     exact_perm, _ = solve(plan, analysis, exact, reports=False)
     agree = agreement(plan, analysis, alignment.perm, exact_perm)
     sizes = {g.name: g.size for g in analysis.groups}

@@ -208,10 +208,10 @@ class _Solver:
             if self.assign is not match:
                 job = partial(_assign_job, self.assign)
             elif self.weights is not None:  # the tie-break runs with the assignment, in a worker
-                fa = self._fingerprints(self.weights[0], group, name, None)
-                fb = self._fingerprints(self.weights[1], group, name, None)
-                if fa is not None and fb is not None:
-                    job = partial(settle, finger_a=fa, finger_b=fb, margin=self.margin)
+                # which takes the fingerprints only if some units are undecided
+                wa, wb = self.weights
+                fingers = partial(self._finger_pair, wa, wb, group, name)
+                job = partial(settle, fingers=fingers, margin=self.margin)
             matcher.submit(
                 total,
                 lambda r, g=group, n=name: perm.set(g.name, n, self._count(g, r)),
@@ -316,6 +316,15 @@ class _Solver:
         counts[0] += p.numel() - on_weights
         counts[1] += on_weights
         return p
+
+    def _finger_pair(
+        self, state_a: dict, state_b: dict, group: PermutationGroup, part: str
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """A's and B's weight fingerprints of a part's units."""
+        return (
+            self._fingerprints(state_a, group, part, None),
+            self._fingerprints(state_b, group, part, None),
+        )
 
     def _fingerprints(
         self, state: dict, group: PermutationGroup, part: str, head: int | None

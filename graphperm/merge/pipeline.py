@@ -539,17 +539,17 @@ def aligned_states(
         merges = merge_matrices(alignment.unmerges, weights)
         axes = input_axes(alignment.analysis)
         batches = alignment.batches or [check_inputs(alignment.analysis)]
-        errors = []
+        errors = alignment.zip_errors  # weights do not change them: measured once
         for m, model in enumerate(models):
-            own = own_merge(alignment.unmerges[m])
-            errors.append(
-                _zip_error(indexer, model, states[m], own, alignment.unmerges[m], axes, batches)
-            )
+            if len(errors) <= m:
+                own = own_merge(alignment.unmerges[m])
+                unmerge = alignment.unmerges[m]
+                errors.append(_zip_error(indexer, model, states[m], own, unmerge, axes, batches))
             states[m] = zip_state(
                 indexer, states[m], merges[m], alignment.unmerges[m], inputs=axes, inplace=inplace
             )
         timings["zip_s"] = time.perf_counter() - t
-        timings["zip_errors"] = errors
+        timings["zip_errors"] = list(errors)
     return states, checks, timings
 
 

@@ -56,6 +56,8 @@ class Alignment:
     # and a report per zipped part (graphperm.solve.zipit.zip_plan)
     unmerges: list[dict] = field(default_factory=list, repr=False)
     zip_reports: list[dict] = field(default_factory=list)
+    # each model's merged-then-unmerged output error (relative), measured at the first merge
+    zip_errors: list[float | None] = field(default_factory=list, repr=False)
 
     @classmethod
     def unaligned(cls, analysis: Analysis, plan: Plan, sources: tuple[str, ...], **kw) -> Alignment:
@@ -101,6 +103,7 @@ class Alignment:
             model_reports=[[] for _ in self.perms],
             unmerges=[],
             zip_reports=[],
+            zip_errors=[],
         )
 
 

@@ -43,7 +43,7 @@ __all__ = [
     "register_method",
     "sinkhorn_match",
     "solve",
-    "symmetric_match",
     "split_half_agreement",
+    "symmetric_match",
     "weight_matching",
 ]

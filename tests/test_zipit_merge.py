@@ -165,3 +165,17 @@ def test_a_policy_zips_some_groups_and_permutes_the_others() -> None:
     kinds = {(t.kind, t.transform) for t in plan.targets}
     assert ("conv", "zip") in kinds and ("ffn", "perm") in kinds and ("attn", "perm") in kinds
     assert not any(t.transform == "zip" and t.part == "heads" for t in plan.targets)
+
+
+def test_a_zipit_sweep_equals_separate_merges_bit_for_bit(audio) -> None:
+    """The merge matrices depend on the weights, so each weight of a sweep is its own merge
+    of the one alignment (one calibration, one solve): each equals a separate merge."""
+    from graphperm.merge import align, merge_all, merge_sweep
+
+    a, b = load_model("builtin:hubert-tiny"), load_model("builtin:hubert-tiny", seed=1)
+    alignment = align(a, b, _zip_policy(clip_seconds=1.0, num_clips=4), [audio])
+    swept = {r.weight_a: r.state for r in merge_sweep(alignment, [a, b], [[0.9, 0.1], [0.5, 0.5]])}
+    for w, state in swept.items():
+        alone = merge_all(alignment, [a, b], weights=[w, 1 - w]).state
+        assert all(torch.equal(state[k], alone[k]) for k in alone)
+    assert any(not torch.equal(swept[0.9][k], swept[0.5][k]) for k in swept[0.5])

@@ -29,6 +29,9 @@ BEYOND_THE_PAPER = [  # specs that are no row of Table I
     "orth-no-data",
     "sinkhorn",
     "learned",
+    "zipit",
+    "zipit-cnn",
+    "symmetric",
 ]
 
 

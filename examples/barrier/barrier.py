@@ -44,7 +44,7 @@ from graphperm.learn import learn_alignment  # noqa: E402
 from graphperm.merge import Alignment, align, finish_alignment, merge_models  # noqa: E402
 from graphperm.policy import Combine, Learn, Policy, Repair, load_policy, resolve  # noqa: E402
 from graphperm.solve import get_method  # noqa: E402
-from graphperm.stats import collect  # noqa: E402
+from graphperm.stats import collect, reference_pairs  # noqa: E402
 from graphperm.trace import LoadedModel, trace  # noqa: E402
 
 RESULTS = HERE / "results"
@@ -87,7 +87,16 @@ def find_alignment(a: LoadedModel, b: LoadedModel, policy: Policy, calib: Calib)
         ModelBatch(inputs, mask=torch.ones(n, 1, dtype=torch.bool), items=n) for inputs in calib
     )
     rotated = {(s.key, s.dim) for t in plan.targets if t.transform == "orth" for s in t.sites}
-    stats = collect(analysis, plan.sites(), states, batches, split_half=True, float64_sites=rotated)
+    pairs = reference_pairs(2, within=bool(plan.zipped))  # ZipIt! pools each model with itself
+    stats = collect(
+        analysis,
+        plan.sites(),
+        states,
+        batches,
+        split_half=True,
+        float64_sites=rotated,
+        pairs=pairs,
+    )
     timings["statistics_s"] = stats.elapsed
     info = {"images": stats.items, "description": f"{stats.items} ready-made inputs"}
     return finish_alignment(
@@ -163,6 +172,13 @@ def _aligned(
                 for r in alignment.reports
             },
         }
+        if alignment.zip_reports:  # ZipIt!: merges within each model, summed over parts
+            info["zipit_within_merges"] = [
+                sum(p["within_model_merges"][m] for p in alignment.zip_reports) for m in (0, 1)
+            ]
+            info["zipit_across_merges"] = sum(
+                p["across_model_merges"] for p in alignment.zip_reports
+            )
         return AlignedMerger(alignment, a, b, info)
 
     return method
@@ -344,6 +360,17 @@ METHODS: dict[str, Callable[[LoadedModel, LoadedModel, Calib], Merger]] = {
     "all-ties": _aligned(ALL_RULES, "every group, then TIES (paper code's rule)", combine="ties"),
     "all-dare": _aligned(ALL_RULES, "every group, then DARE (drop 0.5)", combine="dare"),
     "plain-ties": _aligned([], "no alignment, TIES (paper code's rule)", combine="ties"),
+    "zipit": _aligned(
+        [{**r, "transform": "zip"} for r in PAPER_RULES],
+        "ZipIt! on the paper policy's groups (heads permuted, vo channels zipped within them)",
+    ),
+    "all-zipit": _aligned(
+        [{**r, "transform": "zip"} for r in ALL_RULES],
+        "ZipIt! on every group (heads permuted, qk/vo channels zipped within them)",
+    ),
+    "symmetric": _aligned(
+        PAPER_RULES, "the paper policy's groups, symmetric matching on |corr|", how="symmetric"
+    ),
     "orth-attn-hybrid-first": _aligned(
         first(ORTH_ATTN_RULES),
         "heads' qk/vo rotated, residual permuted and measured at its first site, + weights",

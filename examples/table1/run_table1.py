@@ -44,6 +44,13 @@ ROWS = [  # (Table I id, name, policy or None for an original model)
     (8, "CNN + all (qk too)", "cnn-all"),
     (9, "heads + vo + FFN, no CNN", "fnn-attn"),
     (10, "Best in the barrier testbed: every group + residual", "best"),
+    # issue 20: the paper code's other tools, on the paper policy's groups, at 0.9/0.1
+    (11, "ZipIt! on CNN + vo (in matched heads) + FFN", "zipit"),
+    (12, "ZipIt! on the CNN, permutations elsewhere (paper code's hybrid)", "zipit-cnn"),
+    (13, "Proposed, Sinkhorn matching", "sinkhorn"),
+    (14, "Proposed, symmetric matching on |corr|", "symmetric"),
+    (15, "Proposed, then TIES (paper code's rule, quantile 0.8)", "paper-ties"),
+    (16, "Proposed, then DARE (drop 0.5)", "paper-dare"),
 ]
 # The best method of examples/barrier on its post-LN HuBERT pair (pair a, this architecture):
 # every group graphperm finds (conv, attention heads/qk/vo, FFN) and the residual stream, matched
@@ -61,7 +68,15 @@ POLICIES = {
             {"kind": "residual", "role": "post"},
         ],
         "weight_a": 0.9,
-    }
+    },
+    **{
+        f"paper-{how}": {
+            **load_policy("paper").model_dump(mode="json"),
+            "description": f"the paper policy, then {how.upper()}, 0.9/0.1",
+            "combine": how,
+        }
+        for how in ("ties", "dare")
+    },
 }
 SWEEP = (0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 SWEPT = ("linear", "paper", "best")
@@ -94,7 +109,11 @@ def main() -> None:
     union = load_policy(union)
     adapter, analysis, plan_all = prepare(a, union)
     _say(f"calibration: up to {args.clips} clips of 4 s from {', '.join(map(str, calib))}")
-    stats, calibration = calibrate(analysis, plan_all, [a, b], adapter, calib, progress=True)
+    # one pass for every row: each model with itself too, for ZipIt! (rows 11-12); the A-B
+    # statistics every other row reads are the same sums either way
+    stats, calibration = calibrate(
+        analysis, plan_all, [a, b], adapter, calib, progress=True, within=True
+    )
 
     cache = args.out / ".features"
     fbank = probe.evaluate("fbank", cache_dir=cache, name="FBANK")

@@ -66,6 +66,25 @@ class Indexer:
                     out = self._rotate(out, d, c, classes, perm)
         return out
 
+    def mix(
+        self, tensor: torch.Tensor, classes: list[int], perm: Permutation, dim: int
+    ) -> torch.Tensor:
+        """Multiply axis ``dim`` of ``tensor`` (whose dim ``d`` has class ``classes[d]``) by
+        the matrices ``perm`` holds for the parts in it (``new[j] = Σ_i old[i] T[i, j]``),
+        leaving every other axis and every index permutation alone: one side of a merge/unmerge
+        pair (:mod:`graphperm.apply.zip`), where an axis's matrix depends on whether the
+        tensor writes or reads the units."""
+        c = classes[dim]
+        if c is None or not perm.rotated:
+            return tensor
+        return self._rotate(tensor, dim, c, classes, perm)
+
+    def touches(self, cls: int | None, groups: set[str]) -> bool:
+        """Whether an axis of class ``cls`` holds a part of one of ``groups``."""
+        if cls is None:
+            return False
+        return any(self._part_of.get(leaf, ("",))[0] in groups for leaf in self._leaves(cls))
+
     def matrix(self, cls: int, perm: Permutation) -> torch.Tensor:
         """The ``n × n`` float64 matrix ``T`` of ``perm`` on an axis of class ``cls``:
         ``new = old @ T`` (a permutation's ``T`` has ``T[p[j], j] = 1``)."""

@@ -26,16 +26,20 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import torch
+
 from graphperm.analysis import Analysis, analyse
 from graphperm.apply import (
     Indexer,
     check_inputs,
     check_permuted,
+    flat_outputs,
     fold_state,
     folds_for,
     outputs,
     permute_state,
 )
+from graphperm.apply.zip import input_axes, merge_matrices, own_merge, zip_state
 from graphperm.distributed import gather_calibration, world
 from graphperm.errors import CalibrationError, PolicyError
 from graphperm.inputs import (
@@ -60,6 +64,7 @@ from graphperm.solve import (
     refine,
     split_half_agreement,
 )
+from graphperm.solve.zipit import zip_plan
 from graphperm.stats import Statistics, calibrate
 from graphperm.stats.io import all_reduce
 from graphperm.trace import LoadedModel, same_tensor, trace
@@ -201,6 +206,7 @@ def align_models(
             device=device,
             stop=stop,
             every_pair=policy.consensus_rounds > 0 and len(models) > 2,
+            within=bool(plan.zipped),
         )
         if size > 1:
             t = time.perf_counter()
@@ -217,8 +223,9 @@ def align_models(
     wanted = max(
         policy.learn.items if "models" in method.needs else 0,
         policy.repair.items if policy.repair.enabled else 0,
+        policy.zipit.items if plan.zipped else 0,
     )
-    if wanted:  # learned alignment and REPAIR run the models on calibration batches
+    if wanted:  # learned alignment, REPAIR and ZipIt!'s report run the models on batches
         if adapter is None or not calib:
             raise CalibrationError(
                 "repair and method: learned run the models on calibration data; pass --calib PATH"
@@ -315,6 +322,11 @@ def finish_alignment(
         t = time.perf_counter()
         perms, consensus = _consensus(analysis, plan, perms, reports, stats, list(states or []))
         timings["consensus_s"] = time.perf_counter() - t
+    unmerges, zip_reports = [], []
+    if plan.zipped:
+        t = time.perf_counter()
+        unmerges, zip_reports = _zip(analysis, plan, stats, perms)
+        timings["zip_s"] = time.perf_counter() - t
     agreement = (
         [  # a quality figure for every method: A's and each model's weights
             weight_agreement(analysis, perm, states[0], state)
@@ -336,7 +348,25 @@ def finish_alignment(
         consensus,
         agreement,
         extras if any(extras) else [],
+        unmerges=unmerges,
+        zip_reports=zip_reports,
     )
+
+
+def _zip(analysis: Analysis, plan: Plan, stats: Statistics | None, perms: list) -> tuple:
+    """The zipped parts' unmerge matrices of every model and their reports, from statistics
+    that pair every model with every model, itself included."""
+    if stats is None:
+        raise PolicyError("transform: zip needs calibration data; pass --calib PATH")
+    zipit = plan.policy.zipit
+    try:
+        return zip_plan(analysis, plan, stats, perms, alpha=zipit.alpha, beta=zipit.beta)
+    except KeyError as e:
+        raise PolicyError(
+            "transform: zip needs each model's statistics with itself and with every other "
+            f"model, and these statistics lack them ({e.args[0]}); collect them again with "
+            "this policy"
+        ) from None
 
 
 def _consensus(
@@ -423,10 +453,10 @@ def merge_all(
     policy = alignment.policy
     if weights is not None:
         policy = policy.with_weights(list(weights))
-    states, checks, timings = aligned_states(
-        alignment, models, verify=policy.verify, inplace=inplace
-    )
     n = len(models)
+    states, checks, timings = aligned_states(
+        alignment, models, verify=policy.verify, inplace=inplace, weights=policy.base_weights(n)
+    )
     targets = None
     if policy.repair.enabled:  # measured before the combination overwrites A (inplace)
         t = time.perf_counter()
@@ -470,15 +500,27 @@ def merge_all(
         timings,
         repair=repaired,
         rest=rest,
+        zip_errors=timings.pop("zip_errors", []),
     )
 
 
 def aligned_states(
-    alignment: Alignment, models: Sequence[LoadedModel], *, verify: bool, inplace: bool = False
-) -> tuple[list[dict], list, dict[str, float]]:
+    alignment: Alignment,
+    models: Sequence[LoadedModel],
+    *,
+    verify: bool,
+    inplace: bool = False,
+    weights: Sequence[float] | None = None,
+) -> tuple[list[dict], list, dict]:
     """Every model's state in A's basis (A folded, the others permuted; with ``inplace`` the
     models' own tensors), the checks that each permuted model computes what it computed
-    (``verify``), and the time each took: what every combination starts from."""
+    (``verify``), and the time each took: what every combination starts from.
+
+    With zipped parts (``transform: zip``) every model, A included, then gets its merge and
+    unmerge matrices for the models' ``weights`` (default: the policy's), so that the states'
+    weighted sum is ZipIt!'s merge; the checks cover the permutations only (a zip is not
+    exact), and ``timings["zip_errors"]`` holds each model's merged-then-unmerged output's
+    relative error on calibration batches instead."""
     if len(models) != alignment.models:
         raise PolicyError(
             f"the alignment is for {alignment.models} models, {len(models)} were given"
@@ -510,7 +552,60 @@ def aligned_states(
         states.append(state)
     if not checks:
         del timings["verify_s"]
+    if alignment.unmerges:
+        t = time.perf_counter()
+        n = len(models)
+        weights = list(weights) if weights is not None else alignment.policy.base_weights(n)
+        merges = merge_matrices(alignment.unmerges, weights)
+        axes = input_axes(alignment.analysis)
+        batches = alignment.batches or [check_inputs(alignment.analysis)]
+        errors = alignment.zip_errors  # weights do not change them: measured once
+        for m, model in enumerate(models):
+            if len(errors) <= m:
+                own = own_merge(alignment.unmerges[m])
+                unmerge = alignment.unmerges[m]
+                errors.append(_zip_error(indexer, model, states[m], own, unmerge, axes, batches))
+            states[m] = zip_state(
+                indexer, states[m], merges[m], alignment.unmerges[m], inputs=axes, inplace=inplace
+            )
+        timings["zip_s"] = time.perf_counter() - t
+        timings["zip_errors"] = list(errors)
     return states, checks, timings
+
+
+def _zip_error(
+    indexer: Indexer,
+    model: LoadedModel,
+    state: dict,
+    merge: dict,
+    unmerge: dict,
+    axes: set,
+    batches: list,
+) -> float | None:
+    """Relative error (Frobenius, over every batch and output) of ``model`` merged with its own
+    merge matrices and unmerged, against ``model`` itself (None: an output is zipped)."""
+    from torch.func import functional_call
+
+    zipped = zip_state(indexer, state, merge, unmerge, inputs=axes)
+    analysis = indexer.analysis
+    moved = {g for g, _ in unmerge}
+    names = analysis.traced.program.graph_signature.user_outputs
+    for name in names:
+        if name in analysis.coupling.tensors:
+            classes = analysis.coupling.classes(name)
+            if any(indexer.touches(c, moved) for c in classes):
+                return None
+    diff = total = 0.0
+    with torch.no_grad():
+        for batch in batches:
+            inputs = dict(getattr(batch, "inputs", batch))
+            ref = flat_outputs(functional_call(model.module, state, (), inputs))
+            got = flat_outputs(functional_call(model.module, zipped, (), inputs))
+            for r, g in zip(ref, got):
+                if r.is_floating_point():
+                    diff += float((g.double() - r.double()).square().sum())
+                    total += float(r.double().square().sum())
+    return (diff / total) ** 0.5 if total > 0 else 0.0
 
 
 def _repair_batches(alignment: Alignment, items: int) -> list:

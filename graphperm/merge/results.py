@@ -52,6 +52,12 @@ class Alignment:
     batches: list = field(default_factory=list, repr=False)  # inputs kept for learn / repair
     # outputs of every model after A on the check inputs, as given (before folding)
     references: list[list[torch.Tensor]] | None = field(default=None, repr=False)
+    # transform: zip (ZipIt!): every model's unmerge matrices, A first ((group, part) -> U),
+    # and a report per zipped part (graphperm.solve.zipit.zip_plan)
+    unmerges: list[dict] = field(default_factory=list, repr=False)
+    zip_reports: list[dict] = field(default_factory=list)
+    # each model's merged-then-unmerged output error (relative), measured at the first merge
+    zip_errors: list[float | None] = field(default_factory=list, repr=False)
 
     @classmethod
     def unaligned(cls, analysis: Analysis, plan: Plan, sources: tuple[str, ...], **kw) -> Alignment:
@@ -95,6 +101,9 @@ class Alignment:
             self,
             perms=[Permutation() for _ in self.perms],
             model_reports=[[] for _ in self.perms],
+            unmerges=[],
+            zip_reports=[],
+            zip_errors=[],
         )
 
 
@@ -111,6 +120,8 @@ class MergeResult:
     repair: dict | None = None  # what REPAIR did (policy repair.enabled)
     # the saved model's tensors outside the traced module (full keys: a decoder), interpolated
     rest: dict[str, torch.Tensor] = field(default_factory=dict)
+    # transform: zip: each model's merged-then-unmerged output against its own (relative error)
+    zip_errors: list[float | None] = field(default_factory=list)
 
     @property
     def check(self) -> VerifyReport | None:

@@ -2,6 +2,8 @@
 
 Every model is brought into A's basis once; each weight vector is then one combination of the
 same states, so each result equals, bit for bit, a separate :func:`merge_all` at that weight.
+With zipped parts (``transform: zip``) the merge matrices depend on the weights, so each weight
+is its own :func:`merge_all` (still one calibration and one solve).
 
 Example:
     >>> from graphperm.merge import align
@@ -17,7 +19,7 @@ import time
 from collections.abc import Iterator, Sequence
 
 from graphperm.merge.combine import combine
-from graphperm.merge.pipeline import aligned_states, untraced
+from graphperm.merge.pipeline import aligned_states, merge_all, untraced
 from graphperm.merge.results import Alignment, MergeResult
 from graphperm.trace import LoadedModel
 
@@ -45,6 +47,11 @@ def merge_sweep(
     the model in memory at a time. With ``inplace`` the models' own tensors are permuted and
     the last combination overwrites A's (the earlier ones are copies)."""
     policy = alignment.policy
+    if alignment.unmerges:  # zipped parts: each weight has its own merge matrices
+        for k, w in enumerate(weights):
+            last = inplace and k == len(weights) - 1
+            yield merge_all(alignment, models, weights=list(w), inplace=last)
+        return
     states, checks, timings = aligned_states(
         alignment, models, verify=policy.verify, inplace=inplace
     )

@@ -179,6 +179,24 @@ def model_card(report: dict, command: str, *, config: bool = True) -> str:
             f"parents' interpolated {repair['mismatch_before']:.3g} → "
             f"{repair['mismatch_after']:.3g}"
         )
+    zipit = report.get("zipit")
+    if zipit:
+        within = ", ".join(
+            f"{sum(p['within_model_merges'][m] for p in zipit['parts'])} within {source}"
+            for m, source in enumerate(sources)
+        )
+        lines.append(
+            f"- ZipIt! (not an exact transform; alpha {zipit['alpha']:g}, beta "
+            f"{zipit['beta']:g}) on {len(zipit['parts'])} part(s): merges {within} "
+            "(per part in merge_report.json)"
+        )
+        for row in zipit.get("merged_then_unmerged_rel_error") or []:
+            source, err = row["model"], row["rel_error"]
+            shown = "n/a (an output is zipped)" if err is None else f"{err:.3g}"
+            lines.append(
+                f"  - {source} merged then unmerged, against itself on calibration data: "
+                f"relative output error {shown}"
+            )
     ver = report.get("verification")
     if ver is not None:
         state = "passed" if ver["ok"] else "FAILED"

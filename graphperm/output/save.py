@@ -103,6 +103,20 @@ def report_dict(alignment: Alignment, result: MergeResult | None = None) -> dict
         out["method_report"] = alignment.method_reports[0]
         if alignment.models > 2:
             out["method_reports"] = alignment.method_reports
+    if alignment.zip_reports:
+        zipit = alignment.policy.zipit
+        out["zipit"] = {
+            "alpha": zipit.alpha,
+            "beta": zipit.beta,
+            "note": "not an exact transform: no check of B′ for zipped parts; each model's "
+            "merged-then-unmerged output is compared with its own on calibration data",
+            "parts": alignment.zip_reports,
+        }
+        if result is not None and result.zip_errors:
+            out["zipit"]["merged_then_unmerged_rel_error"] = [
+                {"model": source, "rel_error": None if e is None else round(e, 8)}
+                for source, e in zip(alignment.sources, result.zip_errors)
+            ]
     if result is not None and result.repair is not None:
         out["repair"] = result.repair
     if result is not None:

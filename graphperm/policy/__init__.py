@@ -12,6 +12,7 @@ from graphperm.policy.model import (
     Policy,
     Repair,
     WeightOverride,
+    ZipIt,
 )
 from graphperm.policy.resolve import Plan, Target, resolve
 
@@ -26,6 +27,7 @@ __all__ = [
     "Repair",
     "Target",
     "WeightOverride",
+    "ZipIt",
     "default_policy",
     "load_policy",
     "policy_names",

@@ -28,6 +28,7 @@ __all__ = [
     "Policy",
     "Repair",
     "WeightOverride",
+    "ZipIt",
 ]
 
 Kind = Literal[KINDS]  # type: ignore[valid-type]
@@ -66,11 +67,13 @@ class AlignRule(_Strict):
         "first site reads it as the embedding wrote it, before any layer added to it "
         "(examples/barrier: better on some pre-LN pairs, worse on post-LN HuBERT)",
     )
-    transform: Literal["perm", "orth"] = Field(
+    transform: Literal["perm", "orth", "zip"] = Field(
         "perm",
         description="'perm': permute units; 'orth': rotate them (any orthogonal matrix) where "
         "the analysis proves it exact (`graphperm trace` shows each part's family), permute the "
-        "other parts",
+        "other parts; 'zip': ZipIt! (the units of all models pooled and the most correlated "
+        "pairs merged, A moved too; not exact, see `zipit`); blocks (attention heads) are "
+        "still permuted and the channels zipped within matched heads",
     )
 
     @field_validator("groups", mode="before")
@@ -259,6 +262,31 @@ class Learn(_Strict):
     seed: int = Field(0, description="seed of the batch and weight draws")
 
 
+class ZipIt(_Strict):
+    """Settings of ``transform: zip`` (ZipIt!, Stoica et al. 2024; the paper code's
+    ``--zipit_a``/``--zipit_b``)."""
+
+    alpha: float = Field(
+        0.3,
+        ge=0.0,
+        le=1.0,
+        description="repeat-match decay: a merged unit's correlations are multiplied by this "
+        "(0: a merged unit is never matched again with either member's model)",
+    )
+    beta: float = Field(
+        0.125,
+        ge=0.0,
+        le=1.0,
+        description="share of each model's merges that may pair two of its own units",
+    )
+    items: int = Field(
+        8,
+        ge=1,
+        description="calibration items (the first ones) on which each model's merged-then-"
+        "unmerged output is compared with its own, for the report",
+    )
+
+
 class Repair(_Strict):
     """REPAIR (Jordan et al. 2023) after merging: each aligned hidden unit's mean and standard
     deviation before its nonlinearity reset to its parents' interpolated ones, folded into the
@@ -321,6 +349,9 @@ class Policy(_Strict):
     calibration: Calibration = Field(default_factory=Calibration)
     learn: Learn = Field(
         default_factory=Learn, description="settings of method: learned (ignored otherwise)"
+    )
+    zipit: ZipIt = Field(
+        default_factory=ZipIt, description="settings of transform: zip (ignored otherwise)"
     )
     repair: Repair = Field(
         default_factory=Repair,

@@ -36,7 +36,7 @@ class Target:
     part: str
     role: str  # pre | post
     sites: tuple[Site, ...]
-    transform: str = "perm"  # perm | orth (orth only where the part's family allows it)
+    transform: str = "perm"  # perm | orth (only where the part's family allows it) | zip
 
 
 @dataclass
@@ -47,6 +47,7 @@ class Plan:
     targets: list[Target] = field(default_factory=list)
     unmeasured: list[str] = field(default_factory=list)
     rotated: set[tuple[str, str]] = field(default_factory=set)  # (group, part) to rotate
+    zipped: set[tuple[str, str]] = field(default_factory=set)  # (group, part) to zip (ZipIt!)
 
     def by_group(self) -> dict[str, dict[str, Target]]:
         out: dict[str, dict[str, Target]] = {}
@@ -85,6 +86,7 @@ def resolve(policy: Policy, analysis: Analysis, *, where: str = "policy") -> Pla
     plan = Plan(policy)
     chosen: dict[tuple[str, str], tuple[str, str]] = {}  # (group, part) -> (role, at)
     orth: set[tuple[str, str]] = set()
+    zipped: set[tuple[str, str]] = set()
     names = [g.name for g in analysis.groups]
     for i, rule in enumerate(policy.align):
         matched = [
@@ -98,6 +100,7 @@ def resolve(policy: Policy, analysis: Analysis, *, where: str = "policy") -> Pla
         for g in matched:
             parts = [p.name for p in g.parts]
             wanted = parts if rule.parts is None else [p for p in parts if p in rule.parts]
+            outers = {p.outer for p in g.parts if p.outer}
             for part in wanted:
                 chosen[(g.name, part)] = (_role(rule.role, g.kind, part), rule.at)
                 rotate = rule.transform == "orth"
@@ -105,6 +108,10 @@ def resolve(policy: Policy, analysis: Analysis, *, where: str = "policy") -> Pla
                     orth.add((g.name, part))
                 else:
                     orth.discard((g.name, part))
+                if rule.transform == "zip" and part not in outers:  # blocks stay permuted
+                    zipped.add((g.name, part))
+                else:
+                    zipped.discard((g.name, part))
     plan.rotated = orth
     groups = {g.name: g for g in analysis.groups}
     for (gname, part), (role, at) in chosen.items():
@@ -114,6 +121,9 @@ def resolve(policy: Policy, analysis: Analysis, *, where: str = "policy") -> Pla
             plan.unmeasured.append(f"{gname}/{part}")
             continue
         transform = "orth" if (gname, part) in orth else "perm"
+        if (gname, part) in zipped:
+            transform = "zip"
+            plan.zipped.add((gname, part))
         plan.targets.append(Target(gname, g.kind, part, role, tuple(sites), transform))
     order = {n: i for i, n in enumerate(names)}
     plan.targets.sort(key=lambda t: (order[t.group], t.part))

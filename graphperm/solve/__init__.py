@@ -23,6 +23,7 @@ from graphperm.solve.methods import (
 )
 from graphperm.solve.sinkhorn import sinkhorn_match  # registers method sinkhorn
 from graphperm.solve.solver import GroupReport, solve
+from graphperm.solve.symmetric import symmetric_match  # registers method symmetric
 from graphperm.solve.weights import weight_matching  # registers methods weights, hybrid
 
 __all__ = [
@@ -43,5 +44,6 @@ __all__ = [
     "sinkhorn_match",
     "solve",
     "split_half_agreement",
+    "symmetric_match",
     "weight_matching",
 ]

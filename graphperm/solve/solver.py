@@ -184,7 +184,7 @@ class _Solver:
             self._blocks(group, parts[outer_name], inner_parts, targets, perm)
             done |= {outer_name, *(p.name for p in inner_parts)}
         for name, target in targets.items():
-            if name in done:
+            if name in done or target.transform == "zip":  # zipped: graphperm.solve.zipit
                 continue
             part_cls = self.table.find(parts[name].cls)
             rotate = target.transform == "orth"
@@ -226,7 +226,9 @@ class _Solver:
         targets: dict[str, Target],
         perm: Permutation,
     ) -> None:
-        wanted = [p for p in inner_parts if p.name in targets]
+        wanted = [
+            p for p in inner_parts if p.name in targets and targets[p.name].transform != "zip"
+        ]
         rho = torch.arange(outer.size)
         if outer.name in targets:
             sites = targets[outer.name].sites

@@ -10,8 +10,11 @@ merged unit's members) and an unmerge matrix ``U`` (pooled units × merged units
 unit each pooled unit became). Model ``m``'s slice of the pooled axis gives its own ``M_m`` and
 ``U_m``; unlike a permutation ``U_m M_m ≠ I``: ZipIt! is not an exact transform.
 
-Only the matching is here; applying the matrices to weights (``Σ_m w_m · M_m θ_m U_m`` through
-the graph's coupling) is not built yet.
+:func:`zip_plan` zips every part a plan marks ``transform: zip`` from the calibration
+statistics (each model's units against every model's, its own included); blocks (attention
+heads) keep the permutation the alignment method found, and the channels are zipped within each
+matched block. Applying the matrices to weights (``Σ_m w_m · M_m θ_m U_m`` through the graph's
+coupling) is :mod:`graphperm.apply.zip`.
 
 Example:
     >>> import torch
@@ -24,11 +27,18 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
+from graphperm.analysis import Analysis
+from graphperm.apply import Permutation
 from graphperm.errors import PolicyError
+from graphperm.policy import Plan
+from graphperm.solve.solver import _Solver
+from graphperm.stats import Statistics
 
-__all__ = ["ZipResult", "zip_match"]
+__all__ = ["ZipResult", "zip_match", "zip_plan"]
 
 
 class ZipResult(tuple):
@@ -109,3 +119,98 @@ def _decay(line: torch.Tensor, alpha: float, width: int, oi: int, oj: int) -> No
         return
     line[oi * width : (oi + 1) * width] = -torch.inf
     line[oj * width : (oj + 1) * width] = -torch.inf
+
+
+def zip_plan(
+    analysis: Analysis,
+    plan: Plan,
+    stats: Statistics,
+    perms: Sequence[Permutation],
+    *,
+    alpha: float = 0.3,
+    beta: float = 0.125,
+) -> tuple[list[dict[tuple[str, str], torch.Tensor]], list[dict]]:
+    """Every model's unmerge matrices (A first; ``(group, part) -> U``, shape ``(n, n)`` or,
+    inside blocks, ``(outer, n, n)`` per new outer index) for the plan's zipped parts, and a
+    report per part: merges within each model and across models, mean matched correlation.
+
+    ``perms`` are the other models' permutations (towards A) of the parts that are not zipped:
+    a zipped part inside blocks pools A's block ``h`` with each model's block ``perm[h]``.
+    ``stats`` must hold every pair of models, each model with itself included
+    (``reference_pairs(n, every=True, within=True)``).
+    """
+    models = len(perms) + 1
+    solvers = {
+        (i, j): _Solver(analysis, stats, (i, j)) for i in range(models) for j in range(models)
+    }
+    table = analysis.coupling.table
+    groups = {g.name: g for g in analysis.groups}
+    unmerges: list[dict[tuple[str, str], torch.Tensor]] = [{} for _ in range(models)]
+    reports = []
+    for target in plan.targets:
+        if target.transform != "zip":
+            continue
+        group = groups[target.group]
+        parts = {p.name: p for p in group.parts}
+        part = parts[target.part]
+        cls = table.find(part.cls)
+        if part.outer is None:
+            sites = [s for s in target.sites if solvers[(0, 0)].factors(s) == [cls]]
+            if not sites:
+                continue
+            pooled = _pooled(
+                {ij: sum(sv.corr(s) for s in sites) / len(sites) for ij, sv in solvers.items()},
+                models,
+            )
+            result = zip_match(pooled, models, alpha=alpha, beta=beta)
+            n = part.size
+            for m in range(models):
+                unmerges[m][(group.name, part.name)] = result[1][m * n : (m + 1) * n].double()
+            results = [result]
+        else:
+            outer = parts[part.outer]
+            views = {}
+            for ij, sv in solvers.items():
+                vs = [v for s in target.sites if (v := sv.blocks(s, outer, part)) is not None]
+                if vs:
+                    views[ij] = sum(vs) / len(vs)
+            if len(views) != len(solvers):
+                continue
+            heads = [torch.arange(outer.size)]
+            for perm in perms:
+                p = perm.get(group.name, outer.name)
+                heads.append(torch.arange(outer.size) if p is None else p)
+            d = part.size
+            per_model: list[list[torch.Tensor]] = [[] for _ in range(models)]
+            results = []
+            for h in range(outer.size):
+                at = [int(hs[h]) for hs in heads]  # each model's block at new index h
+                blocks = {
+                    (i, j): v[at[i] * d : (at[i] + 1) * d, at[j] * d : (at[j] + 1) * d]
+                    for (i, j), v in views.items()
+                }
+                result = zip_match(_pooled(blocks, models), models, alpha=alpha, beta=beta)
+                results.append(result)
+                for m in range(models):
+                    per_model[m].append(result[1][m * d : (m + 1) * d].double())
+            for m in range(models):
+                unmerges[m][(group.name, part.name)] = torch.stack(per_model[m])
+        for sv in solvers.values():
+            sv.forget()
+        reports.append(
+            {
+                "group": group.name,
+                "part": part.name,
+                "within_model_merges": [sum(r.within[m] for r in results) for m in range(models)],
+                "across_model_merges": sum(r.across for r in results),
+                "mean_matched_corr": round(sum(r.mean_corr for r in results) / len(results), 6),
+            }
+        )
+    return unmerges, reports
+
+
+def _pooled(blocks: dict[tuple[int, int], torch.Tensor], models: int) -> torch.Tensor:
+    """The correlation of every model's units with every model's, model 0's first."""
+    return torch.cat(
+        [torch.cat([blocks[(i, j)] for j in range(models)], dim=1) for i in range(models)], dim=0
+    )

@@ -40,16 +40,21 @@ class NonFinite(ValueError):
     """Activations held NaN or inf (the message is the model's index)."""
 
 
-def reference_pairs(models: int, every: bool = False) -> tuple[Pair, ...]:
-    """``(0, k)`` for every other model (or every pair ``i < j`` when ``every``).
+def reference_pairs(models: int, every: bool = False, within: bool = False) -> tuple[Pair, ...]:
+    """``(0, k)`` for every other model (or every pair ``i < j`` when ``every``), and with
+    ``within`` each model with itself ``(i, i)`` too (ZipIt! pools the units of all models).
 
     Example:
         >>> reference_pairs(3), reference_pairs(3, every=True)
         (((0, 1), (0, 2)), ((0, 1), (0, 2), (1, 2)))
+        >>> reference_pairs(2, within=True)
+        ((0, 1), (0, 0), (1, 1))
     """
     if every:
-        return tuple((i, j) for i in range(models) for j in range(i + 1, models))
-    return tuple((0, k) for k in range(1, models))
+        pairs = tuple((i, j) for i in range(models) for j in range(i + 1, models))
+    else:
+        pairs = tuple((0, k) for k in range(1, models))
+    return pairs + (tuple((i, i) for i in range(models)) if within else ())
 
 
 @dataclass

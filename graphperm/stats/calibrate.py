@@ -44,6 +44,7 @@ def calibrate(
     shard: tuple[int, int] | None = None,
     device: str = "auto",
     every_pair: bool = False,
+    within: bool = False,
     stop: Callable[[Statistics], bool] | None = None,
 ) -> tuple[Statistics, dict]:
     """Statistics of every model (``models[0]`` is the reference A) at the plan's sites over the
@@ -51,8 +52,8 @@ def calibrate(
 
     ``device`` is ``cpu``, ``cuda``, or ``auto`` (a GPU when there is one). ``every_pair`` keeps
     the cross statistics of every pair of models (consensus alignment), not only each against
-    A. ``stop(stats)`` is asked every ``calibration.check_every`` items whether there is enough
-    data.
+    A; ``within`` each model's with itself too (ZipIt!). ``stop(stats)`` is asked every
+    ``calibration.check_every`` items whether there is enough data.
     """
     device = resolve_device(device)
     _heap_reuse()
@@ -87,7 +88,7 @@ def calibrate(
         precision=cal.precision,
         max_frames_per_row=adapter.max_steps(cal.max_frame_rate),
         split_half=cal.split_half or stop is not None,
-        pairs=reference_pairs(len(models), every=every_pair),
+        pairs=reference_pairs(len(models), every=every_pair or within, within=within),
         stop=stop,
         check_every=max(1, -(-cal.check_every // cal.batch_size)) if stop is not None else 0,
         device=device,

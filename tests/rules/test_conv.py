@@ -363,3 +363,16 @@ def test_pool_with_a_window_of_one_keeps_that_axis():
 def test_im2col_and_pool_semantics():
     for analysis in (span_conv(), pool_tokens()):
         assert_verifies(analysis)
+
+
+def test_weight_in_marks_a_convolution_weight_s_input_channels():
+    """The axis a ZipIt! unmerge acts on: (C_out, C_in / g, k) -> 1; transposed (C_in, ...) -> 0."""
+
+    def weight_in(a, state_key: str) -> set[int]:
+        c = a.coupling
+        key = next(k for k, v in c.state.items() if v == state_key)
+        return {d for (k, d, v), tags in c.axis_tags.items() if k == key and "weight_in" in tags}
+
+    assert weight_in(plain(), "a.weight") == {1} and weight_in(plain(), "c.weight") == {1}
+    assert weight_in(grouped(), "b.weight") == {1}
+    assert weight_in(convolution(True), "t.weight") == {0}

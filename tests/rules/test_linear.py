@@ -293,3 +293,22 @@ def test_a_picked_weight_semantics():
     a = picked_experts()
     assert group_of(a, "experts", 1).kind == "ffn"
     assert_verifies(a)
+
+
+def _weight_in(a, state_key: str) -> set[int]:
+    """The dims of saved tensor ``state_key`` that the rules tagged ``weight_in``."""
+    c = a.coupling
+    key = next(k for k, v in c.state.items() if v == state_key)
+    return {d for (k, d, v), tags in c.axis_tags.items() if k == key and "weight_in" in tags}
+
+
+def test_weight_in_marks_the_axis_of_a_weight_that_reads_features():
+    """What a ZipIt! unmerge acts on (graphperm.apply.zip): a linear weight's input axis, a
+    weight read through a transpose or from the left, a matmul's and addmm's (in, out) weight."""
+    a = mlp()
+    assert _weight_in(a, "a.weight") == {1} and _weight_in(a, "b.weight") == {1}
+    assert _weight_in(a, "w") == {0} and _weight_in(a, "w2") == {0}
+    assert _weight_in(a, "a.bias") == set()
+    t = transposed()
+    assert _weight_in(t, "a") == {1}  # x @ a.t(): a is (out, in)
+    assert _weight_in(t, "b") == {1}  # b @ h: b's columns read h

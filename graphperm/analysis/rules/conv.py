@@ -12,6 +12,7 @@ import math
 
 from graphperm.analysis.context import Axis, RuleContext, TensorArg
 from graphperm.analysis.rules import register, rotates
+from graphperm.analysis.rules.linear import tag_weight_in
 
 _SLIDES = "convolution slides over it"
 
@@ -33,6 +34,7 @@ def conv(ctx: RuleContext) -> None:
     w_in, w_out = (0, 1) if transposed else (1, 0)
     ctx.tag(x[c], "conv_in")
     ctx.tag(out[c], "conv_out")
+    tag_weight_in(ctx, w, 0 if transposed else 1)
     if b is not None:
         ctx.tie(b[0], out[c])
     if groups == 1:

@@ -1,7 +1,9 @@
 """Contractions: linear layers, matrix products, einsum.
 
 Tags used downstream: ``linear_in``/``linear_out`` on the feature axes a weight consumes and
-produces (they mark where activation sites are), and, for a product of two activations,
+produces (they mark where activation sites are), ``weight_in`` on the saved weight's own axis
+that reads them (where a ZipIt! unmerge acts: :mod:`graphperm.apply.zip`), and, for a product
+of two activations,
 ``heads`` on batch dims, ``qk`` on the contracted dim and ``vo`` on the right operand's free dim
 (what eager attention's ``q @ k.T`` and ``p @ v`` look like).
 """
@@ -27,6 +29,7 @@ def linear(ctx: RuleContext) -> None:
     """``y = x @ W.T + b`` with ``W`` of shape (out, in)."""
     x, w, b, out = ctx.arg(0), ctx.arg(1), ctx.arg(2, "bias"), ctx.out
     ctx.tie(x[-1], w[1], tag="linear_in")
+    tag_weight_in(ctx, w, 1)
     ctx.tie(out[-1], w[0], tag="linear_out")
     if b is not None:
         ctx.tie(b[-1], w[0])
@@ -85,6 +88,7 @@ def _matmul(
             ctx.tag(m_out, "linear_out")
     if one_param:
         ctx.tag(ka if wb else kb, "linear_in")
+        tag_weight_in(ctx, *((b, b.ndim - 2 if not b_vec else 0) if wb else (a, a.ndim - 1)))
     # broadcast batch dims, aligned from the right
     a_batch = a_axes[:-2] if not a_vec else []
     b_batch = b_axes[:-2] if not b_vec else []
@@ -108,6 +112,30 @@ def _is_weight(ctx: RuleContext, t: TensorArg) -> bool:
     ):
         node = node.args[0] if isinstance(node.args[0], fx.Node) else None
     return node is not None and node.name in ctx.builder.state
+
+
+def tag_weight_in(ctx: RuleContext, t: TensorArg, dim: int) -> None:
+    """Tag ``weight_in`` on the saved weight's axis that axis ``dim`` of ``t`` is (``t`` the
+    weight itself, or the weight seen through transposes and casts); nothing when ``t`` is
+    not a saved weight seen that way."""
+    node = next((n for n in ctx.node.all_input_nodes if n.name == t.key), None)
+    while node is not None and node.name not in ctx.builder.state:
+        op = op_name(node.target).rsplit(".", 1)[0]
+        src = node.args[0] if node.args and isinstance(node.args[0], fx.Node) else None
+        if src is None or op not in _SAME_WEIGHT:
+            return
+        ndim = len(src.meta["val"].shape) if "val" in src.meta else 0
+        if op in ("aten.t", "aten.numpy_T") or (op == "aten.mT" and ndim >= 2):
+            dim = {ndim - 1: ndim - 2, ndim - 2: ndim - 1}.get(dim, dim) if ndim >= 2 else dim
+        elif op == "aten.transpose":
+            i, j = (int(x) % ndim for x in node.args[1:3])
+            dim = {i: j, j: i}.get(dim, dim)
+        elif op == "aten.permute":
+            dim = [int(x) % ndim for x in node.args[1]][dim]
+        node = src
+    w = ctx.builder.tensor(node) if node is not None else None
+    if w is not None and dim < w.ndim:
+        ctx.tag(w[dim], "weight_in")
 
 
 @register("aten.einsum")
@@ -155,6 +183,7 @@ def _tag_product(ctx: RuleContext, terms: list[str], operands: list[TensorArg], 
         for d, letter in enumerate(lx):
             if letter in lw and letter not in lo:
                 ctx.tag(x[d], "linear_in")
+                tag_weight_in(ctx, a if wa else b, lw.index(letter))
         for d, letter in enumerate(lo):
             if letter in lw and letter not in lx:
                 ctx.tag(ctx.out[d], "linear_out")

@@ -167,6 +167,22 @@ def test_a_policy_zips_some_groups_and_permutes_the_others() -> None:
     assert not any(t.transform == "zip" and t.part == "heads" for t in plan.targets)
 
 
+def test_a_part_inside_blocks_that_cannot_rotate_is_permuted_not_zipped(caplog) -> None:
+    # hubert-tiny's residual stream is blocks x channels, permutation-only (GELU(pos_conv)
+    # writes it): the grouped pos_conv's weight holds the channels without the block index, so a
+    # per-block merge matrix has nothing to select it by (this crashed in apply before)
+    from graphperm.policy import resolve
+
+    policy = load_policy({"align": [{"kind": "residual", "transform": "zip"}, {"kind": "ffn"}]})
+    with caplog.at_level("WARNING"):
+        plan = resolve(policy, analysis_of("hubert-tiny"))
+    residual = {t.part: t.transform for t in plan.targets if t.kind == "residual"}
+    assert residual == {"blocks": "perm", "channels": "perm"}
+    assert "residual/channels is permuted, not zipped" in caplog.text
+    ffn = load_policy({"align": [{"kind": "ffn", "transform": "zip"}]})
+    assert {t.transform for t in resolve(ffn, analysis_of("hubert-tiny")).targets} == {"zip"}
+
+
 def test_a_zipit_sweep_equals_separate_merges_bit_for_bit(audio) -> None:
     """The merge matrices depend on the weights, so each weight of a sweep is its own merge
     of the one alignment (one calibration, one solve): each equals a separate merge."""

@@ -12,6 +12,7 @@ Example:
 from __future__ import annotations
 
 import difflib
+import logging
 import re
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
@@ -19,6 +20,8 @@ from fnmatch import fnmatchcase
 from graphperm.analysis import Analysis, PermutationGroup, Site
 from graphperm.errors import PolicyError
 from graphperm.policy.model import Policy
+
+log = logging.getLogger(__name__)
 
 __all__ = ["Plan", "Target", "resolve"]
 
@@ -81,6 +84,14 @@ class Plan:
         }
 
 
+def _zippable(analysis: Analysis, group: PermutationGroup, part: str) -> bool:
+    """Whether ZipIt! can act on ``part``: a free part always; a part inside blocks (channels of
+    a head, channels of a residual stream cut into blocks) only where its family is ``orth``,
+    i.e. where every tensor it lives in selects the block's matrix by an index it holds."""
+    outer = next((p.outer for p in group.parts if p.name == part), None)
+    return outer is None or analysis.symmetry(group.name, part).family == "orth"
+
+
 def resolve(policy: Policy, analysis: Analysis, *, where: str = "policy") -> Plan:
     """Match the policy's ``align`` rules against ``analysis``'s groups."""
     plan = Plan(policy)
@@ -109,7 +120,17 @@ def resolve(policy: Policy, analysis: Analysis, *, where: str = "policy") -> Pla
                 else:
                     orth.discard((g.name, part))
                 if rule.transform == "zip" and part not in outers:  # blocks stay permuted
-                    zipped.add((g.name, part))
+                    if _zippable(analysis, g, part):
+                        zipped.add((g.name, part))
+                    else:
+                        log.warning(
+                            "%s/%s is permuted, not zipped: a part inside blocks is zipped "
+                            "per block only where every tensor it lives in also holds the "
+                            "block's index, as the analysis proves for parts that may rotate",
+                            g.name,
+                            part,
+                        )
+                        zipped.discard((g.name, part))
                 else:
                     zipped.discard((g.name, part))
     plan.rotated = orth

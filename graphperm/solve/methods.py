@@ -16,6 +16,7 @@ Example:
 from __future__ import annotations
 
 import difflib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -115,22 +116,28 @@ def get_method(name: str, *, where: str = "policy") -> AlignmentMethod:
 @register_method
 class ActivationMatching(AlignmentMethod):
     """The paper's method: Pearson correlation of activations on calibration data, one linear
-    assignment per part; attention heads first (block scores), then channels within heads."""
+    assignment per part; attention heads first (block scores), then channels within heads.
+
+    A subclass that sets ``assign`` (``staticmethod(corr -> p)``) keeps all of that and replaces
+    only the assignment of each part (``sinkhorn``, ``symmetric``)."""
 
     name = "activations"
     needs = frozenset({"correlation"})
     description = "correlation of activations + linear assignment (the paper)"
+    assign: ClassVar[Callable[[torch.Tensor], torch.Tensor] | None] = None
 
     def align(self, problem: Problem, *, reports: bool = True) -> Solution:
         if problem.stats is None:
-            raise PolicyError("method 'activations' needs calibration data; pass --calib PATH")
+            raise PolicyError(f"method '{self.name}' needs calibration data; pass --calib PATH")
+        # the weight tie-break serves the linear assignment; another assignment settles its own
+        how = {"states": problem.states} if self.assign is None else {"assign": self.assign}
         perm, rows = solve(
             problem.plan,
             problem.analysis,
             problem.stats,
             pair=problem.pair,
             reports=reports,
-            states=problem.states,
+            **how,
         )
         return Solution(perm, rows)
 

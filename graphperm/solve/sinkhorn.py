@@ -21,10 +21,8 @@ from __future__ import annotations
 
 import torch
 
-from graphperm.errors import PolicyError
 from graphperm.solve.assignment import match
-from graphperm.solve.methods import AlignmentMethod, Problem, Solution, register_method
-from graphperm.solve.solver import solve
+from graphperm.solve.methods import ActivationMatching, register_method
 
 __all__ = ["ITERS", "OFF_DIAGONAL", "STEPS", "SinkhornMatching", "sinkhorn_match"]
 
@@ -82,7 +80,7 @@ def sinkhorn_match(
 
 
 @register_method
-class SinkhornMatching(AlignmentMethod):
+class SinkhornMatching(ActivationMatching):
     """Correlation of activations, a soft permutation per part (Sinkhorn, annealed), hardened
     by a linear assignment; heads first, as ``activations``."""
 
@@ -90,15 +88,4 @@ class SinkhornMatching(AlignmentMethod):
     needs = frozenset({"correlation"})
     description = "soft permutation on the correlations (Sinkhorn, annealed), then assignment"
 
-    def align(self, problem: Problem, *, reports: bool = True) -> Solution:
-        if problem.stats is None:
-            raise PolicyError("method 'sinkhorn' needs calibration data; pass --calib PATH")
-        perm, rows = solve(
-            problem.plan,
-            problem.analysis,
-            problem.stats,
-            pair=problem.pair,
-            reports=reports,
-            assign=lambda corr: sinkhorn_match(corr, steps=STEPS),
-        )
-        return Solution(perm, rows)
+    assign = staticmethod(lambda corr: sinkhorn_match(corr, steps=STEPS))

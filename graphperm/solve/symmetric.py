@@ -26,10 +26,8 @@ import logging
 
 import torch
 
-from graphperm.errors import PolicyError
 from graphperm.solve.assignment import match
-from graphperm.solve.methods import AlignmentMethod, Problem, Solution, register_method
-from graphperm.solve.solver import solve
+from graphperm.solve.methods import ActivationMatching, register_method
 
 __all__ = ["symmetric_match"]
 
@@ -48,7 +46,7 @@ def symmetric_match(corr: torch.Tensor) -> torch.Tensor:
 
 
 @register_method
-class SymmetricMatching(AlignmentMethod):
+class SymmetricMatching(ActivationMatching):
     """The paper code's symmetric matching: both directions of ``|corr|`` solved; heads first,
     as ``activations``."""
 
@@ -56,15 +54,4 @@ class SymmetricMatching(AlignmentMethod):
     needs = frozenset({"correlation"})
     description = "paper code's symmetric matching: |corr|, B->A and A->B assignments averaged"
 
-    def align(self, problem: Problem, *, reports: bool = True) -> Solution:
-        if problem.stats is None:
-            raise PolicyError("method 'symmetric' needs calibration data; pass --calib PATH")
-        perm, rows = solve(
-            problem.plan,
-            problem.analysis,
-            problem.stats,
-            pair=problem.pair,
-            reports=reports,
-            assign=symmetric_match,
-        )
-        return Solution(perm, rows)
+    assign = staticmethod(symmetric_match)

@@ -56,7 +56,10 @@ def fingerprints(slices: list[torch.Tensor]) -> torch.Tensor:
     tensor, laid side by side, then each row scaled to unit norm."""
     parts = []
     for s in slices:
-        s = s.detach().float().reshape(s.shape[0], -1).sort(dim=1).values
+        # contiguous first: sorting a transposed slice (fc2's columns) is ~2.5x slower, and
+        # its result keeps the input's strides, so its norm's summation order (last bits)
+        # would depend on how the weight happens to be stored
+        s = s.detach().float().reshape(s.shape[0], -1).contiguous().sort(dim=1).values
         norm = s.norm()
         parts.append(s.div_(norm) if norm > 0 else s)
     f = torch.cat(parts, dim=1)

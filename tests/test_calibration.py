@@ -288,3 +288,19 @@ def test_a_tokenizer_with_an_empty_vocabulary_is_not_called_missing(tmp_path) ->
         str(tmp_path / "t.txt"), "--out", str(tmp_path / "out"),
     )  # fmt: skip
     _one_line_exit_2(proc, "has an empty vocabulary")
+
+
+def test_bf16_statistics_run_and_stay_near_fp32(tmp_path) -> None:
+    """``precision: bf16`` runs the graph under bf16 autocast; HuBERT's graph writes its
+    float32 ``masked_spec_embed`` into the bf16 hidden states (``index_put``), which failed
+    with a dtype error before the runner cast put values to their destination's dtype. Its
+    correlations stay within bf16 rounding of the fp32 pass's."""
+    a, b = load_model("builtin:hubert-tiny"), load_model("builtin:hubert-tiny", seed=1)
+    audio = [_noise(tmp_path / f"c{i}.wav", 1.0, i) for i in range(4)]
+    fp32, _ = _stats(a, b, _policy(clip_seconds=0.5), audio)
+    bf16, _ = _stats(a, b, _policy(clip_seconds=0.5, precision="bf16"), audio)
+    assert fp32.site_keys() == bf16.site_keys()
+    worst = max(
+        float((fp32.correlation(k) - bf16.correlation(k)).abs().max()) for k in fp32.site_keys()
+    )
+    assert 0 < worst < 0.1, worst

@@ -124,6 +124,7 @@ class InterleavedRunner:
         traced float32 kept when None; float64 for forwards in float64)."""
         self._float = float_dtype
         graph = copy.deepcopy(program.graph)
+        _cast_put_values(graph)
         nodes = {n.name: n for n in graph.nodes}
         missing = [k for k in keys if k not in nodes]
         if missing:
@@ -213,6 +214,25 @@ class InterleavedRunner:
                 self.module(*args)
         finally:
             self._visit = None
+
+
+_PUTS = (torch.ops.aten.index_put.default, torch.ops.aten.index_put_.default)
+
+
+def _cast_put_values(graph: fx.Graph) -> None:
+    """Cast every ``index_put``'s values to the dtype of the tensor they go into.
+
+    Eager ``x[mask] = 0`` under bf16 autocast writes a Python scalar into a bf16 tensor; the
+    traced graph holds that scalar as a float32 tensor, which ``index_put`` refuses to put into
+    bf16 (a no-op when the dtypes already agree: fp32 and fp64 forwards).
+    """
+    for node in list(graph.nodes):
+        if node.target in _PUTS and len(node.args) >= 3:
+            with graph.inserting_before(node):
+                cast = graph.call_function(
+                    torch.ops.aten.type_as.default, (node.args[2], node.args[0])
+                )
+            node.args = (*node.args[:2], cast, *node.args[3:])
 
 
 def _retarget(

@@ -43,11 +43,13 @@ def _graphperm(a, b, policy, sources):
     return analysis, plan, stats, info
 
 
-def _reference(a, b, analysis, plan, items) -> dict:
+def _reference(a, b, analysis, plan, items, strides: dict | None = None) -> dict:
     """Correlation of A's with B's units at every site, from each item alone, in float64.
 
     ``items`` yields ``(inputs, keep)``: one item's model inputs (batch of one) and
-    ``keep(t, steps)``, whether step ``t`` of a time axis of ``steps`` holds real data."""
+    ``keep(t, steps)``, whether step ``t`` of a time axis of ``steps`` holds real data.
+    ``strides`` (site -> k): those sites keep every k-th of an item's real steps."""
+    strides = strides or {}
     models = [copy.deepcopy(m.module).double().eval() for m in (a, b)]
     sites = plan.sites()
     graph = analysis.traced.program.graph
@@ -70,6 +72,7 @@ def _reference(a, b, analysis, plan, items) -> dict:
                     if x.ndim == 3:  # (batch, time, channels): the real steps only
                         steps = x.shape[1]
                         x = x[:, [t for t in range(steps) if keep(t, steps)]]
+                        x = x[:, :: strides.get((s.key, s.dim), 1)]
                     frames[m][(s.key, s.dim)].append(x.reshape(-1, x.shape[-1]))
 
                 hooks.append(module.register_forward_pre_hook(lambda _, i, f=take: f(i[0])))
@@ -136,6 +139,32 @@ def test_waveform_statistics_are_those_of_each_clip_alone(tmp_path, name, batch_
     items = [({"input_values": c[None]}, lambda t, n: True) for c in _clips(paths, 1.0)]
     assert info["clips"] == len(items)
     _compare(stats, _reference(a, b, analysis, plan, items))
+
+
+@pytest.mark.parametrize("batch_size", [2, 7])
+def test_wide_site_stride_keeps_every_kth_frame_of_each_clip(tmp_path, batch_size) -> None:
+    """``wide_site_stride``: the FFN sites (the widest) see every 2nd frame of each clip alone
+    (steps 0, 2, 4, ... of its real frames, whatever the padding of its batch), every other
+    site every frame."""
+    a, b = load_model("builtin:hubert-tiny"), load_model("builtin:hubert-tiny", seed=1)
+    paths = _write(tmp_path / "audio", SECONDS)
+    _, analysis, plan = prepare(a, load_policy("paper"))
+    width = {
+        t.kind: analysis.coupling.tensors[t.sites[0].key].shape[t.sites[0].dim]
+        for t in plan.targets
+    }
+    assert width["ffn"] > max(w for k, w in width.items() if k != "ffn")
+    policy = _policy(
+        "paper", clip_seconds=1.0, batch_size=batch_size, wide_site_stride={width["ffn"]: 2}
+    )
+    analysis, plan, stats, _ = _graphperm(a, b, policy, [tmp_path / "audio"])
+    wide = {(s.key, s.dim): 2 for t in plan.targets if t.kind == "ffn" for s in t.sites}
+    items = [({"input_values": c[None]}, lambda t, n: True) for c in _clips(paths, 1.0)]
+    want = _reference(a, b, analysis, plan, items, strides=wide)
+    _compare(stats, want)
+    every = _reference(a, b, analysis, plan, items)
+    assert all(want[k][1] < every[k][1] for k in wide)  # fewer frames there, as asked
+    assert all(want[k][1] == every[k][1] for k in want if k not in wide)
 
 
 @pytest.mark.parametrize("batch_size", [1, 2, 7])

@@ -175,6 +175,14 @@ class Calibration(_Strict):
         description="frames per second of audio kept at each site; sites faster than this (the "
         "first conv layers, at up to 3200 Hz) are subsampled evenly (null: keep every frame)",
     )
+    wide_site_stride: dict[int, int] = Field(
+        {},
+        description="{channels: k}: at sites at least `channels` wide keep every k-th of their "
+        "frames (time steps, tokens, patches; after max_frame_rate). A site's cross products cost "
+        "channels² per frame, so the FFN sites (4x the model width) cost as much as both models' "
+        "FFN forwards; e.g. {2048: 2} halves that. Empty: every frame "
+        "(examples/benchmarks/reductions.py measures what it changes)",
+    )
     split_half: bool = Field(
         False,
         description="keep the statistics in two halves (alternate batches), solve each, and "
@@ -202,6 +210,14 @@ class Calibration(_Strict):
         "bf16 products: about twice as fast on CPUs and GPUs with bf16 units, but it places a "
         "few percent of units differently), 'fp64' (the reference)",
     )
+
+    @field_validator("wide_site_stride")
+    @classmethod
+    def _strides(cls, v: dict[int, int]) -> dict[int, int]:
+        bad = {c: k for c, k in v.items() if c < 1 or k < 1}
+        if bad:
+            raise ValueError(f"channels and strides must be positive integers, got {bad}")
+        return v
 
 
 class Learn(_Strict):

@@ -87,6 +87,7 @@ def calibrate(
         progress=progress,
         precision=cal.precision,
         max_frames_per_row=adapter.max_steps(cal.max_frame_rate),
+        wide_strides=cal.wide_site_stride,
         split_half=cal.split_half or stop is not None,
         pairs=reference_pairs(len(models), every=every_pair or within, within=within),
         stop=stop,

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -125,6 +125,7 @@ def collect(
     progress: bool = False,
     precision: str = "fp32",
     max_frames_per_row: int | None = None,
+    wide_strides: Mapping[int, int] | None = None,
     split_half: bool = False,
     pairs: Sequence[Pair] | None = None,
     stop: Callable[[Statistics], bool] | None = None,
@@ -141,7 +142,10 @@ def collect(
     cross products, fp32 sums: about twice as fast on CPUs with bf16 units, less exact) or
     ``fp64`` (the exact reference: forwards and sums in float64). ``max_frames_per_row``
     subsamples a site's time axis evenly to at most that many frames per batch row (the
-    high-rate conv sites); ``None`` keeps every frame. ``split_half`` alternates batches
+    high-rate conv sites); ``None`` keeps every frame. ``wide_strides`` (``{channels: k}``)
+    keeps every ``k``-th of those frames at sites at least ``channels`` wide, whose cross
+    products cost ``channels²`` per frame (FFN sites: as much as both models' FFN forwards);
+    the widest threshold a site reaches applies. ``split_half`` alternates batches
     between two halves. Every ``check_every`` batches, ``stop(stats)`` may end the pass early
     (enough data). ``total`` (items) sizes the progress
     bar. On ``device="cuda"`` the forwards and the sums run on the GPU; the statistics come back
@@ -182,7 +186,9 @@ def collect(
     )
     product = torch.bfloat16 if precision == "bf16" else None
     strides = {
-        k: _stride(shapes[k][lay.time], max_frames_per_row) if lay.time is not None else 1
+        k: _stride(shapes[k][lay.time], max_frames_per_row) * _thin(shapes[k][k[1]], wide_strides)
+        if lay.time is not None
+        else 1
         for k, lay in layouts.items()
     }
     in_graph: dict[str, tuple[int, int]] = {}
@@ -261,6 +267,17 @@ def _wide(t: torch.Tensor) -> torch.Tensor:
 
 def _stride(steps: int, max_frames: int | None) -> int:
     return 1 if not max_frames or steps <= max_frames else -(-steps // max_frames)
+
+
+def _thin(channels: int, wide_strides: Mapping[int, int] | None) -> int:
+    """The extra frame stride of a site ``channels`` wide (1: every frame).
+
+    Example:
+        >>> _thin(3072, {2048: 2}), _thin(768, {2048: 2}), _thin(3072, {512: 2, 2048: 4})
+        (2, 1, 4)
+    """
+    reached = [w for w in (wide_strides or {}) if channels >= w]
+    return wide_strides[max(reached)] if reached else 1
 
 
 def valid_frames(

@@ -83,4 +83,3 @@ def _stack(ctx: RuleContext, flat: Axis, unit: Axis, copies: int, name: str) -> 
     ctx.concat(flat, segments)
     for s in segments:
         ctx.tie(s, unit)
-

@@ -120,6 +120,7 @@ def _data_dependent(err: BaseException) -> bool:
 
 def _specialised(module: torch.nn.Module, inputs: dict[str, torch.Tensor]):
     """``module`` exported with data-dependent branches taken as ``inputs`` take them, or None."""
+    quiet = logging.root.manager.disable
     logging.disable(logging.CRITICAL)  # draft_export logs every branch it specialised, at length
     try:
         with warnings.catch_warnings(), torch.no_grad(), redirect_stderr(io.StringIO()):
@@ -128,7 +129,7 @@ def _specialised(module: torch.nn.Module, inputs: dict[str, torch.Tensor]):
     except Exception:  # draft_export fails in as many ways as export: report export's error
         return None
     finally:
-        logging.disable(logging.NOTSET)
+        logging.disable(quiet)
 
 
 def _first_line(err: BaseException) -> str:
@@ -157,6 +158,7 @@ def _concrete(module: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> Expor
         return functional_call(module, state, (), inputs, tie_weights=False)
 
     run._orig_mod = module  # make_fx records module paths relative to this module
+    quiet = logging.root.manager.disable
     logging.disable(logging.CRITICAL)
     try:
         with warnings.catch_warnings(), torch.no_grad(), redirect_stderr(io.StringIO()):
@@ -180,7 +182,7 @@ def _concrete(module: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> Expor
         log.debug("the concrete trace of %s failed: %s", type(module).__name__, err)
         return None
     finally:
-        logging.disable(logging.NOTSET)
+        logging.disable(quiet)
 
 
 def _follows_inputs(

@@ -73,9 +73,8 @@ def trace(
                 module, (), dict(inputs), dynamic_shapes=dynamic_shapes, strict=False
             )
     except Exception as err:
-        # specialised to the inputs' values (and so their shapes) only when no axis may vary
         program, how = None, ""
-        if dynamic_shapes is None:  # specialised only when no axis may vary
+        if dynamic_shapes is None:  # specialised to the inputs only when no axis may vary
             if _data_dependent(err):
                 program, how = _specialised(module, inputs), "torch.export.draft_export"
             if program is None:
@@ -89,12 +88,14 @@ def trace(
                 + ") or pass other ones with --inputs"
             ) from err
         specialised = True
+        unread = _unread_inputs(program)
         log.warning(
             "torch.export could not capture %s (%s): traced specialised to the example inputs "
-            "(%s); its groups hold for inputs like them, and verify checks them on those",
+            "(%s); its groups hold for inputs like them, and verify checks them on those%s",
             type(module).__name__,
             _first_line(err),
             how,
+            f"; the graph does not read {', '.join(unread)}: taken as they were" if unread else "",
         )
     seconds = time.perf_counter() - start
     log.info("exported %s in %.2f s", type(module).__name__, seconds)
@@ -130,6 +131,13 @@ def _specialised(module: torch.nn.Module, inputs: dict[str, torch.Tensor]):
         return None
     finally:
         logging.disable(quiet)
+
+
+def _unread_inputs(program: ExportedProgram) -> list[str]:
+    """The user inputs no node of ``program`` reads (Nystromformer, traced concretely on an
+    all-ones attention mask, skips the mask: the graph holds for unpadded inputs only)."""
+    users = {n.name: len(n.users) for n in program.graph.nodes if n.op == "placeholder"}
+    return [name for name in program.graph_signature.user_inputs if not users.get(name)]
 
 
 def _first_line(err: BaseException) -> str:

@@ -239,6 +239,7 @@ class _Replay(torch.nn.Module):
             self.register_buffer(name, b, persistent=name not in module._non_persistent_buffers_set)
         self._graph = [graph]  # in a list: not a child module (its state is not the model's)
         self._names = names
+        self.train(module.training)
 
     def forward(self, **inputs: torch.Tensor):
         import torch.fx.traceback as fx_traceback

@@ -174,3 +174,37 @@ def test_cli_merges_two_berts(berts, tmp_path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert (out / "model.safetensors").is_file() and (out / "permutations.safetensors").is_file()
+
+
+def test_key_mask_is_the_padding_over_the_keys(berts) -> None:
+    """``calibration.attention_mask: keys``: the same batches with the mask as an additive
+    (batch, 1, 1, tokens) mask over the keys; the model computes the same on every real token."""
+    a, _ = berts
+    policy = _policy(16, 4)
+    keys = policy.model_copy(
+        update={"calibration": policy.calibration.model_copy(update={"attention_mask": "keys"})}
+    )
+    model = load_model(a)
+    (plain,) = list(adapter_for(model, policy.calibration).calibration([TEXT]).batches(4))[:1]
+    (keyed,) = list(adapter_for(model, keys.calibration).calibration([TEXT]).batches(4))[:1]
+    mask = keyed.inputs["attention_mask"]
+    assert mask.shape == (4, 1, 1, 16) and mask.dtype == torch.float32
+    assert torch.equal(mask[:, 0, 0] == 0, plain.inputs["attention_mask"].bool())
+    assert torch.equal(keyed.mask, plain.mask) and torch.equal(
+        keyed.inputs["input_ids"], plain.inputs["input_ids"]
+    )
+    with torch.no_grad():
+        want = model.module(**plain.inputs).last_hidden_state[plain.mask]
+        got = model.module(**keyed.inputs).last_hidden_state[keyed.mask]
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    example = adapter_for(model, keys.calibration).example(2)
+    assert example["attention_mask"].shape == (2, 1, 1, 16)
+
+
+def test_key_mask_is_refused_where_the_mask_is_more_than_padding() -> None:
+    """A causal model's mask hides later tokens: a mask over the keys alone would not."""
+    from graphperm.policy.model import Calibration
+
+    adapter = adapter_for(load_model("builtin:zoo/gpt2"), Calibration(attention_mask="keys"))
+    with pytest.raises(CalibrationError, match=r"attention_mask 'keys' changes what .*'padding'"):
+        adapter.example(1)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 from torch import nn
@@ -128,6 +130,47 @@ class _Unexportable(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.lin(torch.from_numpy(x.numpy()))  # no data behind export's fake tensors
+
+
+class _PaddedRecurrent(nn.Module):
+    """EnCodec's pattern: a strided convolution padded by a length computed from buffer
+    tensors (data-dependent under export), then an LSTM over the frames (whose number
+    draft_export cannot bound)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(4, 6, 3, stride=2)
+        self.lstm = nn.LSTM(6, 6)
+        self.out = nn.Linear(6, 3)
+        for name, value in (("stride", 2), ("kernel", 3), ("total", 1)):
+            self.register_buffer(name, torch.tensor(value), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (batch, channels, time)
+        length = x.shape[-1]
+        frames = torch.ceil((length - self.kernel + self.total) / self.stride + 1).long() - 1
+        extra = frames * self.stride + self.kernel - self.total - length
+        h = self.conv(torch.nn.functional.pad(x, (self.total, extra))).permute(2, 0, 1)
+        return self.out(self.lstm(h)[0] + h)
+
+
+def test_what_export_cannot_bound_is_traced_concretely(caplog) -> None:
+    """Export and draft_export both fail; the concrete trace (the ops run on the example
+    inputs, numbers read out of tensors taken as they were) serves, with a warning, and the
+    analysis says it is specialised."""
+    from graphperm.apply import verify
+
+    torch.manual_seed(0)
+    with caplog.at_level(logging.WARNING, logger="graphperm.trace.export"):
+        traced = trace(load_model(_PaddedRecurrent()), {"x": torch.randn(2, 4, 9)})
+    assert traced.specialised and "concretely" in caplog.text
+    names = {spec.target for spec in traced.program.graph_signature.input_specs}
+    assert {"conv.weight", "lstm.weight_hh_l0", "out.weight"} <= names  # the model's own names
+    a = analyse(traced)
+    assert a.warnings[0].startswith("torch.export could not capture _PaddedRecurrent")
+    assert a.to_dict()["specialised"] is True
+    (g,) = [g for g in a.groups if ("lstm.weight_hh_l0", 1) in g.tensors]
+    assert g.size == 6 and ("conv.weight", 0) in g.tensors  # the LSTM's units are the stream
+    assert verify(a).ok
 
 
 def test_missing_recipe_is_a_user_error() -> None:

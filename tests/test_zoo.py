@@ -15,7 +15,6 @@ import torch
 
 from graphperm.analysis import Analysis, analyse
 from graphperm.apply import verify
-from graphperm.errors import TraceError
 from graphperm.trace import example_inputs, load_model, trace
 from graphperm.trace.builtin import ZOO
 
@@ -39,6 +38,11 @@ EXPECTED: dict[str, dict[str, int]] = {
     "whisper": {"attn": 2, "ffn": 2, "conv": 1},  # its stream: read by the untraced decoder
     "speech2text": {"attn": 2, "ffn": 2, "conv": 1},
     "ast": {"residual": 1, "attn": 2, "ffn": 2},
+    # the whole codec, traced concretely (export cannot bound its padding and LSTM): each
+    # convolution's channels, the encoder's residual blocks and LSTM, the codebook's stream
+    # from the encoder's last convolution through the quantiser into the decoder, its LSTM,
+    # transposed convolutions and residual blocks
+    "encodec": {"conv": 11, "residual": 4},
     "clap-audio": {"residual": 2, "attn": 2, "ffn": 2},
     "bert": {"residual": 1, "attn": 2, "ffn": 2, "other": 1},
     "bert-gelu-new": {"residual": 1, "attn": 2, "ffn": 2, "other": 1},
@@ -72,6 +76,9 @@ EXPECTED: dict[str, dict[str, int]] = {
     "modernbert": {"residual": 1, "attn": 2, "ffn": 2},
     "ibert": {"residual": 1, "attn": 2, "ffn": 2, "other": 1},
     "longformer": {"residual": 1, "attn": 2, "ffn": 2, "other": 1},
+    # each layer's attention adds a convolution of its values to the landmark attention (a
+    # skip, by the add rule): its heads group counts as residual
+    "nystromformer": {"residual": 3, "ffn": 2},
     "vit": {"residual": 1, "attn": 2, "ffn": 2, "other": 1},
     "deit": {"residual": 1, "attn": 2, "ffn": 2, "other": 1},
     "beit": {"residual": 1, "attn": 2, "ffn": 2},
@@ -121,19 +128,9 @@ EXPECTED: dict[str, dict[str, int]] = {
     "starcoder2": DECODER,
 }
 
-#: Models torch.export cannot capture, for reasons that are not graphperm's: the one-line error.
-EXPORT_FAILS = {
-    # transformers keeps the attention mask when traced, and the landmark scores (4 × 16) cannot
-    # take a 16 × 16 mask: it fails as well when run on any padded input
-    "nystromformer": "broadcast",
-    # its padding computes lengths as tensors (data-dependent under export); specialised to the
-    # example (draft_export), its LSTM then meets a sequence length export cannot bound, and
-    # its vector quantiser turns the stream into codebook indices (argmin): nothing to align
-    "encodec": "data-dependent",
-}
-
-#: Models traced specialised to their example inputs (branches on input values: draft_export).
-SPECIALISED = {"longformer"}
+#: Models traced specialised to their example inputs: branches on input values (draft_export),
+#: or lengths computed from tensors that export cannot bound (a concrete trace).
+SPECIALISED = {"longformer", "encodec"}
 
 
 def zoo_inputs(name: str, loaded) -> dict[str, torch.Tensor]:
@@ -151,7 +148,7 @@ def zoo_analysis(name: str) -> Analysis:
 
 
 def test_the_zoo_covers_audio_text_vision_and_decoders() -> None:
-    assert set(EXPECTED) | set(EXPORT_FAILS) == set(ZOO)
+    assert set(EXPECTED) == set(ZOO)
     modalities = [ZOO[n].modality for n in EXPECTED]
     assert len(EXPECTED) >= 40
     assert {m: modalities.count(m) >= 10 for m in ("audio", "text", "vision", "decoder")} == {
@@ -171,16 +168,6 @@ def test_zoo_model_verifies_with_expected_groups(name: str) -> None:
     report = verify(analysis, seed=0)
     assert report.ok, [(o.name, o.max_abs, o.max_rel) for o in report.outputs]
     assert not analysis.coupling.failed, analysis.coupling.failed
-
-
-@pytest.mark.parametrize("name", sorted(EXPORT_FAILS))
-def test_unexportable_zoo_models_fail_in_one_line(name: str) -> None:
-    loaded = load_model(f"builtin:zoo/{name}")
-    with pytest.raises(TraceError) as err:
-        trace(loaded, zoo_inputs(name, loaded))
-    message = str(err.value)
-    assert "\n" not in message and message.startswith("torch.export could not capture")
-    assert EXPORT_FAILS[name] in message and "--inputs" in message
 
 
 # ------------------------------------------------------------------ the misclassified cases of #11
@@ -296,3 +283,59 @@ def test_mixtral_router_and_experts() -> None:
     assert ("layers.0.mlp.experts.down_proj", 2) in experts.tensors
     fixed = {(f.key, f.dim) for f in a.fixed}
     assert {("layers.0.mlp.gate.weight", 0), ("layers.0.mlp.experts.down_proj", 0)} <= fixed
+
+
+# ------------------------------------------------------- the two export could not capture (#23)
+def test_encodec_codebook_moves_with_the_stream() -> None:
+    """The quantiser compares the encoder's output with every code (a product with the codebook
+    and sums over the channels), picks the nearest (its position: the code axis stays) and looks
+    it up for the decoder: the codebook's channels move with the encoder's last convolution and
+    the decoder's first; each LSTM's hidden units are the stream around it."""
+    a = zoo_analysis("encodec")
+    assert a.traced.specialised and a.warnings[0].startswith("torch.export could not capture")
+    groups = {g.name: g for g in a.groups}
+    stream = groups["encoder.layers.9.conv"]
+    assert {
+        ("quantizer.layers.0.codebook.embed", 1),
+        ("decoder.layers.0.conv.parametrizations.weight.original1", 1),
+    } <= set(stream.tensors)
+    assert ("quantizer.layers.0.codebook.embed", 0) in {(f.key, f.dim) for f in a.fixed}
+    for lstm, group in (
+        ("encoder.layers.7", "encoder.layers.6.conv"),
+        ("decoder.layers.1", "decoder.layers.0.conv"),
+    ):
+        assert (f"{lstm}.lstm.weight_hh_l0", 1) in groups[group].tensors
+    # a random-init codebook is all zeros: verify again with codes drawn from the encoder's
+    # frames (as EnCodec's training initialises them), so that frames pick different codes
+    model = a.traced.loaded.module
+    embed = model.quantizer.layers[0].codebook.embed
+    before = embed.clone()
+    try:
+        with torch.no_grad():
+            frames = model.encoder(a.traced.inputs["input_values"])[0].T
+            pick = torch.randperm(len(frames), generator=torch.Generator().manual_seed(0))
+            embed.copy_(frames[pick[: len(embed)]])
+            codes = model(**a.traced.inputs).audio_codes
+        assert codes.unique().numel() > 1
+        for seed in (0, 1):
+            assert verify(a, seed=seed).ok
+    finally:
+        with torch.no_grad():
+            embed.copy_(before)
+
+
+def test_nystromformer_takes_its_mask_over_the_keys() -> None:
+    """With the (batch, 1, 1, tokens) key mask, export captures the landmark attention in general
+    (not specialised), and the graph reads the mask: padding changes its output as it changes
+    the model's."""
+    a = zoo_analysis("nystromformer")
+    assert not a.traced.specialised
+    inputs = dict(a.traced.inputs)
+    mask = inputs["attention_mask"].clone()
+    mask[..., -4:] = torch.finfo(mask.dtype).min
+    padded = {**inputs, "attention_mask": mask}
+    with torch.no_grad():
+        want = a.traced.loaded.module(**padded).last_hidden_state
+        got = a.traced.program.module()(**padded)[0]
+        plain = a.traced.program.module()(**inputs)[0]
+    assert torch.allclose(got, want, atol=1e-5) and not torch.allclose(got, plain, atol=1e-3)

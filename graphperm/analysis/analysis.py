@@ -74,6 +74,7 @@ class Analysis:
             "model": self.traced.loaded.source,
             "class": type(self.traced.loaded.module).__name__,
             "inputs": {k: list(v.shape) for k, v in self.traced.inputs.items()},
+            "specialised": self.traced.specialised,
             "groups": [
                 {
                     "name": g.name,
@@ -126,6 +127,14 @@ def analyse(traced: Traced) -> Analysis:
     groups = [find_sites(coupling, g) for g in groups]
     unused = _unused(coupling, traced)
     warnings = _warnings(coupling, fixed, unused)
+    if traced.specialised:
+        warnings.insert(
+            0,
+            f"torch.export could not capture {type(traced.loaded.module).__name__} in general: it "
+            "is traced specialised to its example inputs ("
+            + ", ".join(f"{k}{tuple(v.shape)}" for k, v in traced.inputs.items())
+            + "); the groups hold for inputs like them, and verify checks them on those",
+        )
     for w in warnings:
         log.info("%s", w)
     symmetries = find_symmetries(coupling, groups)

@@ -320,8 +320,21 @@ def _module_path(node: fx.Node) -> str:
 
 
 def _clean_path(path: str) -> str:
+    """A module path as a user writes it.
+
+    Example:
+        >>> _clean_path("L['self'].encoder.layers[0]")
+        'encoder.layers.0'
+        >>> _clean_path("encoder.conv.parametrizations.weight.0")  # a weight-norm parametrization
+        'encoder.conv'
+    """
     # torch.export writes some paths as L['self'].encoder.layers[0] or with "_modules" hops
     path = path.replace("L['self'].", "").replace("L__self__.", "")
     for junk in ("._modules['", "['", "']", "]"):
         path = path.replace(junk, ".")
-    return ".".join(p for p in path.replace("[", ".").split(".") if p)
+    parts = [p for p in path.replace("[", ".").split(".") if p]
+    # torch.nn.utils.parametrize runs a parametrized tensor's functions as modules at
+    # MODULE.parametrizations.NAME.i: the op belongs to MODULE
+    if "parametrizations" in parts:
+        parts = parts[: parts.index("parametrizations")]
+    return ".".join(parts)

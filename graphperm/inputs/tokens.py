@@ -35,7 +35,7 @@ from graphperm.inputs.base import (
     register_adapter,
 )
 
-__all__ = ["TokenAdapter", "adapter_for", "takes_argument"]
+__all__ = ["TokenAdapter", "adapter_for", "key_mask", "takes_argument"]
 
 #: Files one of which a model folder's tokenizer is saved in.
 TOKENIZER_FILES = (
@@ -55,6 +55,21 @@ def takes_argument(loaded, name: str) -> bool:
         return name in inspect.signature(loaded.module.forward).parameters
     except (TypeError, ValueError):
         return False
+
+
+def key_mask(attention: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """A (batch, tokens) 0/1 attention mask as an additive mask over the keys, (batch, 1, 1,
+    tokens): 0 on tokens, the lowest ``dtype`` value on padding (policy
+    ``calibration.attention_mask: keys``). transformers passes a 4-D mask on unchanged, and it
+    broadcasts onto scores with any number of queries.
+
+    Example:
+        >>> m = key_mask(torch.tensor([[1, 1, 0]]))
+        >>> tuple(m.shape), m.flatten().tolist()[:2], bool(m[0, 0, 0, 2] < -1e38)
+        ((1, 1, 1, 3), [0.0, 0.0], True)
+    """
+    low = torch.finfo(dtype).min
+    return torch.zeros(attention.shape, dtype=dtype).masked_fill(attention == 0, low)[:, None, None]
 
 
 @register_adapter("input_ids")
@@ -85,8 +100,48 @@ class TokenAdapter(InputAdapter):
         n = length or self.length
         out = {self.input_name: torch.randint(0, vocab, (batch_size, n), generator=g)}
         if takes_argument(self.loaded, "attention_mask"):
-            out["attention_mask"] = torch.ones(batch_size, n, dtype=torch.long)
+            out["attention_mask"] = self._mask(torch.ones(batch_size, n, dtype=torch.long))
+            if self.keys:
+                self._check_keys(out)
         return out
+
+    @property
+    def keys(self) -> bool:
+        """Whether the model takes its attention mask over the keys, 4-D and additive
+        (``calibration.attention_mask: keys``)."""
+        return self.settings is not None and self.settings.attention_mask == "keys"
+
+    def _mask(self, attention: torch.Tensor) -> torch.Tensor:
+        if not self.keys:
+            return attention
+        dtype = next(self.loaded.module.parameters()).dtype
+        return key_mask(attention, dtype if dtype.is_floating_point else torch.float32)
+
+    def _check_keys(self, example: dict[str, torch.Tensor]) -> None:
+        """A key mask must compute what the tokenizer's mask computes on text without padding:
+        a causal model's (or a decoder's) mask is more than its padding."""
+        where = "policy calibration.attention_mask 'keys'"
+        if self.loaded.whole_encoder_decoder:
+            raise CalibrationError(
+                f"{where} is for encoders; {self.describe_model()} is traced with its decoder, "
+                "whose mask is more than its padding: use 'padding'"
+            )
+        ids = example[self.input_name][:1]
+        module = self.loaded.module
+        with torch.no_grad():
+            try:
+                plain = module(**{self.input_name: ids})
+            except Exception:  # the model cannot run without a mask: nothing to compare
+                return
+            keyed = module(
+                **{self.input_name: ids, "attention_mask": example["attention_mask"][:1]}
+            )
+        a, b = plain[0], keyed[0]
+        if isinstance(a, torch.Tensor) and not torch.allclose(a, b, rtol=1e-4, atol=1e-5):
+            raise CalibrationError(
+                f"{where} changes what {self.describe_model()} computes on text without "
+                "padding (a causal model's mask is more than its padding): use 'padding'"
+            )
 
     def tokenizer(self):
         """The tokenizer saved with the model (a :class:`CalibrationError` when there is none)."""
@@ -199,5 +254,5 @@ class TokenAdapter(InputAdapter):
         attention[rows:, 0] = 1
         inputs = {self.input_name: ids}
         if takes_argument(self.loaded, "attention_mask"):
-            inputs["attention_mask"] = attention
+            inputs["attention_mask"] = self._mask(attention)
         return ModelBatch(inputs, mask, rows)

@@ -169,6 +169,16 @@ class Calibration(_Strict):
         description="text encoders: every text is cut or padded to this many tokens (one "
         "fixed shape serves every batch; padding never enters a statistic)",
     )
+    attention_mask: Literal["padding", "keys"] = Field(
+        "padding",
+        description="text encoders: the attention mask as the tokenizer gives it, (batch, "
+        "tokens) of 0/1 ('padding'), or as an additive mask over the keys, (batch, 1, 1, "
+        "tokens) with 0 on tokens and the lowest float on padding ('keys'): transformers passes "
+        "a 4-D mask on unchanged, and this one broadcasts onto any number of queries "
+        "(Nystromformer's landmark scores cannot take the (batch, 1, tokens, tokens) mask it "
+        "builds from a 2-D one); not for causal or encoder-decoder models, whose masks are "
+        "more than their padding",
+    )
     max_frame_rate: float | None = Field(
         400.0,
         gt=0.0,

@@ -162,6 +162,14 @@ def _features(config: tf.PretrainedConfig, shape: tuple[int, ...], name: str = "
     return {name: torch.randn(*shape, generator=g)}
 
 
+def _key_masked(config: tf.PretrainedConfig, n: int) -> dict[str, torch.Tensor]:
+    """Token ids with the attention mask over the keys (policy ``calibration.attention_mask:
+    keys``, :func:`graphperm.inputs.tokens.key_mask`): (1, 1, 1, n), 0 on every token."""
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, config.vocab_size, (1, n), generator=g)
+    return {"input_ids": ids, "attention_mask": torch.zeros(1, 1, 1, n)}
+
+
 def _cls(config: tf.PretrainedConfig, name: str) -> tf.PretrainedConfig:
     config.architectures = [name]
     return config
@@ -335,8 +343,10 @@ ZOO: dict[str, ZooModel] = {
     "longformer": ZooModel(
         "text", lambda: tf.LongformerConfig(**_TEXT, attention_window=8, pad_token_id=1)
     ),
-    "nystromformer": ZooModel(
-        "text", lambda: tf.NystromformerConfig(**_TEXT, num_landmarks=4, segment_means_seq_len=16)
+    "nystromformer": ZooModel(  # its landmark scores take only a mask over the keys
+        "text",
+        lambda: tf.NystromformerConfig(**_TEXT, num_landmarks=4, segment_means_seq_len=16),
+        inputs=lambda c: _key_masked(c, 16),
     ),
     # ------------------------------------------- whole encoder–decoders (scope "whole"), with heads
     "whisper-lm": ZooModel(

@@ -105,6 +105,25 @@ class Convolution(nn.Module):
         return self.c(torch.relu(h))
 
 
+class ConvTranspose(nn.Module):
+    """conv1d -> ConvTranspose1d (8 -> 6 channels in 2 groups, stride 2: upsampling) -> conv1d."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv1d(4, 8, 1)
+        self.t = nn.ConvTranspose1d(8, 6, 4, stride=2, padding=1, groups=2)
+        self.c = nn.Conv1d(6, 4, 1)
+
+    def forward(self, x):
+        return self.c(torch.relu(self.t(torch.relu(self.a(x)))))
+
+
+@functools.cache
+def conv_transpose():
+    torch.manual_seed(0)
+    return analysed(ConvTranspose(), x=torch.randn(2, 4, 5))
+
+
 @functools.cache
 def plain():
     torch.manual_seed(0)
@@ -241,6 +260,21 @@ def test_generic_convolution_plain_and_transposed(transposed):
     assert group_of(a, "t.weight", 0).structure == "2 blocks × (channels0 4, channels1 3)"
 
 
+def test_conv_transpose1d_is_a_transposed_convolution():
+    """``nn.ConvTranspose1d`` exports as ``aten.conv_transpose1d`` (EnCodec's decoder): weight
+    (C_in, C_out / g, k), rows grouped like the input, time blocked."""
+    a = conv_transpose()
+    ax = Axes(a)
+    conv = node(a, "conv_transpose1d")
+    g_in, c_in = ax.t.factors(ax.arg(conv, 0, 1))
+    g_out, c_out = ax.t.factors(ax.out(conv, 1))
+    assert g_in == g_out and [ax.size(c) for c in (g_in, c_in, c_out)] == [2, 4, 3]
+    assert ax.p("t.weight", 0) == ax.arg(conv, 0, 1) and ax.p("t.weight", 1) == c_out
+    assert ax.p("t.bias", 0) == ax.out(conv, 1)
+    assert_fixed_by(ax, ax.out(conv, 2), "convolution slides")
+    assert "weight_in" in ax.tags(ax.p("t.weight", 0))
+
+
 @pytest.mark.parametrize("dim", [2, 0])
 def test_weight_norm_follows_the_grouped_weight(dim):
     a = grouped(dim)
@@ -264,6 +298,7 @@ def test_conv_semantics():
     for analysis in (plain(), grouped(), widening(), image(), convolution(False)):
         assert_verifies(analysis)
     assert_verifies(convolution(True))
+    assert_verifies(conv_transpose())
     # the channels inside each group are drawn per group
     g = group_of(grouped(), "b.weight", 0)
     assert Indexer(grouped()).shapes()[g.name] == {"blocks": (2,), "channels": (2, 4)}

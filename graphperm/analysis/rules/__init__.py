@@ -112,6 +112,7 @@ from graphperm.analysis.rules import (  # noqa: E402, F401
     linear,
     norm,
     pointwise,
+    recurrent,
     reduction,
     segment,
     view,

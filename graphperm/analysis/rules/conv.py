@@ -17,14 +17,24 @@ from graphperm.analysis.rules.linear import tag_weight_in
 _SLIDES = "convolution slides over it"
 
 
-@register("aten.conv1d", "aten.conv2d", "aten.conv3d", "aten.convolution", "aten._convolution")
+_CONVS = tuple(
+    f"aten.{n}"
+    for n in """conv1d conv2d conv3d conv_transpose1d conv_transpose2d conv_transpose3d
+convolution _convolution""".split()
+)
+
+
+@register(*_CONVS)
 def conv(ctx: RuleContext) -> None:
+    """Plain and transposed convolutions (``conv_transpose1d(x, w, b, stride, padding,
+    output_padding, groups, dilation)`` has its groups where ``conv1d`` has them)."""
     x, w, b, out = ctx.arg(0), ctx.arg(1), ctx.arg(2, "bias"), ctx.out
     spatial = w.ndim - 2
     if ctx.op.startswith(("aten.convolution", "aten._convolution")):
         transposed, groups = bool(ctx.raw(6)), int(ctx.raw(8))
     else:
-        transposed, groups = False, int(ctx.raw(6, "groups", 1))
+        transposed = ctx.op.startswith("aten.conv_transpose")
+        groups = int(ctx.raw(6, "groups", 1))
     batched = x.ndim == spatial + 2
     c = 1 if batched else 0
     ctx.block(*x.axes()[c + 1 :], *w.axes()[2:], *out.axes()[c + 1 :], reason=_SLIDES)
@@ -169,6 +179,4 @@ def im2col(ctx: RuleContext) -> None:
     ctx.block(kernel, reason="im2col lays kernel offsets along it")
 
 
-rotates(
-    "linear", "aten.conv1d", "aten.conv2d", "aten.conv3d", "aten.convolution", "aten._convolution"
-)
+rotates("linear", *_CONVS)

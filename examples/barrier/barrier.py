@@ -488,6 +488,29 @@ METHODS: dict[str, Callable[[LoadedModel, LoadedModel, Calib], Merger]] = {
         n_batches=64,
         kl="logits",
     ),
+    # pair (g) at what this machine allowed (a step ~5 s under load): 200 steps, 512 windows
+    "learned-orth-kl-200": _learned(
+        ORTH_ALL_RULES,
+        "every exact rotation, hybrid, learned on 512 items (a quarter held out), 200 steps, "
+        "KL to the parents' mixture (no labels)",
+        settings={**LEARN, "steps": 200, "eval_every": 20},
+        n_batches=16,
+        kl="mixture",
+    ),
+    "learned-orth-sites-200": _learned(
+        ORTH_ALL_RULES,
+        "every exact rotation, hybrid, learned on 512 items (a quarter held out), 200 steps, "
+        "outputs and every measured site (no labels)",
+        settings={**LEARN_SITES, "steps": 200},
+        n_batches=16,
+    ),
+    "learned-orth-labels-200": _learned(
+        ORTH_ALL_RULES,
+        "every exact rotation, hybrid, learned on the model's own loss, 512 items, 200 steps",
+        labels=True,
+        settings={**LEARN, "steps": 200, "eval_every": 20},
+        n_batches=16,
+    ),
     "learned-labels": _learned(
         ALL_RULES, "hybrid, then learned on the model's own loss", labels=True
     ),

@@ -504,6 +504,20 @@ METHODS: dict[str, Callable[[LoadedModel, LoadedModel, Calib], Merger]] = {
         settings={**LEARN_SITES, "steps": 200},
         n_batches=16,
     ),
+    "learned-orth-sites-200-lr005": _learned(
+        ORTH_ALL_RULES,
+        "every exact rotation, hybrid, learned on 512 items, 200 steps at lr 0.005, outputs and "
+        "every measured site (no labels)",
+        settings={**LEARN_SITES, "steps": 200, "lr": 0.005},
+        n_batches=16,
+    ),
+    "learned-orth-sites-400-lr005": _learned(
+        ORTH_ALL_RULES,
+        "every exact rotation, hybrid, learned on 1,024 items, 400 steps at lr 0.005, outputs "
+        "and every measured site (no labels)",
+        settings={**LEARN_SITES, "steps": 400, "lr": 0.005},
+        n_batches=32,
+    ),
     "learned-orth-labels-200": _learned(
         ORTH_ALL_RULES,
         "every exact rotation, hybrid, learned on the model's own loss, 512 items, 200 steps",

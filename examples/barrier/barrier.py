@@ -463,6 +463,12 @@ METHODS: dict[str, Callable[[LoadedModel, LoadedModel, Calib], Merger]] = {
         settings={**LEARN_SITES, "steps": 100},
         n_batches=64 // 32,
     ),
+    "learned-orth-outputs-300": _learned(
+        ORTH_ALL_RULES,
+        "every exact rotation, hybrid, learned on 64 clips (a quarter held out), 300 steps, "
+        "outputs only (no labels)",
+        settings={**LEARN, "steps": 300, "eval_every": 20},
+    ),
     "learned-orth-labels-long": _learned(
         ORTH_ALL_RULES,
         "every exact rotation, learned on the model's own loss, 2,048 images, 800 steps",
@@ -508,6 +514,14 @@ METHODS: dict[str, Callable[[LoadedModel, LoadedModel, Calib], Merger]] = {
         ORTH_ALL_RULES,
         "every exact rotation, hybrid, learned on 512 items, 200 steps at lr 0.005, outputs and "
         "every measured site (no labels)",
+        settings={**LEARN_SITES, "steps": 200, "lr": 0.005},
+        n_batches=16,
+    ),
+    "learned-orth-sites-200-lr005-act": _learned(
+        ORTH_ALL_RULES,
+        "every exact rotation, activations (the best exact start on pair g), learned on 512 "
+        "items, 200 steps at lr 0.005, outputs and every measured site (no labels)",
+        start="activations",
         settings={**LEARN_SITES, "steps": 200, "lr": 0.005},
         n_batches=16,
     ),

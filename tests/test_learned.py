@@ -228,3 +228,62 @@ def test_a_budget_caps_the_steps_at_a_multiple_of_the_calibrations_cost(tmp_path
     # 8 images calibrated, two models: 32 forwards allowed; the references cost 16 and the
     # first held-out evaluation 2 (one batch of 2 held out of 4); a step 3 x 2 + 2 / 2 = 7
     assert alignment.method_reports[0]["learn"]["steps"] == 2
+
+
+def _tied_lm(seed=0):
+    """A tiny GPT-Neo with its LM head (tied to the input embedding: one tensor, two names;
+    linear layers, which REPAIR corrects, where GPT-2 has its own Conv1D)."""
+    from transformers import GPTNeoConfig, GPTNeoForCausalLM
+
+    torch.manual_seed(seed)
+    config = GPTNeoConfig(
+        hidden_size=32,
+        num_layers=2,
+        num_heads=4,
+        intermediate_size=64,
+        vocab_size=64,
+        max_position_embeddings=16,
+        attention_types=[[["global"], 2]],
+        use_cache=False,
+    )
+    model = GPTNeoForCausalLM(config).eval()
+    assert model.lm_head.weight is model.transformer.wte.weight
+    return load_model(model)
+
+
+def test_learning_and_repair_run_on_a_language_model_whose_head_is_tied():
+    """Its state names the tied tensor twice; merged states hold two equal values under the two
+    names, which ``functional_call`` refused by default (barrier pair g)."""
+    from graphperm.analysis import analyse
+    from graphperm.learn.repair import repair_state, repair_targets
+    from graphperm.trace import trace
+
+    a = _tied_lm()
+    batches = [{"input_ids": x["input_ids"] % 64} for x in _token_batches()]
+    analysis = analyse(trace(a, batches[0]))
+    indexer = Indexer(analysis)
+    b = copy.deepcopy(a)
+    secret = random_permutation(indexer.shapes(), seed=3)
+    b.module.load_state_dict(permute_state(indexer, a.state_dict(), secret))
+    start = _identity(indexer.shapes())
+    perm, report = learn_alignment(
+        analysis, [a, b], start, batches, Learn(steps=4, lr=0.3, eval_every=2), weight_a=0.5
+    )
+    assert report.objective == "outputs" and report.steps == 4
+    assert 0 < report.heldout_after <= report.heldout_before
+    perm.check(indexer.shapes())
+    _, own = learn_alignment(
+        analysis,
+        [a, b],
+        start,
+        [{**x, "labels": x["input_ids"]} for x in batches],
+        Learn(steps=4, lr=0.3, eval_every=2),
+        weight_a=0.5,
+        loss_fn=lambda model, batch: model(**batch).loss,
+    )
+    assert own.objective == "loss_fn" and own.heldout_after <= own.heldout_before
+    states = [a.state_dict(), b.state_dict()]
+    merged = {k: 0.5 * (states[0][k] + states[1][k]) for k in states[0]}
+    targets = repair_targets(analysis, a.module, states, batches, weights=[0.5, 0.5])
+    _, rep = repair_state(a.module, merged, targets, batches)
+    assert rep["units"] > 0 and rep["mismatch_after"] < rep["mismatch_before"]

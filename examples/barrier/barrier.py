@@ -241,11 +241,16 @@ def _learned(
     repair: bool = False,
     settings: dict | None = None,
     n_batches: int = LEARN_BATCHES,
+    kl: str | None = None,
+    audio_items: int = 64,
 ) -> Callable[..., AlignedMerger]:
     """``start``'s alignment, then (``steps`` > 0) learned alignment through the merged model:
     label-free (the merged model reproduces its parents' outputs interpolated), or with
     ``labels`` the classifier's own cross-entropy on labelled training images (image pairs
-    only); with ``repair``, REPAIR after every merge."""
+    only; the language models' own next-byte loss on the calibration text); with ``kl``
+    (``"mixture"`` or ``"logits"``), KL divergence of the merged model's output distribution
+    from the parents' (their mixture, or the softmax of their mean logits: no labels); with
+    ``repair``, REPAIR after every merge. ``audio_items``: the clips learned on (pair a)."""
     base = _aligned(rules, description, how=start)
     settings = {**(settings or LEARN)}
     if steps is not None:
@@ -257,7 +262,7 @@ def _learned(
             policy = policy_for(rules, kinds_of(a, calib), description).model_copy(
                 update={
                     "method": "learned" if steps else start,
-                    "learn": Learn(start=start, **settings, items=64),
+                    "learn": Learn(start=start, **settings, items=audio_items),
                     "repair": Repair(enabled=repair),
                     "weight_a": 0.5,
                 }
@@ -278,8 +283,10 @@ def _learned(
             batches, loss_fn = list(calib[:n_batches]), None
             if labels:
                 batches, loss_fn = _labelled(calib, n_batches), _cross_entropy
-            elif n_batches > len(calib):  # more images than calibration has: a longer draw
-                batches = [{"pixel_values": x["pixel_values"]} for x in _labelled(calib, n_batches)]
+            elif kl:  # label-free: KL to the parents' next-byte / class distributions
+                batches, loss_fn = _with_targets(a, b, _more(calib, n_batches), kl), _kl
+            elif n_batches > len(calib):  # more items than calibration has: a longer draw
+                batches = _more(calib, n_batches)
             perm, report = learn_alignment(
                 alignment.analysis,
                 [a, b],
@@ -299,15 +306,30 @@ def _learned(
             alignment.plan = dataclasses.replace(alignment.plan, policy=policy)
             alignment.batches = list(calib[:n_batches])
         info["learn_seconds"] = round(time.perf_counter() - t, 1)
-        info["data"] = "labels" if labels else "calibration"
+        # a language model's own loss reads the calibration text and nothing else
+        info["data"] = "labels" if labels and "pixel_values" in calib[0] else "calibration"
         return AlignedMerger(alignment, a, b, info)
 
     return method
 
 
+def _more(calib: Calib, n: int) -> list[dict[str, torch.Tensor]]:
+    """``n`` unlabelled batches of the calibration's kind (a longer draw where ``n`` exceeds
+    what the calibration holds)."""
+    if n <= len(calib):
+        return list(calib[:n])
+    if "input_ids" in calib[0]:  # text: n * size windows evenly spaced over the training text
+        return text.TextTask().calib(n * calib[0]["input_ids"].shape[0])
+    return [{"pixel_values": x["pixel_values"]} for x in _labelled(calib, n)]
+
+
 def _labelled(calib: Calib, n: int) -> list[dict[str, torch.Tensor]]:
     """``n`` batches of the image pairs' training images with their labels (a draw of
-    ``n`` batches from the training seed: the images depend on how many are drawn)."""
+    ``n`` batches from the training seed: the images depend on how many are drawn); for the
+    language models, ``n`` batches of training windows whose labels are their own bytes (the
+    model shifts them: its next-byte loss)."""
+    if "input_ids" in calib[0]:
+        return [{**x, "labels": x["input_ids"]} for x in _more(calib, n)]
     size = next(iter(calib[0].values())).shape[0]
     x, y = images.draw(n * size, images.TRAIN_SEED)
     return [
@@ -318,6 +340,36 @@ def _labelled(calib: Calib, n: int) -> list[dict[str, torch.Tensor]]:
 
 def _cross_entropy(model: Callable[..., Any], batch: dict[str, torch.Tensor]) -> torch.Tensor:
     return model(**batch).loss
+
+
+def _logits(model: Callable[..., Any], batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    return model(**{k: v for k, v in batch.items() if k != "target_logp"}).logits
+
+
+def _with_targets(
+    a: LoadedModel, b: LoadedModel, batches: list[dict[str, torch.Tensor]], kind: str
+) -> list[dict[str, torch.Tensor]]:
+    """``batches`` with the parents' log-probabilities at λ = 0.5 attached (``target_logp``):
+    the mixture of their distributions (``mixture``) or the softmax of their mean logits
+    (``logits``). B's outputs (classes, bytes) are not permuted, so these need no alignment."""
+    out = []
+    with torch.no_grad():
+        for x in batches:
+            la, lb = (_logits(m.module, x).log_softmax(-1) for m in (a, b))
+            if kind == "mixture":
+                t = torch.logaddexp(la, lb) - torch.log(torch.tensor(2.0))
+            else:
+                t = (0.5 * (la + lb)).log_softmax(-1)  # log_softmax drops the constants
+            out.append({**x, "target_logp": t})
+    return out
+
+
+def _kl(model: Callable[..., Any], batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """KL(target || merged), mean over the positions: the merged model's distribution should
+    be its parents' (no labels)."""
+    logq = _logits(model, batch).log_softmax(-1)
+    t = batch["target_logp"]
+    return (t.exp() * (t - logq)).sum(-1).mean()
 
 
 METHODS: dict[str, Callable[[LoadedModel, LoadedModel, Calib], Merger]] = {
@@ -403,12 +455,89 @@ METHODS: dict[str, Callable[[LoadedModel, LoadedModel, Calib], Merger]] = {
         settings=LEARN_SITES,
         n_batches=96,
     ),
+    # pair (a) (HuBERT, a step ~20x a ViT step): the spec's objective, 100 steps, 64 clips
+    "learned-orth-sites-100": _learned(
+        ORTH_ALL_RULES,
+        "every exact rotation, hybrid, learned on 64 clips (a quarter held out), 100 steps, "
+        "outputs and every measured site (no labels)",
+        settings={**LEARN_SITES, "steps": 100},
+        n_batches=64 // 32,
+    ),
+    "learned-orth-outputs-300": _learned(
+        ORTH_ALL_RULES,
+        "every exact rotation, hybrid, learned on 64 clips (a quarter held out), 300 steps, "
+        "outputs only (no labels)",
+        settings={**LEARN, "steps": 300, "eval_every": 20},
+    ),
     "learned-orth-labels-long": _learned(
         ORTH_ALL_RULES,
         "every exact rotation, learned on the model's own loss, 2,048 images, 800 steps",
         labels=True,
         settings=LEARN_LONG,
         n_batches=64,
+    ),
+    # label-free KL to the parents' output distributions (softmax heads: pairs b-g), through
+    # the API's loss_fn: the mixture of their distributions, or the softmax of their mean logits
+    "learned-orth-kl": _learned(
+        ORTH_ALL_RULES,
+        "every exact rotation, hybrid, learned on 2,048 items, 800 steps, KL to the parents' "
+        "mixture (no labels)",
+        settings=LEARN_LONG,
+        n_batches=64,
+        kl="mixture",
+    ),
+    "learned-orth-kl-logits": _learned(
+        ORTH_ALL_RULES,
+        "every exact rotation, hybrid, learned on 2,048 items, 800 steps, KL to the softmax of "
+        "the parents' mean logits (no labels)",
+        settings=LEARN_LONG,
+        n_batches=64,
+        kl="logits",
+    ),
+    # pair (g) at what this machine allowed (a step ~5 s under load): 200 steps, 512 windows
+    "learned-orth-kl-200": _learned(
+        ORTH_ALL_RULES,
+        "every exact rotation, hybrid, learned on 512 items (a quarter held out), 200 steps, "
+        "KL to the parents' mixture (no labels)",
+        settings={**LEARN, "steps": 200, "eval_every": 20},
+        n_batches=16,
+        kl="mixture",
+    ),
+    "learned-orth-sites-200": _learned(
+        ORTH_ALL_RULES,
+        "every exact rotation, hybrid, learned on 512 items (a quarter held out), 200 steps, "
+        "outputs and every measured site (no labels)",
+        settings={**LEARN_SITES, "steps": 200},
+        n_batches=16,
+    ),
+    "learned-orth-sites-200-lr005": _learned(
+        ORTH_ALL_RULES,
+        "every exact rotation, hybrid, learned on 512 items, 200 steps at lr 0.005, outputs and "
+        "every measured site (no labels)",
+        settings={**LEARN_SITES, "steps": 200, "lr": 0.005},
+        n_batches=16,
+    ),
+    "learned-orth-sites-200-lr005-act": _learned(
+        ORTH_ALL_RULES,
+        "every exact rotation, activations (the best exact start on pair g), learned on 512 "
+        "items, 200 steps at lr 0.005, outputs and every measured site (no labels)",
+        start="activations",
+        settings={**LEARN_SITES, "steps": 200, "lr": 0.005},
+        n_batches=16,
+    ),
+    "learned-orth-sites-400-lr005": _learned(
+        ORTH_ALL_RULES,
+        "every exact rotation, hybrid, learned on 1,024 items, 400 steps at lr 0.005, outputs "
+        "and every measured site (no labels)",
+        settings={**LEARN_SITES, "steps": 400, "lr": 0.005},
+        n_batches=32,
+    ),
+    "learned-orth-labels-200": _learned(
+        ORTH_ALL_RULES,
+        "every exact rotation, hybrid, learned on the model's own loss, 512 items, 200 steps",
+        labels=True,
+        settings={**LEARN, "steps": 200, "eval_every": 20},
+        n_batches=16,
     ),
     "learned-labels": _learned(
         ALL_RULES, "hybrid, then learned on the model's own loss", labels=True

@@ -2,10 +2,13 @@
 random-init HuBERT-base models (issue 21's time target: at most 3x).
 
     python examples/benchmarks/learned_time.py [--clips 128] [--policy specs/learned.yaml]
+        [--budget 2.0]
 
 Both merges run here, one after the other, through the CLI (`--random-init`: HuBERT base's
 configuration, A with seed 0 and B with seed 1), on `--clips` clips of 4 s of the shared speech
 (/work/shared/data/audio/speech, or --calib). Writes results-learned-time.json next to this file.
+``--budget B`` sets the policy's ``learn.budget`` (learning capped at B times the calibration's
+forward passes, counted as the learner counts them: a step is three forwards of its batch).
 """
 
 from __future__ import annotations
@@ -28,10 +31,19 @@ def main() -> None:
     parser.add_argument("--policy", default=str(ROOT / "specs" / "learned.yaml"))
     parser.add_argument("--calib", default="/work/shared/data/audio/speech")
     parser.add_argument("--out", type=Path, default=HERE / "results-learned-time.json")
+    parser.add_argument("--budget", type=float, help="learn.budget (default: the policy's)")
     args = parser.parse_args()
     from transformers import HubertConfig
 
+    source = args.policy
     with tempfile.TemporaryDirectory() as tmp:
+        if args.budget is not None:  # the policy with its learning capped
+            import yaml
+
+            policy = yaml.safe_load(Path(args.policy).read_text())
+            policy.setdefault("learn", {})["budget"] = args.budget
+            args.policy = str(Path(tmp) / "policy.yaml")
+            Path(args.policy).write_text(yaml.safe_dump(policy))
         model = Path(tmp) / "hubert-base"
         HubertConfig().save_pretrained(model)
         common = [str(model), str(model), "--random-init", "--seed-b", "1"]
@@ -50,7 +62,13 @@ def main() -> None:
             runs[name]["learn"] = report.get("method_report", {}).get("learn")
             print(f"{name}: {runs[name]['seconds']} s", file=sys.stderr, flush=True)
     ratio = runs["learned"]["seconds"] / runs["activations"]["seconds"]
-    result = {"clips": args.clips, "policy": args.policy, "runs": runs, "ratio": round(ratio, 2)}
+    result = {
+        "clips": args.clips,
+        "policy": source,
+        "budget": args.budget,
+        "runs": runs,
+        "ratio": round(ratio, 2),
+    }
     args.out.write_text(json.dumps(result, indent=1))
     print(f"learned / activations: {ratio:.2f}x", file=sys.stderr)
 

@@ -168,7 +168,7 @@ def learn_alignment(
             }
             batch = batches[i]
             if loss_fn is not None:
-                return loss_fn(lambda **kw: functional_call(module, merged, (), kw), batch)
+                return loss_fn(lambda **kw: _call(module, merged, kw), batch)
             got = _outputs(module, runner, merged, batch, grad=grad)
             out = _distance(got, ref_a[i], ref_b[i], names, indexer, hard, lam)
             if not sites:
@@ -288,8 +288,16 @@ def _outputs(
 ) -> list[torch.Tensor]:
     """The model's flat outputs on ``batch``, followed by the runner's site values if any."""
     if runner is None:
-        return flat_outputs(functional_call(module, state, (), _inputs(batch)))
+        return flat_outputs(_call(module, state, _inputs(batch)))
     return runner(state, _inputs(batch), grad=grad)
+
+
+def _call(module: torch.nn.Module, state: dict, inputs: dict) -> object:
+    """``module`` run on ``inputs`` with the weights of ``state``. A state dict names a tied
+    tensor once per module that holds it (a language model's input embedding and output head),
+    and a merged or transformed state holds one value under each name (equal values, but not
+    one tensor): each name is set on its own (``tie_weights=False``) rather than refused."""
+    return functional_call(module, state, (), inputs, tie_weights=False)
 
 
 def _distance(

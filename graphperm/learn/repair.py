@@ -94,7 +94,11 @@ def _moments(
     try:
         with torch.no_grad():
             for batch in batches:
-                functional_call(module, state, (), dict(getattr(batch, "inputs", batch)))
+                # tied tensors (an LM head and its embedding) come under both names, as
+                # separate (equal) values in a merged state: set each name on its own
+                functional_call(
+                    module, state, (), dict(getattr(batch, "inputs", batch)), tie_weights=False
+                )
     finally:
         for h in hooks:
             h.remove()

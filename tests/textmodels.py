@@ -37,11 +37,11 @@ def words_of(*files: Path) -> list[str]:
     return sorted({w for f in files for w in f.read_text().replace('"', " ").split()})
 
 
-def save_tiny_llama(folder: Path, words: list[str], seed: int = 0) -> Path:
+def save_tiny_llama(folder: Path, words: list[str], seed: int = 0, tied: bool = False) -> Path:
     """A ``LlamaForCausalLM`` (hidden 32, 2 layers, 4 query heads sharing 2 key/value heads)
     saved as transformers saves one (KV cache on), with seeded random weights and a word-level
     tokenizer over ``words`` that has an end-of-text token and no pad token, as GPT-2's and
-    Llama's have none."""
+    Llama's have none. ``tied``: the LM head is the input embedding (one tensor, two names)."""
     import torch
     from tokenizers import Tokenizer, models, pre_tokenizers
 
@@ -58,6 +58,7 @@ def save_tiny_llama(folder: Path, words: list[str], seed: int = 0) -> Path:
         bos_token_id=1,
         eos_token_id=2,
         pad_token_id=None,
+        tie_word_embeddings=tied,
     )
     torch.manual_seed(seed)
     model = tf.LlamaForCausalLM(config).eval()

@@ -599,8 +599,8 @@ def _zip_error(
     with torch.no_grad():
         for batch in batches:
             inputs = dict(getattr(batch, "inputs", batch))
-            ref = flat_outputs(functional_call(model.module, state, (), inputs))
-            got = flat_outputs(functional_call(model.module, zipped, (), inputs))
+            ref = flat_outputs(functional_call(model.module, state, (), inputs, tie_weights=False))
+            got = flat_outputs(functional_call(model.module, zipped, (), inputs, tie_weights=False))
             for r, g in zip(ref, got):
                 if r.is_floating_point():
                     diff += float((g.double() - r.double()).square().sum())

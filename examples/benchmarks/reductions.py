@@ -33,6 +33,7 @@ from datetime import date
 from pathlib import Path
 
 import torch
+from whisper_packing import recovered  # this folder's script: units put back right, per group
 
 from graphperm.apply import Indexer, permute_state, random_permutation
 from graphperm.merge import prepare
@@ -174,7 +175,7 @@ def _agreement(args) -> dict:
         found = {
             "planted_noise": args.planted,
             "recovered (units put back where the planted permutation took them)": {
-                name: _by_kind(plan, analysis, _recovered(plan, analysis, planted, perm))
+                name: _by_kind(plan, analysis, recovered(plan, analysis, planted, perm))
                 for name, perm in perms.items()
             },
         }
@@ -196,17 +197,6 @@ def _agreement(args) -> dict:
         },
         "statistics_s (loaded machine: compare with --timing)": seconds,
     }
-
-
-def _recovered(plan, analysis, planted, found) -> dict[str, float]:
-    """Per group, the fraction of units ``found`` puts back where ``planted`` took them."""
-    ix = Indexer(analysis)
-    out: dict[str, float] = {}
-    for group, targets in plan.by_group().items():
-        classes = {analysis.coupling.cls(s.key, s.dim) for t in targets.values() for s in t.sites}
-        same = sum(float(torch.trace(ix.matrix(c, planted) @ ix.matrix(c, found))) for c in classes)
-        out[group] = same / sum(ix.table.size(c) for c in classes)
-    return out
 
 
 def _timing(args) -> dict:

@@ -27,9 +27,9 @@ from collections.abc import Sequence
 import torch
 
 from graphperm.analysis import Analysis
+from graphperm.apply.apply import _followers  # same package: which tied key leads
 from graphperm.apply.indexer import Indexer
 from graphperm.apply.permutation import Permutation
-from graphperm.trace.ties import tie_groups
 
 __all__ = ["input_axes", "merge_matrices", "own_merge", "zip_state"]
 
@@ -110,11 +110,7 @@ def zip_state(
         reads.set(g, p, u.double())  # new[k] = Σ_i old[i] U[i, k]
     coupling = indexer.analysis.coupling
     by_target = {target: key for key, target in coupling.state.items()}
-    read = set(by_target) - set(coupling.unused)
-    follows = {}
-    for keys in tie_groups(state):
-        leader = next((k for k in keys if k in read), keys[0])
-        follows.update({k: leader for k in keys if k != leader})
+    follows = _followers(state, set(by_target) - set(coupling.unused))
     out = {}
     with torch.no_grad():
         for name, tensor in state.items():

@@ -83,7 +83,7 @@ def test_families_follow_the_structure(vit) -> None:
     a = analyse(trace(vit))
     s = _family(a, "residual", "channels")
     assert s.family == "orth" and s.keeps_ones and len(s.folds) == 5
-    assert {r for f in s.folds for r, _ in f.readers} >= {"classifier.weight"}
+    assert {r.weight for f in s.folds for r in f.readers} >= {"classifier.weight"}
 
 
 @pytest.mark.parametrize("name", ARCHITECTURES)
@@ -213,3 +213,48 @@ def test_merge_command_writes_rotations(tmp_path: Path) -> None:
     assert torch.allclose(r.transpose(-1, -2) @ r, eye, atol=1e-9)
     assert transformers.AutoModel.from_pretrained(out) is not None
     assert load_policy("orth").align[0].transform == "orth"
+
+
+def _gpt2_lm(tied: bool):
+    """A tiny GPT-2 LM (``Conv1D`` layers: ``aten.addmm`` with ``(in, out)`` weights; an LM head
+    without a bias), LayerNorm gains and biases far from 1 and 0."""
+    torch.manual_seed(0)
+    cfg = transformers.GPT2Config(
+        vocab_size=64, n_positions=16, n_embd=32, n_layer=2, n_head=4,
+        tie_word_embeddings=tied, use_cache=False,
+    )  # fmt: skip
+    model = transformers.GPT2LMHeadModel(cfg).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if ".ln_" in name:
+                p.add_(torch.randn_like(p) * 0.3)
+    return load_model(model)
+
+
+def test_a_gpt2_stream_rotates_through_conv1d_and_a_head_without_bias() -> None:
+    """GPT-2's norms feed ``Conv1D`` (``addmm``): their gains fold into the weights' input rows.
+    The final norm feeds an LM head without a bias: its bias stays in the norm (divided by the
+    gain) and rotates with the stream. Tied to the input embedding, the head cannot take the
+    gain, and the stream is permuted only."""
+    lm = _gpt2_lm(tied=False)
+    a = analyse(trace(lm))
+    s = a.symmetry("residual", "channels")
+    assert s.family == "orth" and s.keeps_ones, s.why
+    by_weight = {r.weight: r.in_dim for f in s.folds for r in f.readers}
+    assert by_weight["transformer.h.0.attn.c_attn.weight"] == 0  # Conv1D: (in, out)
+    assert by_weight["lm_head.weight"] == 1
+    (final,) = [f for f in s.folds if f.weight == "transformer.ln_f.weight"]
+    assert final.keep_bias and not any(f.keep_bias for f in s.folds if f is not final)
+    folded = copy.deepcopy(lm.module)
+    folded.load_state_dict(fold_state(lm.module.state_dict(), s.folds))
+    assert not torch.equal(folded.transformer.ln_f.bias, torch.zeros(32))
+    inputs = check_inputs(a)
+    diff = (outputs(folded, inputs)[0] - outputs(lm.module, inputs)[0]).abs().max()
+    assert float(diff) < 1e-4
+    report = verify(a, seed=2)
+    assert report.ok and report.rotated_parts == 5  # the stream and qk/vo of two layers
+    err, alignment = function_oracle(lm, {**ORTH, "method": "weights"})
+    assert err <= 1e-4
+    assert ("residual", "channels") in alignment.perms[0].rotated
+    tied = analyse(trace(_gpt2_lm(tied=True))).symmetry("residual", "channels")
+    assert tied.family == "perm" and "ln_f" in tied.why

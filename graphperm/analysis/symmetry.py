@@ -41,6 +41,7 @@ from __future__ import annotations
 import numbers
 from collections import defaultdict
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from torch import fx
 
@@ -50,7 +51,7 @@ from graphperm.analysis.coupling import Coupling, nodes_in
 from graphperm.analysis.groups import PermutationGroup
 from graphperm.analysis.rules import rotation_of
 
-__all__ = ["FAMILIES", "Fold", "Symmetry", "find_symmetries"]
+__all__ = ["FAMILIES", "Fold", "Reader", "Symmetry", "find_symmetries"]
 
 FAMILIES = ("perm", "orth")
 
@@ -79,6 +80,16 @@ _SELECTORS = {
 _DIVIDES = ("aten.div", "aten.true_divide", "aten.divide", "aten.div_")
 
 
+class Reader(NamedTuple):
+    """A linear layer that reads a norm's output: its weight and bias (state dict keys), and
+    the weight's input axis (1 for ``nn.Linear``'s ``(out, in)``, 0 for GPT-2's ``Conv1D``,
+    which stores ``(in, out)`` and traces to ``aten.addmm``)."""
+
+    weight: str
+    bias: str | None
+    in_dim: int = 1
+
+
 @dataclass(frozen=True)
 class Fold:
     """A norm whose gain and bias move into the linear layers that read it (state dict keys)."""
@@ -86,7 +97,8 @@ class Fold:
     node: str
     weight: str | None
     bias: str | None
-    readers: tuple[tuple[str, str | None], ...]  # (weight, bias) of each reading linear layer
+    readers: tuple[Reader, ...]  # plain (weight, bias) pairs read as Reader(weight, bias)
+    keep_bias: bool = False  # the bias stays in the norm (as bias / gain): a reader has none
 
 
 @dataclass(frozen=True)
@@ -315,7 +327,7 @@ class _Walk:
                 return f"{where} takes its gain or bias from a computed value"
         x = node.args[0].name
         normed = self.leaves(self.c.cls(x, self.c.tensors[x].ndim - 1))
-        readers: list[tuple[str, str | None]] = []
+        readers: list[Reader] = []
         frontier = [node]
         while frontier:
             cur = frontier.pop()
@@ -330,19 +342,23 @@ class _Walk:
                 if rotation_of(op) == "move" and user.args and user.args[0] is cur:
                     frontier.append(user)
                     continue
-                if op.startswith("aten.linear") and user.args[0] is cur:
-                    weight = user.args[1]
-                    bias = user.args[2] if len(user.args) > 2 else None
+                layer = _linear_layer(op, user, cur)
+                if layer is not None:
+                    weight, bias, in_dim = layer
                     if (
-                        weight.name not in self.c.state
+                        not isinstance(weight, fx.Node)
+                        or weight.name not in self.c.state
                         or self.state_users.get(weight.name) != 1
-                        or self.leaves(self.c.cls(weight.name, 1)) != normed
+                        or self.leaves(self.c.cls(weight.name, in_dim)) != normed
                         or (bias is not None and bias.name not in self.c.state)
-                        or (bias is None and b is not None)
                     ):
                         return f"{where} feeds {user.name}, whose weight it cannot be folded into"
                     readers.append(
-                        (self.c.state[weight.name], self.c.state[bias.name] if bias else None)
+                        Reader(
+                            self.c.state[weight.name],
+                            self.c.state[bias.name] if bias is not None else None,
+                            in_dim,
+                        )
                     )
                     continue
                 return f"{where} feeds {op} (only linear layers can absorb its gain)"
@@ -351,4 +367,24 @@ class _Walk:
             self.c.state[w.name] if w is not None else None,
             self.c.state[b.name] if b is not None else None,
             tuple(readers),
+            # a reader without a bias (an LM head) cannot take the norm's bias: it stays in
+            # the norm, divided by the gain, and rotates with the axis like any vector on it
+            keep_bias=b is not None and any(r.bias is None for r in readers),
         )
+
+
+def _linear_layer(op: str, user: fx.Node, cur: fx.Node) -> tuple | None:
+    """``(weight, bias, weight's input axis)`` when ``user`` is a linear layer applied to
+    ``cur``: ``aten.linear(x, W, b)`` (``W`` is ``(out, in)``), ``aten.addmm(b, x, W)`` or
+    ``aten.mm(x, W)`` (GPT-2's ``Conv1D``: ``W`` is ``(in, out)``); else None."""
+    args = user.args
+    if op.startswith("aten.linear") and args[0] is cur:
+        bias = args[2] if len(args) > 2 else None
+        return args[1], bias if isinstance(bias, fx.Node) else None, 1
+    if op.startswith("aten.addmm") and len(args) > 2 and args[1] is cur:
+        extra = {k: v for k, v in user.kwargs.items() if v != 1}  # beta/alpha scale the terms
+        bias = args[0] if isinstance(args[0], fx.Node) and not extra else None
+        return (args[2], bias, 0) if bias is not None else None
+    if op.startswith("aten.mm") and len(args) > 1 and args[0] is cur:
+        return args[1], None, 0
+    return None

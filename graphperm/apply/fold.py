@@ -24,7 +24,8 @@ from collections.abc import Iterable
 import torch
 
 from graphperm.analysis import Analysis
-from graphperm.analysis.symmetry import Fold
+from graphperm.analysis.symmetry import Fold, Reader
+from graphperm.errors import GraphpermError
 from graphperm.trace.ties import tie_groups
 
 __all__ = ["fold_state", "folds_for"]
@@ -52,15 +53,26 @@ def fold_state(
         for fold in folds:
             gain = state[fold.weight].double() if fold.weight else None
             shift = state[fold.bias].double() if fold.bias else None
-            for w_key, b_key in fold.readers:
-                w = state[w_key].double()
+            if fold.keep_bias and shift is not None:  # (x̂ ⊙ g + b) = (x̂ + b / g) ⊙ g
+                if gain is not None:
+                    if bool((gain == 0).any()):
+                        raise GraphpermError(
+                            f"cannot fold the norm {fold.node}: a gain of 0 with a bias, read by "
+                            "a layer without a bias; align that part with permutations "
+                            "(transform: perm)"
+                        )
+                    _put(out, fold.bias, shift / gain, inplace)
+                shift = None
+            for reader in fold.readers:
+                w_key, b_key, dim = Reader(*reader)
+                w = state[w_key].double().movedim(dim, -1)  # (..., in)
                 if shift is not None:
                     _put(out, b_key, state[b_key].double() + w @ shift, inplace)
                 if gain is not None:
-                    _put(out, w_key, w * gain, inplace)
+                    _put(out, w_key, (w * gain).movedim(-1, dim), inplace)
             if fold.weight:
                 _put(out, fold.weight, torch.ones_like(gain), inplace)
-            if fold.bias:
+            if fold.bias and shift is not None:
                 _put(out, fold.bias, torch.zeros_like(shift), inplace)
     for keys in groups:
         changed = [k for k in keys if out[k] is not state[k]]

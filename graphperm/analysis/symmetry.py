@@ -15,9 +15,12 @@ of two operands does not. Two conditions are weaker than "never":
 - a normalisation over the axis (LayerNorm, RMSNorm) commutes only without its per-unit gain and
   bias, so those must be *folded* into the linear layers that read its output (``W diag(g)``,
   ``c + W b``). That is possible when every reader, through views, is a linear layer with its own
-  weight (and a bias where the norm has one); the folds are recorded (:class:`Fold`) and applied
-  before any rotation (:mod:`graphperm.apply.fold`). The folded model is the same class with
-  gains 1 and biases 0.
+  weight (``aten.linear``, or ``aten.addmm``/``aten.mm`` with an ``(in, out)`` weight: GPT-2's
+  ``Conv1D``); where a reader has no bias (an LM head), the norm keeps its bias as ``b / g``,
+  which rotates with the axis like any vector on it. The folds are recorded (:class:`Fold`)
+  and applied before any rotation (:mod:`graphperm.apply.fold`). The folded model is the same
+  class with gains 1 (and biases 0 where the readers took them). A reader whose weight is tied
+  to another use (an LM head tied to the input embedding) cannot take a gain.
 
 A model output that carries the axis is fine (the merged model's outputs live in A's basis, and
 verification maps them), so a residual stream is ``orth`` exactly when no nonlinearity writes it

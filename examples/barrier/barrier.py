@@ -539,6 +539,17 @@ METHODS: dict[str, Callable[[LoadedModel, LoadedModel, Calib], Merger]] = {
         settings={**LEARN, "steps": 200, "eval_every": 20},
         n_batches=16,
     ),
+    # a language model's own next-byte loss on more windows (2,048, a quarter held out): for
+    # text, the model's own loss reads the calibration text and nothing else
+    "learned-orth-lm-300-act": _learned(
+        ORTH_ALL_RULES,
+        "every exact rotation, activations, learned on the model's own loss, 2,048 items, "
+        "300 steps at lr 0.005",
+        start="activations",
+        labels=True,
+        settings={**LEARN, "steps": 300, "lr": 0.005, "eval_every": 20},
+        n_batches=64,
+    ),
     "learned-labels": _learned(
         ALL_RULES, "hybrid, then learned on the model's own loss", labels=True
     ),
@@ -602,15 +613,16 @@ def _image_pair(
 IMAGE_PAIRS = {"c": (240, ""), "d": (384, ""), "e": (96, "wd05"), "f": (240, "lr8e-4")}
 
 
-def _text_pair() -> Pair:
+def _text_pair(name: str = "g", variant: str = "") -> Pair:
     task = text.TextTask()
+    head = "LM head of its own" if variant == "untied" else "LM head tied"
     return Pair(
-        "g",
-        "pre-LN GPT-2-style byte-level causal LMs (LM head tied) on local text, seeds 1 and 2",
-        lambda: (text.load(text.checkpoint(1)), text.load(text.checkpoint(2))),
+        name,
+        f"pre-LN GPT-2-style byte-level causal LMs ({head}) on local text, seeds 1 and 2",
+        lambda: tuple(text.load(text.checkpoint(s, variant)) for s in (1, 2)),
         task.loss,
         task.calib,
-        lambda: [text.checkpoint(s) / "train_log.json" for s in (1, 2)],
+        lambda: [text.checkpoint(s, variant) / "train_log.json" for s in (1, 2)],
     )
 
 
@@ -619,6 +631,7 @@ PAIRS: dict[str, Callable[[], Pair]] = {
     "b": _image_pair,
     **{n: (lambda n=n, w=w, v=v: _image_pair(n, w, v)) for n, (w, v) in IMAGE_PAIRS.items()},
     "g": _text_pair,
+    "h": lambda: _text_pair("h", "untied"),
 }
 
 

@@ -53,6 +53,9 @@ CONFIG = {
     "bos_token_id": 0,
     "eos_token_id": 0,
 }
+# pair (h): pair (g) with an output head of its own (`text.py train --seed N --untied`): its
+# final norm's gain can fold into the head, so the residual stream may rotate
+VARIANTS = {"": {}, "untied": {"tie_word_embeddings": False}}
 RECIPE = {"steps": 2000, "batch_size": 32, "lr": 2e-3, "warmup": 0.05, "weight_decay": 0.05}
 N_TEST, N_CALIB = 1024, 512  # held-out windows for the loss; training windows for calibration
 
@@ -153,8 +156,8 @@ class TextTask:
 
 
 # ------------------------------------------------------------------------------- checkpoints
-def checkpoint(seed: int) -> Path:
-    return CHECKPOINTS / f"gpt-seed{seed}"
+def checkpoint(seed: int, variant: str = "") -> Path:
+    return CHECKPOINTS / (f"gpt-{variant}-seed{seed}" if variant else f"gpt-seed{seed}")
 
 
 def load(folder: Path) -> LoadedModel:
@@ -175,7 +178,7 @@ def lr_at(step: int, steps: int, recipe: dict = RECIPE) -> float:
     return recipe["lr"] * 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, steps - warm)))
 
 
-def train(seed: int, steps: int, log_every: int = 50) -> None:
+def train(seed: int, steps: int, log_every: int = 50, variant: str = "") -> None:
     """Train seed ``seed`` (initialisation and the order of the windows) and save it."""
     recipe = {**RECIPE, "steps": steps}
     t0 = time.time()
@@ -185,7 +188,8 @@ def train(seed: int, steps: int, log_every: int = 50) -> None:
     data = corpus.split["train"]
     t_data = time.time() - t0
     torch.manual_seed(seed)
-    model = GPT2LMHeadModel(GPT2Config(**CONFIG))
+    config = {**CONFIG, **VARIANTS[variant]}
+    model = GPT2LMHeadModel(GPT2Config(**config))
     opt = torch.optim.AdamW(
         model.parameters(), lr=recipe["lr"], weight_decay=recipe["weight_decay"]
     )
@@ -208,15 +212,15 @@ def train(seed: int, steps: int, log_every: int = 50) -> None:
         opt.step()
         log.add(step, steps, loss.item())
     model.eval()
-    out = checkpoint(seed)
+    out = checkpoint(seed, variant)
     model.save_pretrained(out)
     task = TextTask(corpus)
     summary = {
-        "pair": "g",
+        "pair": "h" if variant == "untied" else "g",
         "seed": seed,
         "steps": steps,
         "recipe": recipe,
-        "config": CONFIG,
+        "config": config,
         "parameters": sum(p.numel() for p in model.parameters()),
         "corpus": corpus.summary(),
         "heldout_loss": round(task.loss(model), 4),
@@ -238,12 +242,15 @@ def main() -> None:
     t = sub.add_parser("train", help="train one seed")
     t.add_argument("--seed", type=int, required=True)
     t.add_argument("--steps", type=int, default=RECIPE["steps"])
+    t.add_argument(
+        "--untied", action="store_true", help="pair (h): an LM head of its own, not tied"
+    )
     sub.add_parser("corpus", help="print what the corpus holds")
     args = parser.parse_args()
     if args.cmd == "corpus":
         print(Corpus().summary())
     else:
-        train(args.seed, args.steps)
+        train(args.seed, args.steps, variant="untied" if args.untied else "")
 
 
 if __name__ == "__main__":

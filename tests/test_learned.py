@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import save_file
 
 from graphperm.apply import Indexer, Permutation, permute_state, random_permutation
+from graphperm.errors import PolicyError
 from graphperm.learn import LearnedTransforms, learn_alignment
 from graphperm.merge import align
 from graphperm.policy import Learn
@@ -287,3 +288,43 @@ def test_learning_and_repair_run_on_a_language_model_whose_head_is_tied():
     targets = repair_targets(analysis, a.module, states, batches, weights=[0.5, 0.5])
     _, rep = repair_state(a.module, merged, targets, batches)
     assert rep["units"] > 0 and rep["mismatch_after"] < rep["mismatch_before"]
+
+
+def test_next_token_objective_is_the_language_models_own_loss():
+    """``learn.objective: next_token`` scores the merged model by its own loss on the text (no
+    labels); started from the exact answer it stays there and A comes back; a model that is
+    not a causal LM is refused in one line."""
+    from graphperm.analysis import analyse
+    from graphperm.learn import next_token_loss
+    from graphperm.trace import trace
+
+    a = _tied_lm()
+    batches = [{"input_ids": x["input_ids"] % 64} for x in _token_batches()]
+    labelled = {**batches[0], "labels": batches[0]["input_ids"]}
+    own = a.module(**labelled).loss
+    assert torch.allclose(next_token_loss(lambda **kw: a.module(**kw), batches[0]), own)
+    analysis = analyse(trace(a, batches[0]))
+    indexer = Indexer(analysis)
+    b = copy.deepcopy(a)
+    secret = random_permutation(indexer.shapes(), seed=3)
+    b.module.load_state_dict(permute_state(indexer, a.state_dict(), secret))
+    settings = Learn(steps=4, lr=0.3, eval_every=2, objective="next_token")
+    perm, report = learn_alignment(
+        analysis, [a, b], _identity(indexer.shapes()), batches, settings, weight_a=0.5
+    )
+    # the held-out objective is the merged model's own loss: at the start (B as it is), that
+    # of plain averaging, computed here without graphperm
+    merged = copy.deepcopy(a.module)
+    sa, sb = a.module.state_dict(), b.module.state_dict()
+    merged.load_state_dict({k: 0.5 * (v + sb[k]) for k, v in sa.items()})
+    plain = sum(float(merged(**x, labels=x["input_ids"]).loss) for x in batches[-2:]) / 2
+    assert report.objective == "next_token"
+    assert report.heldout_before == pytest.approx(plain, rel=1e-5)
+    assert report.heldout_after <= report.heldout_before
+    perm.check(indexer.shapes())
+    bert, bert_b, bert_analysis, _ = _permuted_copy("bert-tiny")
+    with pytest.raises(PolicyError, match="not one"):
+        learn_alignment(
+            bert_analysis, [bert, bert_b], _identity(Indexer(bert_analysis).shapes()),
+            _token_batches(), settings, weight_a=0.5,
+        )  # fmt: skip

@@ -29,6 +29,7 @@ BEYOND_THE_PAPER = [  # specs that are no row of Table I
     "orth-no-data",
     "sinkhorn",
     "learned",
+    "learned-lm",
     "zipit",
     "zipit-cnn",
     "symmetric",

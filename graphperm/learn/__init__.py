@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from graphperm.learn.learner import LearnReport, learn_alignment
 from graphperm.learn.method import LearnedAlignment  # registers method: learned
+from graphperm.learn.objectives import next_token_loss
 from graphperm.learn.repair import RepairTargets, repair_state, repair_targets
 from graphperm.learn.transforms import LearnedTransforms, as_matrix
 
@@ -23,6 +24,7 @@ __all__ = [
     "RepairTargets",
     "as_matrix",
     "learn_alignment",
+    "next_token_loss",
     "repair_state",
     "repair_targets",
 ]

@@ -6,7 +6,8 @@ default objective needs no labels: the merged model ``λ·A + (1 − λ)·B′``
 requested weight at every step) should reproduce ``λ·f_A(x) + (1 − λ)·f_B′(x)``, the parents'
 outputs interpolated in A's basis, on calibration data. A user's own loss
 (``loss_fn(model, batch)``, e.g. the model's training loss on labelled batches) replaces it
-through the Python API.
+through the Python API, and a causal language model's own next-token loss on the calibration
+text (``learn.objective: next_token``: no labels either) replaces it from a policy.
 
 The transforms stay exact (permutations through a straight-through estimator, rotations on the
 orthogonal group: :mod:`graphperm.learn.transforms`); part of the data is held out, and the
@@ -28,6 +29,7 @@ Example:
 from __future__ import annotations
 
 import logging
+import math
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -39,6 +41,7 @@ from torch.func import functional_call
 from graphperm.analysis import Analysis
 from graphperm.apply import Indexer, Permutation, flat_outputs
 from graphperm.errors import PolicyError
+from graphperm.learn.objectives import check_causal_lm, next_token_loss
 from graphperm.learn.transforms import LearnedTransforms
 from graphperm.policy import Learn, Plan
 from graphperm.solve import Problem, weight_matching
@@ -126,6 +129,9 @@ def learn_alignment(
     names = list(analysis.traced.program.graph_signature.user_outputs)
     runner = None
     objective = "loss_fn" if loss_fn is not None else settings.objective
+    if objective == "next_token":  # the model's own loss on the calibration text
+        check_causal_lm(models[0].module)
+        loss_fn = next_token_loss
     if objective == "sites" and not _traced_shape(analysis, batches):
         log.warning(
             "learn.objective 'sites' runs the analysed graph, exported for inputs of another "
@@ -225,6 +231,9 @@ def learn_alignment(
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        if settings.schedule == "cosine":
+            for group in opt.param_groups:
+                group["lr"] = settings.lr * 0.5 * (1 + math.cos(math.pi * step / settings.steps))
         if step % settings.eval_every == 0 or step == settings.steps:
             hard = matched() if proxy else params.hard()
             score = evaluate(held_idx)

@@ -247,6 +247,11 @@ class Learn(_Strict):
         description="Adam's step size on the permutations' scores (a starting permutation has "
         "score 1 on its entries) and the rotations' angles",
     )
+    schedule: Literal["constant", "cosine"] = Field(
+        "constant",
+        description="the step size over the steps: 'constant' (lr throughout) or 'cosine' "
+        "(from lr down to 0 at the last step, so the transforms settle)",
+    )
     estimator: Literal["scores", "weights"] = Field(
         "scores",
         description="how gradients reach the permutations: 'scores' (a score matrix per part, "
@@ -254,12 +259,14 @@ class Learn(_Strict):
         "proxy weights for B′, the permutation that weight-matches B to them in the forward "
         "pass, straight through)",
     )
-    objective: Literal["outputs", "sites"] = Field(
+    objective: Literal["outputs", "sites", "next_token"] = Field(
         "outputs",
         description="'outputs' (no labels): the merged model's outputs should be the parents' "
         "outputs interpolated in A's basis, at weights drawn around weight_a; 'sites': the "
         "same, and also the activations at every site the alignment measures (each layer "
-        "gets its own signal); a user's own loss goes through the Python API "
+        "gets its own signal); 'next_token' (causal language models with their head): the "
+        "merged model's own loss on the calibration text, each token given those before it "
+        "(no labels either); a user's own loss goes through the Python API "
         "(graphperm.learn.learn_alignment(loss_fn=...))",
     )
     items: int = Field(

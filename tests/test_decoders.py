@@ -14,7 +14,7 @@ from graphperm.analysis import analyse
 from graphperm.apply import verify
 from graphperm.inputs import adapter_for
 from graphperm.output import write_model
-from graphperm.policy import load_policy
+from graphperm.policy import SPECS, load_policy
 from graphperm.trace import load_model, trace
 from tests.helpers import graphperm_cli
 from tests.textmodels import save_tiny_llama, words_of
@@ -76,6 +76,30 @@ def test_merging_two_causal_lms_on_text(llama, tmp_path) -> None:
     assert json.loads((out / "config.json").read_text())["use_cache"] is True
     report = json.loads((out / "merge_report.json").read_text())
     assert report["verification"]["ok"], report["verification"]
+
+
+def test_learned_lm_spec_merges_on_the_models_own_loss(llama, tmp_path) -> None:
+    """`specs/learned-lm.yaml` (the merged model's own next-token loss on the text, no labels)
+    from the command line, cut to a few steps: it runs, keeps the merge exact where B′ is
+    checked, and reports its objective."""
+    import yaml
+
+    b = save_tiny_llama(tmp_path / "b", words_of(TEXT), seed=1)
+    policy = yaml.safe_load((SPECS / "learned-lm.yaml").read_text())
+    policy["learn"] |= {"steps": 4, "items": 8, "eval_every": 2}
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump(policy))
+    out = tmp_path / "m"
+    proc = graphperm_cli(
+        "merge", str(llama), str(b), "--calib", str(TEXT), "--policy", str(path),
+        "--out", str(out), "-q",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((out / "merge_report.json").read_text())
+    assert report["verification"]["ok"], report["verification"]
+    learn = report["method_report"]["learn"]
+    assert learn["objective"] == "next_token" and learn["steps"] == 4
+    assert learn["heldout_after"] <= learn["heldout_before"]
 
 
 def test_audio_calibration_for_a_causal_lm_is_one_line_exit_2(llama, tmp_path) -> None:

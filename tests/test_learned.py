@@ -328,3 +328,35 @@ def test_next_token_objective_is_the_language_models_own_loss():
             bert_analysis, [bert, bert_b], _identity(Indexer(bert_analysis).shapes()),
             _token_batches(), settings, weight_a=0.5,
         )  # fmt: skip
+
+
+def test_repair_corrects_gpt2_conv1d_writers():
+    """GPT-2's FFN units are written by ``Conv1D`` (``x @ W + b``, weight ``(in, out)``):
+    REPAIR finds those layers, scales their weight's output columns, and brings the merged
+    statistics to their targets."""
+    import transformers
+
+    from graphperm.analysis import analyse
+    from graphperm.learn.repair import repair_state, repair_targets, writers
+    from graphperm.trace import trace
+
+    def lm(seed):
+        torch.manual_seed(seed)
+        cfg = transformers.GPT2Config(
+            vocab_size=64, n_positions=16, n_embd=32, n_layer=2, n_head=4, use_cache=False
+        )
+        return load_model(transformers.GPT2LMHeadModel(cfg).eval())
+
+    a, b = lm(0), lm(1)
+    batches = [{"input_ids": x["input_ids"] % 64} for x in _token_batches()]
+    analysis = analyse(trace(a, batches[0]))
+    found = writers(analysis, a.module, {g.name for g in analysis.groups})
+    assert sorted(found) == ["transformer.h.0.mlp.c_fc", "transformer.h.1.mlp.c_fc"]
+    states = [a.state_dict(), b.state_dict()]
+    merged = {k: 0.5 * (states[0][k] + states[1][k]) for k in states[0]}
+    targets = repair_targets(analysis, a.module, states, batches, weights=[0.5, 0.5])
+    out, rep = repair_state(a.module, merged, targets, batches)
+    assert rep["units"] == 2 * 128 and rep["mismatch_after"] < 0.1 * rep["mismatch_before"]
+    w, w0 = out["transformer.h.0.mlp.c_fc.weight"], merged["transformer.h.0.mlp.c_fc.weight"]
+    scale = w / w0  # one factor per output column (unit), the same down each column
+    assert torch.allclose(scale, scale[:1].expand_as(scale), rtol=1e-4)

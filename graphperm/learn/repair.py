@@ -50,9 +50,22 @@ REPAIRED_KINDS = ("ffn", "conv")
 _LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d)
 
 
+def _out_dim(layer: nn.Module) -> int:
+    """The weight's output axis: 0 for ``nn.Linear`` and convolutions, 1 for a linear layer
+    that stores its weight ``(in, out)`` (GPT-2's ``Conv1D``, ``x @ W + b``)."""
+    return 0 if isinstance(layer, _LAYERS) else 1
+
+
+def _channels_last(layer: nn.Module) -> bool:
+    """Whether the layer's output has its channels on the last axis (linear layers)."""
+    return not isinstance(layer, nn.Conv1d | nn.Conv2d)
+
+
 def writers(analysis: Analysis, module: nn.Module, groups: set[str]) -> dict[str, str]:
     """Module path -> group name, for every linear or convolution layer of ``module`` whose
-    weight's output axis is moved by one of ``groups`` (of a kind in :data:`REPAIRED_KINDS`)."""
+    weight's output axis is moved by one of ``groups`` (of a kind in :data:`REPAIRED_KINDS`):
+    ``nn.Linear``, ``nn.Conv1d/2d``, and a module holding a 2-d ``(in, out)`` weight and a
+    bias whose output axis the group moves (``x @ W + b``: GPT-2's ``Conv1D``)."""
     out_axes = {
         (key, dim): g.name
         for g in analysis.groups
@@ -61,8 +74,19 @@ def writers(analysis: Analysis, module: nn.Module, groups: set[str]) -> dict[str
     }
     found = {}
     for name, m in module.named_modules():
-        if isinstance(m, _LAYERS) and (f"{name}.weight", 0) in out_axes:
-            found[name] = out_axes[(f"{name}.weight", 0)]
+        key = f"{name}.weight"
+        if isinstance(m, _LAYERS):
+            if (key, 0) in out_axes:
+                found[name] = out_axes[(key, 0)]
+        elif (
+            isinstance(getattr(m, "weight", None), torch.Tensor)
+            and m.weight.ndim == 2
+            and isinstance(getattr(m, "bias", None), torch.Tensor)
+            and m.bias.shape == m.weight.shape[1:]
+            and (key, 1) in out_axes
+            and (key, 0) not in out_axes
+        ):
+            found[name] = out_axes[(key, 1)]
     return found
 
 
@@ -79,7 +103,7 @@ def _moments(
     def hook(name: str, layer: nn.Module):
         def record(_mod, _inp, out):
             x = out.detach().double()
-            x = x.movedim(1, -1) if not isinstance(layer, nn.Linear) else x
+            x = x if _channels_last(layer) else x.movedim(1, -1)
             x = x.reshape(-1, x.shape[-1])
             s = sums.setdefault(name, [0, 0.0, 0.0])
             s[0] += x.shape[0]
@@ -170,7 +194,9 @@ def repair_state(
             scale = torch.where(std_m > 1e-12, std_t / std_m.clamp_min(1e-12), 1.0)
             w_key, b_key = f"{name}.weight", f"{name}.bias"
             w = out[w_key]
-            shape = (-1,) + (1,) * (w.ndim - 1)
+            dim = _out_dim(module.get_submodule(name))
+            shape = [1] * w.ndim
+            shape[dim] = -1
             out[w_key] = (w.double() * scale.reshape(shape)).to(w.dtype)
             if b_key in out:
                 b = out[b_key].double()

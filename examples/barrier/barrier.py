@@ -550,6 +550,45 @@ METHODS: dict[str, Callable[[LoadedModel, LoadedModel, Calib], Merger]] = {
         settings={**LEARN, "steps": 300, "lr": 0.005, "eval_every": 20},
         n_batches=64,
     ),
+    # the language models' own loss from a policy (`learn.objective: next_token`: the text
+    # alone), the step size decayed to 0 (`learn.schedule: cosine`); specs/learned-lm.yaml
+    "learned-orth-next-token": _learned(
+        ORTH_ALL_RULES,
+        "every exact rotation, hybrid, learned on the LM's own next-token loss (no labels), "
+        "2,048 windows, 600 steps at lr 0.005, cosine",
+        settings={
+            **LEARN,
+            "steps": 600,
+            "lr": 0.005,
+            "eval_every": 20,
+            "objective": "next_token",
+            "schedule": "cosine",
+        },
+        n_batches=64,
+    ),
+    # the default label-free objective (the parents' outputs and sites) with the same steps
+    "learned-orth-sites-600-cosine": _learned(
+        ORTH_ALL_RULES,
+        "every exact rotation, hybrid, learned on 2,048 items, 600 steps at lr 0.005, cosine, "
+        "outputs and every measured site (no labels)",
+        settings={**LEARN_SITES, "steps": 600, "lr": 0.005, "schedule": "cosine"},
+        n_batches=64,
+    ),
+    "learned-orth-sites-600-cosine-lr02": _learned(
+        ORTH_ALL_RULES,
+        "every exact rotation, hybrid, learned on 2,048 items, 600 steps at lr 0.02, cosine, "
+        "outputs and every measured site (no labels)",
+        settings={**LEARN_SITES, "steps": 600, "schedule": "cosine"},
+        n_batches=64,
+    ),
+    "learned-orth-labels-600-cosine": _learned(
+        ORTH_ALL_RULES,
+        "every exact rotation, hybrid, learned on the model's own loss, 2,048 items, 600 steps "
+        "at lr 0.02, cosine",
+        labels=True,
+        settings={**LEARN, "steps": 600, "eval_every": 20, "schedule": "cosine"},
+        n_batches=64,
+    ),
     "learned-labels": _learned(
         ALL_RULES, "hybrid, then learned on the model's own loss", labels=True
     ),
@@ -566,7 +605,12 @@ DATA = {
     "orth-weights": "none",
     "orth-all-weights": "none",
 }
-LABELLED = {"learned-labels", "learned-orth-labels", "learned-orth-labels-long"}
+LABELLED = {
+    "learned-labels",
+    "learned-orth-labels",
+    "learned-orth-labels-long",
+    "learned-orth-labels-600-cosine",
+}
 
 
 # -------------------------------------------------------------------------------------- pairs

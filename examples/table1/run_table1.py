@@ -58,17 +58,18 @@ ROWS = [  # (Table I id, name, policy or None for an original model)
 # every group graphperm finds (conv, attention heads/qk/vo, FFN) and the residual stream, matched
 # on activation correlations (results/barrier.md there). HuBERT's residual stream is
 # permutation-only (GELU(pos_conv) writes it), so `transform: orth` would change nothing here.
+EVERY_GROUP = [
+    {"kind": "conv", "role": "pre"},
+    {"kind": "attn", "parts": ["heads", "vo"], "role": "post"},
+    {"kind": "attn", "parts": ["qk"], "role": "pre"},
+    {"kind": "ffn", "role": "post"},
+    {"kind": "residual", "role": "post"},
+]
 POLICIES = {
     "best": {
         "version": 1,
         "description": "examples/barrier's best on post-LN HuBERT: every group + residual, 0.9/0.1",
-        "align": [
-            {"kind": "conv", "role": "pre"},
-            {"kind": "attn", "parts": ["heads", "vo"], "role": "post"},
-            {"kind": "attn", "parts": ["qk"], "role": "pre"},
-            {"kind": "ffn", "role": "post"},
-            {"kind": "residual", "role": "post"},
-        ],
+        "align": EVERY_GROUP,
         "weight_a": 0.9,
     },
     # row 10's groups and transforms, then optimised through the merged model at 0.9/0.1 so
@@ -77,13 +78,7 @@ POLICIES = {
     "learned": {
         "version": 1,
         "description": "row 10, then learned end to end (outputs, no labels), 0.9/0.1",
-        "align": [
-            {"kind": "conv", "role": "pre"},
-            {"kind": "attn", "parts": ["heads", "vo"], "role": "post"},
-            {"kind": "attn", "parts": ["qk"], "role": "pre"},
-            {"kind": "ffn", "role": "post"},
-            {"kind": "residual", "role": "post"},
-        ],
+        "align": EVERY_GROUP,
         "method": "learned",
         "learn": {
             "start": "activations",

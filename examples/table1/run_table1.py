@@ -184,6 +184,9 @@ def main() -> None:
         else:
             result, alignments[policy_name] = evaluate_merge(policy_name)
         rows.append(_row(row_id, title, policy_name, result, fbank, best, chance))
+        reports = getattr(alignments.get(policy_name), "method_reports", None) or []
+        if reports and "learn" in reports[0]:  # what learning did (row 17)
+            rows[-1]["learn"] = reports[0]["learn"]
     paper = next(r for r in rows if r["id"] == 5)
     for r in rows:
         r["mcnemar_vs_paper"] = {

@@ -45,7 +45,7 @@ def permute_state(
     if folds:
         state = fold_state(state, folds, inplace=inplace)
     by_target = {target: key for key, target in coupling.state.items()}
-    follows = _followers(state, set(by_target) - set(coupling.unused))
+    follows = tie_followers(state, set(by_target) - set(coupling.unused))
     out = {}
     with torch.no_grad():
         for name, tensor in state.items():
@@ -65,7 +65,7 @@ def permute_state(
     return out
 
 
-def _followers(state: dict[str, torch.Tensor], read: set[str]) -> dict[str, str]:
+def tie_followers(state: dict[str, torch.Tensor], read: set[str]) -> dict[str, str]:
     """``key -> the key of the same tensor that is transformed`` for every tied key that is
     not: the one the graph reads (else the first) leads its tie."""
     follows = {}

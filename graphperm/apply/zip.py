@@ -27,7 +27,7 @@ from collections.abc import Sequence
 import torch
 
 from graphperm.analysis import Analysis
-from graphperm.apply.apply import _followers  # same package: which tied key leads
+from graphperm.apply.apply import tie_followers  # which tied key leads
 from graphperm.apply.indexer import Indexer
 from graphperm.apply.permutation import Permutation
 
@@ -110,7 +110,7 @@ def zip_state(
         reads.set(g, p, u.double())  # new[k] = Σ_i old[i] U[i, k]
     coupling = indexer.analysis.coupling
     by_target = {target: key for key, target in coupling.state.items()}
-    follows = _followers(state, set(by_target) - set(coupling.unused))
+    follows = tie_followers(state, set(by_target) - set(coupling.unused))
     out = {}
     with torch.no_grad():
         for name, tensor in state.items():

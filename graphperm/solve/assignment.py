@@ -35,7 +35,14 @@ PARALLEL_MIN_SIZE = 1024
 
 
 def _clean(corr: torch.Tensor) -> np.ndarray:
-    return np.nan_to_num(corr.detach().double().cpu().numpy(), nan=0.0, posinf=0.0, neginf=0.0)
+    """A float64 copy of ``corr`` (the caller's is never written) with NaN and inf set to 0.
+    One copy and one pass when everything is finite, as it nearly always is: ``nan_to_num``
+    took three passes and two masks of a 3,072² matrix every time."""
+    m = corr.detach().to("cpu", torch.float64, copy=True).numpy()
+    bad = ~np.isfinite(m)
+    if bad.any():
+        m[bad] = 0.0
+    return m
 
 
 def match(corr: torch.Tensor) -> torch.Tensor:

@@ -58,8 +58,13 @@ def fingerprints(slices: list[torch.Tensor]) -> torch.Tensor:
     for s in slices:
         # contiguous first: sorting a transposed slice (fc2's columns) is ~2.5x slower, and
         # its result keeps the input's strides, so its norm's summation order (last bits)
-        # would depend on how the weight happens to be stored
-        s = s.detach().float().reshape(s.shape[0], -1).contiguous().sort(dim=1).values
+        # would depend on how the weight happens to be stored. NumPy's sort (vectorised)
+        # takes a third of torch's time on CPU; sorted values are the same whatever the sort.
+        s = s.detach().float().reshape(s.shape[0], -1)
+        if s.device.type == "cpu":
+            s = torch.from_numpy(np.sort(np.ascontiguousarray(s.numpy()), axis=1))
+        else:
+            s = s.contiguous().sort(dim=1).values
         norm = s.norm()
         parts.append(s.div_(norm) if norm > 0 else s)
     f = torch.cat(parts, dim=1)

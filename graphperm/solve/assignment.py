@@ -99,7 +99,9 @@ def rotation_block_scores(m: torch.Tensor, h: int, *, keeps_ones: bool = False) 
 def _match_array(m: np.ndarray) -> np.ndarray:
     n = m.shape[0]
     m[np.diag_indices(n)] += 1e-9  # a tiny bonus keeps unmatched (e.g. all-zero) units in place
-    rows, cols = linear_sum_assignment(m, maximize=True)
+    # scipy maximises by minimising a negated copy; negating ours in place spares that copy
+    # (75 MB of fresh pages for a 3,072-unit part, in every forked worker)
+    rows, cols = linear_sum_assignment(np.negative(m, out=m))
     perm = np.empty(n, dtype=np.int64)
     perm[rows] = cols
     return perm

@@ -221,14 +221,32 @@ def test_repair_without_data_is_one_line_error(tmp_path):
     assert not (tmp_path / "m").exists()
 
 
-def test_a_budget_caps_the_steps_at_a_multiple_of_the_calibrations_cost(tmp_path):
+@pytest.mark.parametrize("budget", [2.0, 1000.0])
+def test_a_budget_caps_learnings_operations_at_a_multiple_of_the_calibrations(tmp_path, budget):
+    """learn.budget counts the floating-point operations learning runs (references,
+    evaluations, each step with its transforms and backward pass) against ``budget`` times the
+    calibration's forwards (two models x 8 images), an image's forward counted on its own
+    here; the steps beyond are not run, and a large budget caps nothing."""
+    from torch.utils.flop_counter import FlopCounterMode
+
     a, b = load_model("builtin:vit-tiny"), load_model("builtin:vit-tiny", seed=1)
     policy = _policy(steps=50)
-    policy["learn"]["budget"] = 2.0
+    policy["learn"]["budget"] = budget
     alignment = align(a, b, policy, [_pixels(tmp_path / "x.safetensors")])
-    # 8 images calibrated, two models: 32 forwards allowed; the references cost 16 and the
-    # first held-out evaluation 2 (one batch of 2 held out of 4); a step 3 x 2 + 2 / 2 = 7
-    assert alignment.method_reports[0]["learn"]["steps"] == 2
+    learn = alignment.method_reports[0]["learn"]
+    with torch.no_grad(), FlopCounterMode(display=False) as count:
+        a.module(pixel_values=torch.randn(1, 3, 32, 32))
+    assert learn["flops_allowed"] == pytest.approx(budget * 2 * 8 * count.get_total_flops())
+    # a step (forward and backward, through the soft transforms) costs more than 3 forwards
+    assert learn["flops_per_step"] > 3 * 2 * count.get_total_flops()
+    if budget == 2.0:
+        assert 1 <= learn["steps"] < 50
+        # within the budget, give or take the first step (run before its cost is known)
+        assert learn["flops_spent"] <= learn["flops_allowed"] + learn["flops_per_step"]
+        assert learn["flops_spent"] + 2 * learn["flops_per_step"] > learn["flops_allowed"]
+    else:
+        assert learn["steps"] == 50
+        assert learn["flops_spent"] <= learn["flops_allowed"]
 
 
 def _tied_lm(seed=0):

@@ -8,7 +8,8 @@ Both merges run here, one after the other, through the CLI (`--random-init`: HuB
 configuration, A with seed 0 and B with seed 1), on `--clips` clips of 4 s of the shared speech
 (/work/shared/data/audio/speech, or --calib). Writes results-learned-time.json next to this file.
 ``--budget B`` sets the policy's ``learn.budget`` (learning capped at B times the calibration's
-forward passes, counted as the learner counts them: a step is three forwards of its batch).
+forward passes, in floating-point operations counted as learning runs: each step with its
+transforms of B's weights and its backward pass).
 """
 
 from __future__ import annotations

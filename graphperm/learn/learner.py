@@ -28,6 +28,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import random
@@ -37,6 +38,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 from torch.func import functional_call
+from torch.utils.flop_counter import FlopCounterMode
 
 from graphperm.analysis import Analysis
 from graphperm.apply import Indexer, Permutation, flat_outputs
@@ -73,6 +75,11 @@ class LearnReport:
     seconds: float = 0.0
     seconds_per_step: float = 0.0
     peak_rss_mb: float | None = None
+    # with learn.budget: the floating-point operations (matrix products and convolutions,
+    # counted by torch's FlopCounterMode) allowed, spent, and those of one step
+    flops_allowed: float | None = None
+    flops_spent: float | None = None
+    flops_per_step: float | None = None
 
     def to_dict(self) -> dict:
         return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in asdict(self).items()}
@@ -89,6 +96,7 @@ def learn_alignment(
     loss_fn: LossFn | None = None,
     progress: bool = False,
     plan: Plan | None = None,
+    calibration_items: int = 0,
 ) -> tuple[Permutation, LearnReport]:
     """Optimise ``start`` (model B's transforms into A's basis) for the merged model.
 
@@ -96,6 +104,10 @@ def learn_alignment(
     ``batches`` are model inputs (with labels for ``loss_fn``); ``loss_fn(model, batch)`` gets a
     callable that runs the merged model on keyword inputs and returns a scalar loss.
     ``plan`` (what is aligned, and how) is needed by ``settings.estimator == "weights"``.
+    With ``settings.budget`` and ``calibration_items`` (the items the calibration ran through
+    both models), learning's floating-point operations (references, evaluations, steps with
+    their transforms and backward passes, all counted as they run) are capped at ``budget``
+    times the calibration's forwards; the steps beyond are not run.
     """
     if len(models) != 2:
         raise PolicyError("learned alignment brings one model into A's basis at a time")
@@ -154,10 +166,16 @@ def learn_alignment(
         sites = []
     ref_a: list = []
     ref_b: list = []
+    budget = _Budget(settings, calibration_items)
     if loss_fn is None:  # the parents' outputs (and site values), once
-        with torch.no_grad():
+        with torch.no_grad(), budget.count() as refs:
             ref_a = [_outputs(module, runner, state_a, b) for b in batches]
             ref_b = [_outputs(module, runner, state_b, b) for b in batches]
+        budget.per_item(refs, 2 * sum(_items(b) for b in batches))
+    elif budget.on:  # one plain forward of a batch, for the cost of an item
+        with torch.no_grad(), budget.count() as one:
+            loss_fn(lambda **kw: _call(module, state_a, kw), batches[0])
+        budget.per_item(one, _items(batches[0]))
 
     def transformed(perm: Permutation) -> dict[str, torch.Tensor]:
         b_prime = dict(state_b)
@@ -192,7 +210,12 @@ def learn_alignment(
     hard = params.hard()
     train_idx = list(range(len(train)))
     held_idx = list(range(len(train), len(batches)))
-    train_before, held_before = evaluate(train_idx), evaluate(held_idx)
+    with budget.count() as train_eval:
+        train_before = evaluate(train_idx)
+    with budget.count() as held_eval:
+        held_before = evaluate(held_idx)
+    budget.spent += train_eval.flops  # the last evaluation of the training batches, to come
+    steps = settings.steps if budget.allows(held_eval.flops) else 0
     best = (held_before, 0, hard)
     proxy: dict[str, torch.Tensor] = {}
     if settings.estimator == "weights":  # git re-basin's straight-through estimator
@@ -215,26 +238,33 @@ def learn_alignment(
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=settings.steps, desc="learning the alignment", unit="step")
+        bar = tqdm(total=steps, desc="learning the alignment", unit="step")
     t_steps = time.perf_counter()
-    for step in range(1, settings.steps + 1):
+    step = 0
+    while step < steps:
+        step += 1
         lam = min(1.0, max(0.0, weight_a + gen.uniform(-settings.spread, settings.spread)))
         i = gen.choice(train_idx)
-        if proxy:
-            hard = matched()
-            with torch.no_grad():
-                b_hard = transformed(hard)
-            soft = {**b_hard, **{n: v + (b_hard[n] - v).detach() for n, v in proxy.items()}}
-        else:
-            soft, hard = params.both()
-        loss = run(soft, lam, i, True)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
+        with budget.count() if step == 1 else contextlib.nullcontext() as counted:
+            if proxy:
+                hard = matched()
+                with torch.no_grad():
+                    b_hard = transformed(hard)
+                soft = {**b_hard, **{n: v + (b_hard[n] - v).detach() for n, v in proxy.items()}}
+            else:
+                soft, hard = params.both()
+            loss = run(soft, lam, i, True)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
         opt.step()
+        if counted is not None:  # the first step's cost caps the number of steps
+            steps = budget.steps(steps, counted.flops, held_eval.flops / settings.eval_every)
+            if bar is not None:
+                bar.total = steps
         if settings.schedule == "cosine":
             for group in opt.param_groups:
-                group["lr"] = settings.lr * 0.5 * (1 + math.cos(math.pi * step / settings.steps))
-        if step % settings.eval_every == 0 or step == settings.steps:
+                group["lr"] = settings.lr * 0.5 * (1 + math.cos(math.pi * step / steps))
+        if step % settings.eval_every == 0 or step == steps:
             hard = matched() if proxy else params.hard()
             score = evaluate(held_idx)
             if score < best[0]:
@@ -245,12 +275,12 @@ def learn_alignment(
             bar.update(1)
     if bar is not None:
         bar.close()
-    per_step = (time.perf_counter() - t_steps) / max(1, settings.steps)
+    per_step = (time.perf_counter() - t_steps) / max(1, steps)
     held_after, best_step, hard = best
     train_after = evaluate(train_idx)
     report = LearnReport(
         objective=objective,
-        steps=settings.steps,
+        steps=steps,
         best_step=best_step,
         train_before=train_before,
         train_after=train_after,
@@ -263,13 +293,14 @@ def learn_alignment(
         seconds=time.perf_counter() - t0,
         seconds_per_step=per_step,
         peak_rss_mb=_peak_rss_mb(),
+        **budget.report(),
     )
     log.info(
         "learned alignment: held-out objective %.4g -> %.4g (best at step %d of %d)",
         held_before,
         held_after,
         best_step,
-        settings.steps,
+        steps,
     )
     return hard, report
 
@@ -280,6 +311,76 @@ def _traced_shape(analysis: Analysis, batches: Sequence) -> bool:
     return all(
         {k: tuple(v.shape) for k, v in _inputs(b).items() if k in want} == want for b in batches
     )
+
+
+class _Counted:
+    """The floating-point operations counted inside one ``with``."""
+
+    flops = 0.0
+
+
+class _Budget:
+    """``learn.budget`` in floating-point operations: ``budget`` × the calibration's forwards
+    (two models × ``calibration_items``, each an item's forward as counted on the references),
+    against everything learning runs. Off (never capping) without a budget."""
+
+    def __init__(self, settings: Learn, calibration_items: int) -> None:
+        self.on = settings.budget is not None and calibration_items > 0
+        self.factor = (settings.budget or 0.0) * 2 * calibration_items
+        self.allowed: float | None = None
+        self.spent = 0.0
+        self.per_step: float | None = None
+
+    @contextlib.contextmanager
+    def count(self):
+        """Count what runs inside (added to what was spent); yields a :class:`_Counted`."""
+        counted = _Counted()
+        if not self.on:
+            yield counted
+            return
+        mode = FlopCounterMode(display=False)
+        with mode:
+            yield counted
+        counted.flops = float(mode.get_total_flops())
+        self.spent += counted.flops
+
+    def per_item(self, counted: _Counted, items: int) -> None:
+        """The cost of one item's forward: ``counted`` ran ``items`` of them."""
+        if self.on:
+            self.allowed = self.factor * counted.flops / max(1, items)
+
+    def allows(self, more: float) -> bool:
+        """Whether ``more`` can still be spent."""
+        return not self.on or self.allowed is None or self.spent + more <= self.allowed
+
+    def steps(self, wanted: int, step: float, per_step_evaluation: float) -> int:
+        """Steps (the first one done, counted at ``step``) within the budget."""
+        if not self.on or self.allowed is None:
+            return wanted
+        self.per_step = step
+        per = step + per_step_evaluation
+        more = int(max(0.0, self.allowed - self.spent) // per) if per > 0 else wanted
+        capped = max(1, min(wanted, 1 + more))
+        self.spent += (capped - 1) * per
+        if capped < wanted:
+            log.info("learn.budget: %d steps of %d", capped, wanted)
+        return capped
+
+    def report(self) -> dict:
+        if not self.on:
+            return {}
+        return {
+            "flops_allowed": self.allowed,
+            "flops_spent": self.spent,
+            "flops_per_step": self.per_step,
+        }
+
+
+def _items(batch) -> int:
+    """Examples in a batch of model inputs (the leading size of its first tensor)."""
+    inputs = _inputs(batch)
+    first = next((v for v in inputs.values() if isinstance(v, torch.Tensor)), None)
+    return 1 if first is None or first.ndim == 0 else int(first.shape[0])
 
 
 def _inputs(batch: dict) -> dict:

@@ -287,10 +287,11 @@ class Learn(_Strict):
         None,
         gt=0.0,
         description="cap on learning's cost, as a multiple of the calibration's forward passes "
-        "(items × models): the parents' reference outputs count one forward per item and "
-        "model, a step three forwards of its batch, a held-out evaluation one per item; "
-        "steps beyond the cap are not run (null: `steps` alone). 1.5 keeps a merge within "
-        "about 2.5× the time of the start method alone",
+        "(items × models), in floating-point operations (matrix products and convolutions) "
+        "counted as learning runs them: the parents' reference outputs, the evaluations, and "
+        "each step with its transforms of B's weights and its backward pass (the first step is "
+        "counted, the others cost the same); steps beyond the cap are not run (null: `steps` "
+        "alone). Counted, not timed, so the result stays deterministic",
     )
     seed: int = Field(0, description="seed of the batch and weight draws")
 

@@ -246,15 +246,19 @@ class Indexer:
 
 
 def _times(x: torch.Tensor, d: int, r: torch.Tensor, batch: int | None = None) -> torch.Tensor:
-    """``x`` with axis ``d`` multiplied by ``r`` (``new[j] = Σ_i old[i] r[i, j]``), in float64;
-    with ``batch``, ``r[k]`` acts where axis ``batch`` is ``k``."""
+    """``x`` with axis ``d`` multiplied by ``r`` (``new[j] = Σ_i old[i] r[i, j]``), in ``r``'s
+    dtype or ``x``'s, whichever is wider (float64 for the exact transforms, whose matrices are
+    float64; learning's soft transforms are float32, at half the cost); with ``batch``,
+    ``r[k]`` acts where axis ``batch`` is ``k``."""
     if not x.is_floating_point():
         raise TypeError(f"cannot rotate a {x.dtype} tensor")
     r = r.to(device=x.device)
+    wide = torch.promote_types(x.dtype, r.dtype)
+    r = r.to(wide)
     if batch is None:
-        y = x.movedim(d, -1).double() @ r
+        y = x.movedim(d, -1).to(wide) @ r
         return y.movedim(-1, d).to(x.dtype)
     y = x.movedim((batch, d), (0, -1))
     shape = y.shape
-    out = torch.bmm(y.reshape(shape[0], -1, shape[-1]).double(), r).reshape(shape)
+    out = torch.bmm(y.reshape(shape[0], -1, shape[-1]).to(wide), r).reshape(shape)
     return out.movedim((0, -1), (batch, d)).to(x.dtype)

@@ -109,8 +109,9 @@ class LearnedTransforms(torch.nn.Module):
         return self.soft(assigned), self.hard(assigned)
 
     def soft(self, assigned: dict | None = None) -> Permutation:
-        """Every part as a float64 matrix: the hard permutation with the score's gradient
-        (straight through), or the current rotation."""
+        """Every part as a float32 matrix (B's weights are moved by them at every step, and
+        float64 products took twice the time and memory): the hard permutation with the
+        score's gradient (straight through), or the current rotation."""
         assigned = assigned or {}
         out = Permutation()
         for g, p, t in self.start:
@@ -120,11 +121,11 @@ class LearnedTransforms(torch.nn.Module):
                 continue
             kind, i = self._kind[key]
             if kind == "orth":
-                out.perms.setdefault(g, {})[p] = self._rotation(key)
+                out.perms.setdefault(g, {})[p] = self._rotation(key).float()
                 continue
             w = self.scores[i]
-            hard = as_matrix(assigned[key] if key in assigned else _assign(w))
-            out.perms.setdefault(g, {})[p] = hard + (w - w.detach()).double()
+            hard = as_matrix(assigned[key] if key in assigned else _assign(w)).float()
+            out.perms.setdefault(g, {})[p] = hard + (w - w.detach())
         return out
 
     def hard(self, assigned: dict | None = None) -> Permutation:

@@ -38,6 +38,7 @@ from whisper_packing import recovered  # this folder's script: units put back ri
 from graphperm.apply import Indexer, permute_state, random_permutation
 from graphperm.merge import prepare
 from graphperm.policy import load_policy
+from graphperm.runtime import reuse_heap
 from graphperm.solve import agreement, solve
 from graphperm.stats import collect
 from graphperm.stats.calibrate import own_length_graphs
@@ -225,7 +226,8 @@ def _timing(args) -> dict:
             kw = _kwargs(variant, analysis, plan, adapter, cal, programs)
             plain, plain_cpu = forwards()
             t, cpu = time.perf_counter(), time.process_time()
-            collect(analysis, sites, states, batches, **kw)
+            with reuse_heap():  # as graphperm's calibration runs it
+                collect(analysis, sites, states, batches, **kw)
             took, took_cpu = time.perf_counter() - t, time.process_time() - cpu
             best = out.get(name, {"ratio": float("inf"), "cpu_ratio": float("inf")})
             out[name] = {

@@ -8,10 +8,8 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -22,7 +20,7 @@ from graphperm.data import check_sources
 from graphperm.errors import CalibrationError, TraceError
 from graphperm.inputs import InputAdapter, ModelBatch, is_tensor_source, tensor_calibration
 from graphperm.policy import Plan
-from graphperm.runtime import release_memory, resolve_device
+from graphperm.runtime import release_memory, resolve_device, reuse_heap
 from graphperm.stats.accumulate import reference_pairs
 from graphperm.stats.collect import Statistics, collect
 from graphperm.stats.runner import InterleavedRunner, match_values
@@ -77,7 +75,7 @@ def calibrate(
             data.summary["padded"] = True
         elif 1 not in programs:  # a batch of one gets a second, masked-out row
             batches = (_two_rows(b) if b.mask.shape[0] == 1 else b for b in batches)
-    with _heap_reuse():
+    with reuse_heap():
         stats = collect(
             analysis,
             plan.sites(),
@@ -215,34 +213,3 @@ def _two_rows(batch: ModelBatch) -> ModelBatch:
     inputs = {k: torch.cat([v, torch.zeros_like(v)]) for k, v in batch.inputs.items()}
     mask = torch.cat([batch.mask, torch.zeros_like(batch.mask)])
     return ModelBatch(inputs, mask, batch.items)
-
-
-@contextlib.contextmanager
-def _heap_reuse(trim_threshold: int = 512 << 20) -> Iterator[None]:
-    """While inside: every block comes from glibc's heap, none is mapped from the OS on its own,
-    and freed memory goes back to the OS only once ``trim_threshold`` bytes lie free at the
-    heap's top; so each batch reuses the memory the one before it freed (its activations and
-    products) instead of taking freshly zeroed pages from the kernel. Afterwards blocks of 32
-    MiB or more are mapped again and the heap is trimmed at 64 MiB free (and wholly when
-    calibration ends: :func:`~graphperm.runtime.release_memory`).
-
-    HuBERT base, the paper's job on 32 clips of 4 s (statistics pass alone): 0.1 million page
-    faults and 0.25 s of system time against 2.6 million and 5.5 s when every block of 32 MiB
-    or more (a conv front end's activations) was mapped and the heap trimmed at 64 MiB; the
-    pass 12 % faster, its peak within the run-to-run spread (1,876-1,938 MiB against
-    1,859-1,877). Not glibc: nothing to do."""
-    libc = None
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(_M_MMAP_MAX, 0)
-        libc.mallopt(_M_TRIM_THRESHOLD, trim_threshold)
-    try:
-        yield
-    finally:
-        if libc is not None:
-            libc.mallopt(_M_MMAP_MAX, 65536)  # glibc's default
-            libc.mallopt(_M_MMAP_THRESHOLD, 32 << 20)
-            libc.mallopt(_M_TRIM_THRESHOLD, 64 << 20)
-
-
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_MMAP_MAX = -1, -3, -4  # glibc's malloc.h

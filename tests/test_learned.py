@@ -117,6 +117,28 @@ def test_never_worse_than_the_start_on_held_out_data_and_deterministic():
     assert r1.heldout_after == r2.heldout_after
 
 
+def test_references_too_large_to_keep_are_run_again_with_the_same_result(monkeypatch):
+    """Past REFERENCE_BYTES the parents' outputs are computed again at every step and
+    evaluation instead of kept (HuBERT base's sites on 128 clips would take ~19 GB): the
+    same objective values, the same transforms."""
+    from graphperm.learn import learner
+
+    a, b, analysis, indexer = _permuted_copy("bert-tiny")
+    start = _identity(indexer.shapes())
+    settings = Learn(steps=10, lr=0.3, eval_every=5)
+
+    def run():
+        return learn_alignment(analysis, [a, b], start, _token_batches(), settings, weight_a=0.5)
+
+    kept = run()
+    monkeypatch.setattr(learner, "REFERENCE_BYTES", 0)
+    again = run()
+    assert all(torch.equal(x, again[0].get(g, q)) for g, q, x in kept[0])
+    for key in ("train_before", "train_after", "heldout_before", "heldout_after"):
+        assert getattr(kept[1], key) == getattr(again[1], key)
+    assert kept[1].best_step == again[1].best_step > 0
+
+
 def test_a_users_loss_replaces_the_objective():
     a, b, analysis, indexer = _permuted_copy("bert-tiny")
     target = {}

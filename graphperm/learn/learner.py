@@ -56,6 +56,11 @@ log = logging.getLogger(__name__)
 
 LossFn = Callable[[Callable[..., object], dict[str, torch.Tensor]], torch.Tensor]
 
+#: the parents' references (outputs and site values of every learning batch) are kept in
+#: memory up to this size, else run again at every step: HuBERT base's sites on 128 clips of
+#: 4 s would take ~19 GB
+REFERENCE_BYTES = 2 << 30
+
 
 @dataclass
 class LearnReport:
@@ -164,14 +169,36 @@ def learn_alignment(
             )
     else:
         sites = []
-    ref_a: list = []
-    ref_b: list = []
     budget = _Budget(settings, calibration_items)
-    if loss_fn is None:  # the parents' outputs (and site values), once
-        with torch.no_grad(), budget.count() as refs:
-            ref_a = [_outputs(module, runner, state_a, b) for b in batches]
-            ref_b = [_outputs(module, runner, state_b, b) for b in batches]
-        budget.per_item(refs, 2 * sum(_items(b) for b in batches))
+    cached: list[tuple[list, list]] = []
+
+    def parents(i: int) -> tuple[list, list]:
+        """A's and B's outputs (and site values) on batch ``i``: kept when they fit in
+        ``REFERENCE_BYTES``, else run again when asked (the same values)."""
+        if cached:
+            return cached[i]
+        with torch.no_grad():
+            return (
+                _outputs(module, runner, state_a, batches[i]),
+                _outputs(module, runner, state_b, batches[i]),
+            )
+
+    if loss_fn is None:  # the parents' outputs (and site values)
+        with budget.count() as first:
+            ref = parents(0)
+        budget.per_item(first, 2 * _items(batches[0]))
+        size = sum(t.numel() * t.element_size() for t in [*ref[0], *ref[1]])
+        if size * len(batches) <= REFERENCE_BYTES:
+            with budget.count():
+                cached.extend([ref, *(parents(i) for i in range(1, len(batches)))])
+        else:  # run again with every step and evaluation (and counted there)
+            log.info(
+                "the parents' references of %d batches would take %.1f GB: run again at "
+                "every step instead of kept",
+                len(batches),
+                size * len(batches) / 1e9,
+            )
+        del ref
     elif budget.on:  # one plain forward of a batch, for the cost of an item
         with torch.no_grad(), budget.count() as one:
             loss_fn(lambda **kw: _call(module, state_a, kw), batches[0])
@@ -193,12 +220,13 @@ def learn_alignment(
             batch = batches[i]
             if loss_fn is not None:
                 return loss_fn(lambda **kw: _call(module, merged, kw), batch)
+            ref_a, ref_b = parents(i)
             got = _outputs(module, runner, merged, batch, grad=grad)
-            out = _distance(got, ref_a[i], ref_b[i], names, indexer, hard, lam)
+            out = _distance(got, ref_a, ref_b, names, indexer, hard, lam)
             if not sites:
                 return out
             n = len(names)
-            inner = _distance(got[n:], ref_a[i][n:], ref_b[i][n:], sites, indexer, hard, lam)
+            inner = _distance(got[n:], ref_a[n:], ref_b[n:], sites, indexer, hard, lam)
             return 0.5 * (out + inner)
 
     def evaluate(indices: Sequence[int]) -> float:

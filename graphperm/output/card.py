@@ -168,8 +168,14 @@ def model_card(report: dict, command: str, *, config: bool = True) -> str:
         lines.append(
             f"- learned alignment ({learn['objective']} objective, {learn['steps']} steps): "
             f"held-out objective {learn['heldout_before']:.4g} → {learn['heldout_after']:.4g}, "
-            f"training {learn['train_before']:.4g} → {learn['train_after']:.4g} (best at step "
-            f"{learn['best_step']}; 0 = the start was kept)"
+            f"training {learn['train_before']:.4g} → {learn['train_after']:.4g}"
+            + (
+                f" (on {learn['train_batches_evaluated']} of {learn['train_batches']} batches)"
+                if learn.get("train_batches_evaluated", learn["train_batches"])
+                != learn["train_batches"]
+                else ""
+            )
+            + f" (best at step {learn['best_step']}; 0 = the start was kept)"
         )
     repair = report.get("repair")
     if repair and repair.get("units"):

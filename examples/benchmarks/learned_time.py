@@ -6,7 +6,9 @@ random-init HuBERT-base models (issue 21's time target: at most 3x).
 
 Both merges run here, one after the other, through the CLI (`--random-init`: HuBERT base's
 configuration, A with seed 0 and B with seed 1), on `--clips` clips of 4 s of the shared speech
-(/work/shared/data/audio/speech, or --calib). Writes results-learned-time.json next to this file.
+(/work/shared/data/audio/speech, or --calib: 46 s of speech give only a dozen clips; the timed
+runs used ``--calib $PEER_HOME/calib/N128/clips``, the paper job's 128 clips). Writes
+results-learned-time.json next to this file (or ``--out``).
 ``--budget B`` sets the policy's ``learn.budget`` (learning capped at B times the calibration's
 forward passes, in floating-point operations counted as learning runs: each step with its
 transforms of B's weights and its backward pass).

@@ -252,9 +252,8 @@ def _times(x: torch.Tensor, d: int, r: torch.Tensor, batch: int | None = None) -
     ``r[k]`` acts where axis ``batch`` is ``k``."""
     if not x.is_floating_point():
         raise TypeError(f"cannot rotate a {x.dtype} tensor")
-    r = r.to(device=x.device)
     wide = torch.promote_types(x.dtype, r.dtype)
-    r = r.to(wide)
+    r = r.to(device=x.device, dtype=wide)
     if batch is None:
         y = x.movedim(d, -1).to(wide) @ r
         return y.movedim(-1, d).to(x.dtype)

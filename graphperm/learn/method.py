@@ -10,7 +10,6 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import logging
 
 from graphperm.errors import PolicyError
 from graphperm.learn.learner import learn_alignment
@@ -18,8 +17,6 @@ from graphperm.solve import AlignmentMethod, Problem, Solution, get_method, regi
 from graphperm.solve.consensus import correlation_with_a
 
 __all__ = ["LearnedAlignment"]
-
-log = logging.getLogger(__name__)
 
 
 @register_method

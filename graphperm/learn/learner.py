@@ -142,7 +142,9 @@ def learn_alignment(
         for g in analysis.groups
         for p in g.parts
     }
-    frozen = _unlearnable(indexer, start, state_b, moving)
+    # score matrices move B's weights as matrices, which a grouped convolution's per-block
+    # part does not take; the proxy weights' matching gives index permutations, which it does
+    frozen = _unlearnable(indexer, start, state_b, moving) if settings.estimator == "scores" else {}
     params = LearnedTransforms(start, keeps, frozen=set(frozen))
     n_held = max(1, round(len(batches) * settings.holdout))
     train, held = list(batches[:-n_held]), list(batches[-n_held:])
@@ -254,9 +256,12 @@ def learn_alignment(
     if settings.estimator == "weights":  # git re-basin's straight-through estimator
         if plan is None:
             raise PolicyError("learn.estimator 'weights' needs the plan (weight matching)")
-        with torch.no_grad():
-            start_b = transformed(hard)
-        proxy = {n: start_b[n].detach().clone().requires_grad_() for n in moving}
+        if settings.proxy == "a":  # git re-basin: B′ is drawn toward A from the first step
+            origin = state_a
+        else:
+            with torch.no_grad():
+                origin = transformed(hard)
+        proxy = {n: origin[n].detach().clone().requires_grad_() for n in moving}
         opt = torch.optim.Adam(list(proxy.values()), lr=settings.lr)
     else:
         opt = torch.optim.Adam(params.parameters(), lr=settings.lr)

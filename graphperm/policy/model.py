@@ -259,6 +259,13 @@ class Learn(_Strict):
         "proxy weights for B′, the permutation that weight-matches B to them in the forward "
         "pass, straight through)",
     )
+    proxy: Literal["start", "a"] = Field(
+        "start",
+        description="where estimator 'weights' starts its proxy weights: 'start' (B under "
+        "the starting transforms, so learning begins where learn.start left off) or 'a' (A's "
+        "weights, as git re-basin does: the first step's assignment weight-matches B to A, "
+        "whatever the start; the starting transforms still compete on held-out data)",
+    )
     objective: Literal["outputs", "sites", "next_token"] = Field(
         "outputs",
         description="'outputs' (no labels): the merged model's outputs should be the parents' "

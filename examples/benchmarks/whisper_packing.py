@@ -1,6 +1,6 @@
 """Whisper calibration with clips packed into the 30-s window, against one clip per window.
 
-    python examples/benchmarks/whisper_packing.py [--clips 64] [--json] [--out F]
+    python examples/benchmarks/whisper_packing.py [--clips 64] [--split-half] [--out F]
 
 Uses the real ``../shared/models/whisper-tiny.en`` (A) and B = A with Gaussian noise on every
 weight (``--noise``, default 10 % of each tensor's std), then permuted by a planted permutation
@@ -53,6 +53,12 @@ def main() -> None:
         "same packed batches (read beforehand), in wall and CPU seconds",
     )
     parser.add_argument("--packed-only", action="store_true", help="skip the unpacked run")
+    parser.add_argument(
+        "--split-half",
+        action="store_true",
+        help="also solve each half of the clips on its own, packed and unpacked, and report "
+        "how far their permutations agree (the data's own noise, next to packed vs unpacked)",
+    )
     args = parser.parse_args()
     a = load_model(str(MODEL))
     b = load_model(str(MODEL))
@@ -77,6 +83,7 @@ def main() -> None:
     for pack in (True, False):
         policy = json.loads(json.dumps(base))
         policy["calibration"]["pack"] = pack
+        policy["calibration"]["split_half"] = args.split_half
         t = time.perf_counter()
         al = align(a, b, policy, AUDIO)
         runs[pack] = (al, time.perf_counter() - t)
@@ -131,6 +138,15 @@ def main() -> None:
             name: {k: round(v, 4) for k, v in f.items()} for name, f in found.items()
         },
     }
+    if args.split_half:  # per group, then size-weighted like the agreement above
+        for name, run in (("packed", packed), ("unpacked", unpacked)):
+            halves = {r.name: r.split_half_agreement for r in run.reports}
+            halves = {k: v for k, v in halves.items() if v is not None}
+            result[f"split_half_{name}"] = round(
+                sum(halves[k] * sizes[k] for k in halves) / sum(sizes[k] for k in halves), 4
+            )
+            result[f"split_half_{name}_min_group"] = round(min(halves.values()), 4)
+            result[f"split_half_{name}_per_group"] = {k: round(v, 4) for k, v in halves.items()}
     result.update(same or {})
     text = json.dumps(result, indent=2)
     if args.out:

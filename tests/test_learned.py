@@ -203,6 +203,52 @@ def test_a_users_loss_replaces_the_objective():
     assert report.heldout_after < report.heldout_before
 
 
+def test_a_step_with_a_non_finite_objective_is_skipped_not_applied():
+    """A batch whose objective (or gradient) is NaN skips its step, counted in the report,
+    instead of filling Adam's moments, and through them every later step, with NaN."""
+    a, b, analysis, indexer = _permuted_copy("bert-tiny")
+    batches = _token_batches()
+    bad = id(batches[0])
+
+    def loss_fn(model, batch):
+        out = model(**batch).last_hidden_state.pow(2).mean()
+        return out * float("nan") if id(batch) == bad else out
+
+    perm, report = learn_alignment(
+        analysis,
+        [a, b],
+        _identity(indexer.shapes()),
+        batches,
+        Learn(steps=12, lr=0.3, eval_every=3, seed=1),
+        weight_a=0.5,
+        loss_fn=loss_fn,
+    )
+    assert report.skipped_steps > 0
+    assert report.skipped_steps < report.steps
+    assert torch.isfinite(torch.tensor(report.heldout_after))
+    assert report.heldout_after <= report.heldout_before
+    perm.check(indexer.shapes())
+
+
+def test_a_rotation_whose_svd_does_not_converge_goes_back_to_the_group_by_qr(monkeypatch):
+    """LAPACK's SVD can fail to converge on a matrix whose singular values are all 1; the
+    exact rotation is then taken from a QR decomposition: orthogonal, and the same matrix."""
+    r0 = torch.linalg.qr(torch.randn(6, 6, dtype=torch.float64))[0]
+    t = LearnedTransforms(Permutation({"g": {"x": r0}}), {})
+    with torch.no_grad():
+        t.angles[0].normal_(std=0.3)
+    want = t.hard().get("g", "x")
+
+    def fails(*args, **kwargs):
+        raise torch.linalg.LinAlgError("linalg.svd: The algorithm failed to converge")
+
+    monkeypatch.setattr(torch.linalg, "svd", fails)
+    got = t.hard().get("g", "x")
+    eye = torch.eye(6, dtype=torch.float64)
+    assert torch.allclose(got.T @ got, eye, atol=1e-12)
+    assert torch.allclose(got, want, atol=1e-10)
+
+
 def test_transforms_keep_the_all_ones_direction_when_asked():
     r0 = torch.eye(4, dtype=torch.float64)
     t = LearnedTransforms(Permutation({"g": {"x": r0}}), {("g", "x"): True})

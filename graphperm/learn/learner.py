@@ -78,6 +78,8 @@ class LearnReport:
     # train_before/after are measured on the first this many training batches (as many as are
     # held out: evaluating them all twice cost more than learning on a large model)
     train_batches_evaluated: int
+    # steps whose objective or gradient was not finite (NaN, inf): not applied
+    skipped_steps: int = 0
     learned_parts: list[str] = field(default_factory=list)
     fixed_parts: dict[str, str] = field(default_factory=dict)  # part -> why it was not learned
     seconds: float = 0.0
@@ -278,7 +280,7 @@ def learn_alignment(
 
         bar = tqdm(total=steps, desc="learning the alignment", unit="step")
     t_steps = time.perf_counter()
-    step = 0
+    step = skipped = 0
     while step < steps:
         step += 1
         lam = min(1.0, max(0.0, weight_a + gen.uniform(-settings.spread, settings.spread)))
@@ -294,7 +296,11 @@ def learn_alignment(
             loss = run(soft, lam, i, True)
             opt.zero_grad(set_to_none=True)
             loss.backward()
-        opt.step()
+        if _finite(loss, opt):
+            opt.step()
+        else:  # one bad batch or draw must not poison every later step (Adam's moments)
+            skipped += 1
+            log.warning("learning step %d: non-finite objective or gradient, step skipped", step)
         if counted is not None:  # the first step's cost caps the number of steps
             steps = budget.steps(steps, counted.flops, held_eval.flops / settings.eval_every)
             if bar is not None:
@@ -327,6 +333,7 @@ def learn_alignment(
         train_batches=len(train),
         heldout_batches=len(held),
         train_batches_evaluated=len(shown),
+        skipped_steps=skipped,
         learned_parts=[f"{g}/{p}" for g, p in params.names],
         fixed_parts=frozen_reasons(frozen),
         seconds=time.perf_counter() - t0,
@@ -342,6 +349,17 @@ def learn_alignment(
         steps,
     )
     return hard, report
+
+
+def _finite(loss: torch.Tensor, opt: torch.optim.Optimizer) -> bool:
+    """Whether a step's objective and every gradient it left are finite."""
+    if not torch.isfinite(loss.detach()).all():
+        return False
+    return all(
+        p.grad is None or bool(torch.isfinite(p.grad).all())
+        for group in opt.param_groups
+        for p in group["params"]
+    )
 
 
 def _traced_shape(analysis: Analysis, batches: Sequence) -> bool:

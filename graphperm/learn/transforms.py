@@ -23,6 +23,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 
 from graphperm.apply import Permutation, ones_basis
+from graphperm.errors import PolicyError
 
 __all__ = ["LearnedTransforms", "as_matrix"]
 
@@ -55,6 +56,25 @@ def _assign(w: torch.Tensor) -> torch.Tensor:
         p[c] = r
         rows.append(torch.from_numpy(p))
     return torch.stack(rows).reshape(w.shape[:-1])
+
+
+def _orthogonal(r: torch.Tensor, name: str) -> torch.Tensor:
+    """The orthogonal matrix nearest ``r`` (``U·Vᵀ`` of its SVD). ``r`` is a matrix
+    exponential of a skew-symmetric matrix, orthogonal up to rounding; where LAPACK's SVD does
+    not converge on it, the Q of its QR decomposition (signs set so R's diagonal is positive),
+    which is orthogonal and, for such an ``r``, equal to it up to the same rounding."""
+    if not torch.isfinite(r).all():
+        raise PolicyError(
+            f"learned rotation of {name} is not finite: lower learn.lr (or use "
+            "learn.schedule: cosine)"
+        )
+    try:
+        u, _, vh = torch.linalg.svd(r)  # back onto the orthogonal group exactly
+        return u @ vh
+    except torch.linalg.LinAlgError:
+        q, rr = torch.linalg.qr(r)
+        sign = torch.sign(torch.diagonal(rr, dim1=-2, dim2=-1))
+        return q * torch.where(sign == 0, torch.ones_like(sign), sign).unsqueeze(-2)
 
 
 class LearnedTransforms(torch.nn.Module):
@@ -138,9 +158,7 @@ class LearnedTransforms(torch.nn.Module):
                 if key not in self._kind:
                     out.set(g, p, t.clone())
                 elif self._kind[key][0] == "orth":
-                    r = self._rotation(key)
-                    u, _, vh = torch.linalg.svd(r)  # back onto the orthogonal group exactly
-                    out.set(g, p, u @ vh)
+                    out.set(g, p, _orthogonal(self._rotation(key), f"{g}/{p}"))
                 elif key in assigned:
                     out.set(g, p, assigned[key])
                 else:

@@ -225,6 +225,7 @@ def first(rules: list[dict]) -> list[dict]:
 
 LEARN = {"steps": 200, "lr": 0.02, "eval_every": 10, "holdout": 0.25}
 LEARN_BATCHES = 8  # of the image pairs' 32 images: 6 to learn on, 2 held out
+AUDIO_BATCH = 8  # 1-s training crops per batch of pair (a)'s own loss
 # the longer settings (issue 21, second pass): more images (64 or 96 batches of 32 drawn from
 # the training seed, a quarter held out) and more steps
 LEARN_LONG = {**LEARN, "steps": 800, "eval_every": 20}
@@ -258,7 +259,7 @@ def _learned(
     steps = settings["steps"]
 
     def method(a: LoadedModel, b: LoadedModel, calib: Calib) -> AlignedMerger:
-        if isinstance(calib[0], (str, Path)):  # audio: graphperm's own pipeline does it all
+        if isinstance(calib[0], (str, Path)) and not labels:  # audio: graphperm's pipeline
             policy = policy_for(rules, kinds_of(a, calib), description).model_copy(
                 update={
                     "method": "learned" if steps else start,
@@ -267,21 +268,23 @@ def _learned(
                     "weight_a": 0.5,
                 }
             )
-            if labels:
-                raise SystemExit("labelled learning is wired for the image pairs only")
             t = time.perf_counter()
             alignment = find_alignment(a, b, policy, calib)
             info = {"align_seconds": round(time.perf_counter() - t, 1)}
             if alignment.method_reports:
                 info["learn"] = alignment.method_reports[0].get("learn")
             return AlignedMerger(alignment, a, b, info | {"data": "calibration"})
+        audio = isinstance(calib[0], (str, Path))
         merger = base(a, b, calib)
         alignment = merger.alignment
         info = dict(merger.info)
         t = time.perf_counter()
         if steps:
             batches, loss_fn = list(calib[:n_batches]), None
-            if labels:
+            if labels and audio:  # pair (a)'s own objective: units of the audio, masked
+                batches = speech.SpeechTask().training_batches(n_batches, AUDIO_BATCH)
+                loss_fn = speech.own_loss
+            elif labels:
                 batches, loss_fn = _labelled(calib, n_batches), _cross_entropy
             elif kl:  # label-free: KL to the parents' next-byte / class distributions
                 batches, loss_fn = _with_targets(a, b, _more(calib, n_batches), kl), _kl
@@ -299,6 +302,8 @@ def _learned(
             )
             alignment.perms[0] = perm
             info["learn"] = report.to_dict()
+        if repair and audio:
+            raise SystemExit("REPAIR after labelled learning is wired for the image and text pairs")
         if repair:
             policy = alignment.plan.policy.model_copy(
                 update={"repair": Repair(enabled=True, items=n_batches * 32)}
@@ -306,8 +311,11 @@ def _learned(
             alignment.plan = dataclasses.replace(alignment.plan, policy=policy)
             alignment.batches = list(calib[:n_batches])
         info["learn_seconds"] = round(time.perf_counter() - t, 1)
-        # a language model's own loss reads the calibration text and nothing else
-        info["data"] = "labels" if labels and "pixel_values" in calib[0] else "calibration"
+        # a language model's own loss reads the calibration text and nothing else; pair (a)'s
+        # reads the training audio's k-means units: the testbed's targets, counted as labels
+        info["data"] = (
+            "labels" if labels and (audio or "pixel_values" in calib[0]) else "calibration"
+        )
         return AlignedMerger(alignment, a, b, info)
 
     return method
@@ -599,6 +607,13 @@ METHODS: dict[str, Callable[[LoadedModel, LoadedModel, Calib], Merger]] = {
         settings={**LEARN_SITES, "steps": 600, "schedule": "cosine"},
         n_batches=64,
     ),
+    "learned-orth-sites-600-cosine-lr02-repair": _learned(
+        ORTH_ALL_RULES,
+        "every exact rotation, hybrid, learned as specs/learned.yaml (no labels), + REPAIR",
+        settings={**LEARN_SITES, "steps": 600, "schedule": "cosine"},
+        n_batches=64,
+        repair=True,
+    ),
     "learned-orth-labels-600-cosine": _learned(
         ORTH_ALL_RULES,
         "every exact rotation, hybrid, learned on the model's own loss, 2,048 items, 600 steps "
@@ -625,6 +640,24 @@ METHODS: dict[str, Callable[[LoadedModel, LoadedModel, Calib], Merger]] = {
         settings={**LEARN, "steps": 8000, "eval_every": 200, "schedule": "cosine"},
         n_batches=512,
     ),
+    # pair (a)'s own pretraining loss (masked prediction of the audio's k-means units) on
+    # 64 batches of 8 training crops of 1 s, a quarter held out
+    "learned-orth-labels-300-cosine": _learned(
+        ORTH_ALL_RULES,
+        "every exact rotation, hybrid, learned on the model's own loss, 512 crops, 300 steps "
+        "at lr 0.02, cosine",
+        labels=True,
+        settings={**LEARN, "steps": 300, "eval_every": 20, "schedule": "cosine"},
+        n_batches=64,
+    ),
+    "learned-orth-labels-1200-cosine": _learned(
+        ORTH_ALL_RULES,
+        "every exact rotation, hybrid, learned on the model's own loss, 2,048 crops, 1,200 "
+        "steps at lr 0.02, cosine",
+        labels=True,
+        settings={**LEARN, "steps": 1200, "eval_every": 50, "schedule": "cosine"},
+        n_batches=256,
+    ),
     "learned-labels": _learned(
         ALL_RULES, "hybrid, then learned on the model's own loss", labels=True
     ),
@@ -645,7 +678,9 @@ LABELLED = {
     "learned-labels",
     "learned-orth-labels",
     "learned-orth-labels-long",
+    "learned-orth-labels-300-cosine",
     "learned-orth-labels-600-cosine",
+    "learned-orth-labels-1200-cosine",
     "learned-orth-labels-2000-cosine",
     "learned-orth-labels-8000-cosine",
 }

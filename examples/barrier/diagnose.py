@@ -7,6 +7,8 @@ B's attention patterns are, head by head.
 Writes results/diagnose-{pair}-{method}.json and prints a table. A block whose averaging alone
 costs much more than the others' is where the two models have no counterparts for each other
 (aligning cannot help there); a block that averages almost for free is already connected.
+For pair (a) it also splits the barrier at 0.5 among the three terms of the speech loss
+(masked and unmasked frames at the last layer's head, every frame at the conv front-end's).
 """
 
 from __future__ import annotations
@@ -77,7 +79,9 @@ def head_similarity(a: torch.nn.Module, b: torch.nn.Module, batches: list[dict])
     a, b = copy.deepcopy(a).eval(), copy.deepcopy(b).eval()
     for m in (a, b):
         m.set_attn_implementation("eager")
-    x = {k: torch.cat([c[k] for c in batches]) for k in batches[0]}  # images or token ids
+    x = {k: torch.cat([c[k] for c in batches]) for k in batches[0]}  # images, ids or audio
+    if "input_values" in x:  # pair (a): the attention lives in the HuBERT inside the heads
+        a, b = a.hubert, b.hubert
     with torch.no_grad():
         maps_a = a(**x, output_attentions=True).attentions
         maps_b = b(**x, output_attentions=True).attentions
@@ -92,20 +96,34 @@ def head_similarity(a: torch.nn.Module, b: torch.nn.Module, batches: list[dict])
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--pair", default="b", choices=[p for p in barrier.PAIRS if p != "a"])
+    parser.add_argument("--pair", default="b", choices=sorted(barrier.PAIRS))
     parser.add_argument("--method", default="orth-all-first", choices=list(barrier.METHODS))
     args = parser.parse_args()
     torch.manual_seed(0)
     pair = barrier.PAIRS[args.pair]()
     a, b = pair.load()
     calib = pair.calib()
-    heads = head_similarity(a.module, b.module, calib[:8])
+    task = barrier.speech.SpeechTask() if args.pair == "a" else None
+    probe = [{"input_values": task.batches[0][0]}] if task else calib[:8]
+    heads = head_similarity(a.module, b.module, probe)
     merger = barrier.METHODS[args.method](a, b, calib)
     result = {"pair": args.pair, "method": args.method, **averaged_losses(pair, merger)}
     result["attention_best_match"] = heads
+    if task:  # the loss's terms at both ends and at 0.5, and each term's part of the barrier
+        terms = {lam: task.components(merger.module(lam)) for lam in (1.0, 0.5, 0.0)}
+        weight = {"masked": 1.0, "unmasked": 0.5, "cnn": 0.5}
+        result["terms"] = {
+            str(lam): {k: round(v, 4) for k, v in t.items()} for lam, t in terms.items()
+        }
+        result["barrier_by_term"] = {
+            k: round(w * (terms[0.5][k] - (terms[1.0][k] + terms[0.0][k]) / 2), 4)
+            for k, w in weight.items()
+        }
     out = barrier.RESULTS / f"diagnose-{args.pair}-{args.method}.json"
     out.write_text(json.dumps(result, indent=1) + "\n")
     print("loss: A", result["A"], "B'", result["B'"], "all averaged", result["all averaged"])
+    if "barrier_by_term" in result:
+        print("barrier at 0.5 by term of the loss:", result["barrier_by_term"])
     print(f"{'block':28s} {'only it averaged':>17s} {'all but it':>11s}")
     for name, value in result["only"].items():
         print(f"{name:28s} {value:17.3f} {result['all but'][name]:11.3f}")

@@ -28,6 +28,7 @@ import sys
 import time
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -108,6 +109,15 @@ def objective(
     return loss + RECIPE["cnn_weight"] * cnn
 
 
+def own_loss(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The pretraining objective of ``model`` (a callable taking the model's inputs) on one of
+    :meth:`SpeechTask.training_batches`: the ``loss_fn`` of graphperm's learned alignment."""
+    mask = batch["mask_time_indices"]
+    return objective(
+        model(input_values=batch["input_values"], mask_time_indices=mask), batch["units"], mask
+    )
+
+
 # ------------------------------------------------------------------------------------ data
 def manifest() -> dict:
     path = DATA / "manifest.json"
@@ -186,6 +196,50 @@ class SpeechTask:
                 total += objective(module(wav, mask), y, mask).item() * len(wav)
                 n += len(wav)
         return total / n
+
+    def training_batches(
+        self, n: int, size: int = 8, seed: int = 123
+    ) -> list[dict[str, torch.Tensor]]:
+        """``n`` batches of ``size`` clean 1-s crops of the training files, each with its
+        k-means units and a mask drawn as in training (seeded): the inputs of
+        :func:`own_loss`, the model's own pretraining objective (its targets come from the
+        audio itself: no human labels)."""
+        m = manifest()
+        crop = int(RECIPE["crop_seconds"] * audio.SR)
+        waves, units = read_waves(m["train"], crop), targets()["train"]
+        batcher = Batcher(waves, [{TARGET: u} for u in units], crop, seed)
+        mask_rng = np.random.RandomState(seed)
+        out = []
+        for _ in range(n):
+            wav, tgt = batcher(size)
+            state = np.random.get_state()
+            np.random.set_state(mask_rng.get_state())  # _compute_mask_indices uses the global
+            mask = _compute_mask_indices((size, batcher.frames), 0.65, 10, min_masks=2)
+            mask_rng.set_state(np.random.get_state())
+            np.random.set_state(state)
+            out.append(
+                {
+                    "input_values": wav,
+                    "mask_time_indices": torch.from_numpy(mask),
+                    "units": tgt[TARGET],
+                }
+            )
+        return out
+
+    def components(self, module: nn.Module) -> dict[str, float]:
+        """The loss's three terms on the held-out crops: cross-entropy at masked and at
+        unmasked frames (last layer's head) and at every frame (conv front-end's head); the
+        loss is ``masked + 0.5 * unmasked + 0.5 * cnn``."""
+        module.eval()
+        total, n = torch.zeros(3, dtype=torch.float64), 0
+        with torch.no_grad():
+            for wav, y, mask in self.batches:
+                out = module(wav, mask)
+                top = nn.functional.cross_entropy(out["top"].transpose(1, 2), y, reduction="none")
+                cnn = nn.functional.cross_entropy(out["cnn"].transpose(1, 2), y)
+                total += torch.stack([top[mask].mean(), top[~mask].mean(), cnn]).double() * len(wav)
+                n += len(wav)
+        return dict(zip(("masked", "unmasked", "cnn"), (total / n).tolist(), strict=True))
 
     @property
     def calib(self) -> list[str]:

@@ -709,6 +709,17 @@ def _speech_pair() -> Pair:
     )
 
 
+def _speech_pair_dense() -> Pair:
+    """Pair (a) with its positional conv dense (`speech.dense_pos_conv`: the same functions),
+    so that the residual stream may be permuted freely: what the conv's groups cost."""
+    pair = _speech_pair()
+    load = pair.load
+    pair.name = "a-dense"
+    pair.description += ", positional conv made dense (block-diagonal: the same functions)"
+    pair.load = lambda: tuple(speech.dense_pos_conv(m) for m in load())
+    return pair
+
+
 def _image_pair(
     name: str = "b", width: int = images.CONFIG["hidden_size"], variant: str = ""
 ) -> Pair:
@@ -745,6 +756,7 @@ def _text_pair(name: str = "g", variant: str = "") -> Pair:
 
 PAIRS: dict[str, Callable[[], Pair]] = {
     "a": _speech_pair,
+    "a-dense": _speech_pair_dense,
     "b": _image_pair,
     **{n: (lambda n=n, w=w, v=v: _image_pair(n, w, v)) for n, (w, v) in IMAGE_PAIRS.items()},
     "g": _text_pair,

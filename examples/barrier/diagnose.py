@@ -103,7 +103,7 @@ def main() -> None:
     pair = barrier.PAIRS[args.pair]()
     a, b = pair.load()
     calib = pair.calib()
-    task = barrier.speech.SpeechTask() if args.pair == "a" else None
+    task = barrier.speech.SpeechTask() if args.pair.startswith("a") else None
     probe = [{"input_values": task.batches[0][0]}] if task else calib[:8]
     heads = head_similarity(a.module, b.module, probe)
     merger = barrier.METHODS[args.method](a, b, calib)

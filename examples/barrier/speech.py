@@ -23,6 +23,7 @@ the "cnn" head. Without a mask it masks with an all-false one, so that the trace
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
 import time
@@ -261,6 +262,28 @@ def load(folder: Path) -> LoadedModel:
     model = SpeechPretrainer(HubertConfig.from_json_file(folder / "config.json"))
     model.load_state_dict(load_file(folder / "model.safetensors"))
     return LoadedModel(model=model.eval(), module=model.eval(), prefix="", source=str(folder))
+
+
+def dense_pos_conv(model: LoadedModel) -> LoadedModel:
+    """``model`` with its grouped positional conv rewritten as one dense conv whose weight is
+    block-diagonal: the same function (weight norm's ``g`` is per kernel tap, and the zeros add
+    nothing to its norms), with a residual stream that every permutation may move, not only
+    those that keep the conv's groups. A diagnostic: how much of pair (a)'s barrier the
+    groups' constraint holds."""
+    config = copy.deepcopy(model.model.config)
+    groups, config.num_conv_pos_embedding_groups = config.num_conv_pos_embedding_groups, 1
+    out = SpeechPretrainer(config)
+    state = dict(model.model.state_dict())
+    key = "hubert.encoder.pos_conv_embed.conv.parametrizations.weight.original1"
+    v = state[key]
+    width = v.shape[1]
+    full = torch.zeros(v.shape[0], v.shape[0], v.shape[2], dtype=v.dtype)
+    for g in range(groups):
+        block = slice(g * width, (g + 1) * width)
+        full[block, block] = v[block]
+    state[key] = full
+    out.load_state_dict(state)
+    return LoadedModel(model=out.eval(), module=out.eval(), prefix="", source=model.source)
 
 
 def lr_at(step: int, steps: int) -> float:

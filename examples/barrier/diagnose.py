@@ -76,12 +76,12 @@ def head_similarity(a: torch.nn.Module, b: torch.nn.Module, batches: list[dict])
     """Per layer, per head of A: the best correlation of its attention maps (over the
     calibration inputs, every query and key position) with any head of B's."""
     out = []
-    a, b = copy.deepcopy(a).eval(), copy.deepcopy(b).eval()
-    for m in (a, b):
-        m.set_attn_implementation("eager")
     x = {k: torch.cat([c[k] for c in batches]) for k in batches[0]}  # images, ids or audio
     if "input_values" in x:  # pair (a): the attention lives in the HuBERT inside the heads
         a, b = a.hubert, b.hubert
+    a, b = copy.deepcopy(a).eval(), copy.deepcopy(b).eval()
+    for m in (a, b):
+        m.set_attn_implementation("eager")
     with torch.no_grad():
         maps_a = a(**x, output_attentions=True).attentions
         maps_b = b(**x, output_attentions=True).attentions

@@ -247,8 +247,10 @@ def _learned(
 ) -> Callable[..., AlignedMerger]:
     """``start``'s alignment, then (``steps`` > 0) learned alignment through the merged model:
     label-free (the merged model reproduces its parents' outputs interpolated), or with
-    ``labels`` the classifier's own cross-entropy on labelled training images (image pairs
-    only; the language models' own next-byte loss on the calibration text); with ``kl``
+    ``labels`` the model's own loss: the classifiers' cross-entropy on labelled training
+    images, the language models' next-byte loss on the calibration text, pair (a)'s masked
+    prediction of its training audio's k-means units (``n_batches`` batches of
+    ``AUDIO_BATCH`` crops); with ``kl``
     (``"mixture"`` or ``"logits"``), KL divergence of the merged model's output distribution
     from the parents' (their mixture, or the softmax of their mean logits: no labels); with
     ``repair``, REPAIR after every merge. ``audio_items``: the clips learned on (pair a)."""

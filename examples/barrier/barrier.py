@@ -261,7 +261,8 @@ def _learned(
     steps = settings["steps"]
 
     def method(a: LoadedModel, b: LoadedModel, calib: Calib) -> AlignedMerger:
-        if isinstance(calib[0], (str, Path)) and not labels:  # audio: graphperm's pipeline
+        audio = isinstance(calib[0], (str, Path))
+        if audio and not labels:  # audio: graphperm's own pipeline does it all
             policy = policy_for(rules, kinds_of(a, calib), description).model_copy(
                 update={
                     "method": "learned" if steps else start,
@@ -276,7 +277,6 @@ def _learned(
             if alignment.method_reports:
                 info["learn"] = alignment.method_reports[0].get("learn")
             return AlignedMerger(alignment, a, b, info | {"data": "calibration"})
-        audio = isinstance(calib[0], (str, Path))
         merger = base(a, b, calib)
         alignment = merger.alignment
         info = dict(merger.info)

@@ -111,7 +111,7 @@ def main() -> None:
     result["attention_best_match"] = heads
     if task:  # the loss's terms at both ends and at 0.5, and each term's part of the barrier
         terms = {lam: task.components(merger.module(lam)) for lam in (1.0, 0.5, 0.0)}
-        weight = {"masked": 1.0, "unmasked": 0.5, "cnn": 0.5}
+        weight = barrier.speech.TERM_WEIGHTS
         result["terms"] = {
             str(lam): {k: round(v, 4) for k, v in t.items()} for lam, t in terms.items()
         }

@@ -99,15 +99,28 @@ class SpeechPretrainer(nn.Module):
         return {"top": self.top(top), "cnn": self.cnn(extracted)}
 
 
+#: Each term's weight in :func:`objective`.
+TERM_WEIGHTS = {"masked": 1.0, "unmasked": RECIPE["unmasked_weight"], "cnn": RECIPE["cnn_weight"]}
+
+
+def terms(
+    out: dict[str, torch.Tensor], units: torch.Tensor, mask: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """The objective's three terms: cross-entropy at masked and at unmasked frames (last
+    layer's head) and at every frame (conv front-end's head)."""
+    top = nn.functional.cross_entropy(out["top"].transpose(1, 2), units, reduction="none")
+    cnn = nn.functional.cross_entropy(out["cnn"].transpose(1, 2), units)
+    return {"masked": top[mask].mean(), "unmasked": top[~mask].mean(), "cnn": cnn}
+
+
 def objective(
     out: dict[str, torch.Tensor], units: torch.Tensor, mask: torch.Tensor
 ) -> torch.Tensor:
     """table1's speech objective: CE at masked frames + 0.5 CE at unmasked frames (last layer)
     + 0.5 CE at every frame (conv front-end)."""
-    top = nn.functional.cross_entropy(out["top"].transpose(1, 2), units, reduction="none")
-    cnn = nn.functional.cross_entropy(out["cnn"].transpose(1, 2), units)
-    loss = top[mask].mean() + RECIPE["unmasked_weight"] * top[~mask].mean()
-    return loss + RECIPE["cnn_weight"] * cnn
+    t = terms(out, units, mask)
+    loss = t["masked"] + TERM_WEIGHTS["unmasked"] * t["unmasked"]
+    return loss + TERM_WEIGHTS["cnn"] * t["cnn"]
 
 
 def own_loss(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -209,38 +222,35 @@ class SpeechTask:
         crop = int(RECIPE["crop_seconds"] * audio.SR)
         waves, units = read_waves(m["train"], crop), targets()["train"]
         batcher = Batcher(waves, [{TARGET: u} for u in units], crop, seed)
-        mask_rng = np.random.RandomState(seed)
         out = []
-        for _ in range(n):
-            wav, tgt = batcher(size)
-            state = np.random.get_state()
-            np.random.set_state(mask_rng.get_state())  # _compute_mask_indices uses the global
-            mask = _compute_mask_indices((size, batcher.frames), 0.65, 10, min_masks=2)
-            mask_rng.set_state(np.random.get_state())
+        state = np.random.get_state()  # _compute_mask_indices draws from numpy's global RNG
+        np.random.seed(seed)
+        try:
+            for _ in range(n):
+                wav, tgt = batcher(size)
+                mask = _compute_mask_indices((size, batcher.frames), 0.65, 10, min_masks=2)
+                out.append(
+                    {
+                        "input_values": wav,
+                        "mask_time_indices": torch.from_numpy(mask),
+                        "units": tgt[TARGET],
+                    }
+                )
+        finally:
             np.random.set_state(state)
-            out.append(
-                {
-                    "input_values": wav,
-                    "mask_time_indices": torch.from_numpy(mask),
-                    "units": tgt[TARGET],
-                }
-            )
         return out
 
     def components(self, module: nn.Module) -> dict[str, float]:
-        """The loss's three terms on the held-out crops: cross-entropy at masked and at
-        unmasked frames (last layer's head) and at every frame (conv front-end's head); the
-        loss is ``masked + 0.5 * unmasked + 0.5 * cnn``."""
+        """The loss's three :func:`terms` on the held-out crops (mean over crops); the loss
+        is their sum weighted by :data:`TERM_WEIGHTS`."""
         module.eval()
-        total, n = torch.zeros(3, dtype=torch.float64), 0
+        total, n = dict.fromkeys(TERM_WEIGHTS, 0.0), 0
         with torch.no_grad():
             for wav, y, mask in self.batches:
-                out = module(wav, mask)
-                top = nn.functional.cross_entropy(out["top"].transpose(1, 2), y, reduction="none")
-                cnn = nn.functional.cross_entropy(out["cnn"].transpose(1, 2), y)
-                total += torch.stack([top[mask].mean(), top[~mask].mean(), cnn]).double() * len(wav)
+                for k, v in terms(module(wav, mask), y, mask).items():
+                    total[k] += v.item() * len(wav)
                 n += len(wav)
-        return dict(zip(("masked", "unmasked", "cnn"), (total / n).tolist(), strict=True))
+        return {k: v / n for k, v in total.items()}
 
     @property
     def calib(self) -> list[str]:

@@ -252,7 +252,8 @@ def _learned(
     prediction of its training audio's k-means units (``n_batches`` batches of
     ``AUDIO_BATCH`` crops); with ``kl``
     (``"mixture"`` or ``"logits"``), KL divergence of the merged model's output distribution
-    from the parents' (their mixture, or the softmax of their mean logits: no labels); with
+    from the parents' (their mixture, or the softmax of their mean logits: no labels; pair (a):
+    the mixture, both heads, on the crops and masks of its own loss); with
     ``repair``, REPAIR after every merge. ``audio_items``: the clips learned on (pair a)."""
     base = _aligned(rules, description, how=start)
     settings = {**(settings or LEARN)}
@@ -262,7 +263,7 @@ def _learned(
 
     def method(a: LoadedModel, b: LoadedModel, calib: Calib) -> AlignedMerger:
         audio = isinstance(calib[0], (str, Path))
-        if audio and not labels:  # audio: graphperm's own pipeline does it all
+        if audio and not labels and not kl:  # audio: graphperm's own pipeline does it all
             policy = policy_for(rules, kinds_of(a, calib), description).model_copy(
                 update={
                     "method": "learned" if steps else start,
@@ -286,6 +287,10 @@ def _learned(
             if labels and audio:  # pair (a)'s own objective: units of the audio, masked
                 batches = speech.SpeechTask().training_batches(n_batches, AUDIO_BATCH)
                 loss_fn = speech.own_loss
+            elif audio:  # label-free: the same crops and masks, the parents' predictions
+                crops = speech.SpeechTask().training_batches(n_batches, AUDIO_BATCH)
+                batches = speech.with_targets(a.module, b.module, crops)
+                loss_fn = speech.distill_loss
             elif labels:
                 batches, loss_fn = _labelled(calib, n_batches), _cross_entropy
             elif kl:  # label-free: KL to the parents' next-byte / class distributions
@@ -594,6 +599,20 @@ METHODS: dict[str, Callable[[LoadedModel, LoadedModel, Calib], Merger]] = {
         },
         n_batches=64,
     ),
+    "learned-orth-next-token-4000": _learned(
+        ORTH_ALL_RULES,
+        "every exact rotation, hybrid, learned on the LM's own next-token loss (no labels), "
+        "8,192 windows, 4,000 steps at lr 0.005, cosine",
+        settings={
+            **LEARN,
+            "steps": 4000,
+            "lr": 0.005,
+            "eval_every": 100,
+            "objective": "next_token",
+            "schedule": "cosine",
+        },
+        n_batches=256,
+    ),
     # the default label-free objective (the parents' outputs and sites) with the same steps
     "learned-orth-sites-600-cosine": _learned(
         ORTH_ALL_RULES,
@@ -660,6 +679,22 @@ METHODS: dict[str, Callable[[LoadedModel, LoadedModel, Calib], Merger]] = {
         settings={**LEARN, "steps": 1200, "eval_every": 50, "schedule": "cosine"},
         n_batches=256,
     ),
+    "learned-orth-labels-2400-cosine": _learned(
+        ORTH_ALL_RULES,
+        "every exact rotation, hybrid, learned on the model's own loss, 4,096 crops, 2,400 "
+        "steps at lr 0.02, cosine",
+        labels=True,
+        settings={**LEARN, "steps": 2400, "eval_every": 100, "schedule": "cosine"},
+        n_batches=512,
+    ),
+    "learned-orth-kl-1200-cosine": _learned(
+        ORTH_ALL_RULES,
+        "every exact rotation, hybrid, learned to reproduce the parents' unit predictions "
+        "(KL to their mixture, no labels), 2,048 crops, 1,200 steps at lr 0.02, cosine",
+        kl="mixture",
+        settings={**LEARN, "steps": 1200, "eval_every": 50, "schedule": "cosine"},
+        n_batches=256,
+    ),
     "learned-orth-labels-16000-cosine": _learned(
         ORTH_ALL_RULES,
         "every exact rotation, hybrid, learned on the model's own loss, 32,768 items, 16,000 "
@@ -692,6 +727,7 @@ LABELLED = {
     "learned-orth-labels-600-cosine",
     "learned-orth-labels-1200-cosine",
     "learned-orth-labels-2000-cosine",
+    "learned-orth-labels-2400-cosine",
     "learned-orth-labels-8000-cosine",
     "learned-orth-labels-16000-cosine",
 }

@@ -132,6 +132,46 @@ def own_loss(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     )
 
 
+def with_targets(
+    a: nn.Module, b: nn.Module, batches: list[dict[str, torch.Tensor]]
+) -> list[dict[str, torch.Tensor]]:
+    """``batches`` without their units, with the parents' mixture of distributions at λ = 0.5
+    attached for both heads (``target_top``, ``target_cnn``: log-probabilities, same crops and
+    masks): the targets of :func:`distill_loss`, which needs no labels. Units are the same
+    classes in both models, so the targets need no alignment."""
+    out = []
+    half = torch.log(torch.tensor(2.0))
+    with torch.no_grad():
+        for x in batches:
+            wav, mask = x["input_values"], x["mask_time_indices"]
+            oa, ob = (m(input_values=wav, mask_time_indices=mask) for m in (a, b))
+            mix = {
+                k: torch.logaddexp(oa[k].log_softmax(-1), ob[k].log_softmax(-1)) - half
+                for k in ("top", "cnn")
+            }
+            out.append(
+                {"input_values": wav, "mask_time_indices": mask}
+                | {f"target_{k}": v for k, v in mix.items()}
+            )
+    return out
+
+
+def distill_loss(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """:func:`objective` with the parents' distributions (:func:`with_targets`) in place of
+    the units: KL(parents' mixture || merged) at masked frames + the unmasked frames' and
+    the conv head's, weighted by :data:`TERM_WEIGHTS`. Label-free."""
+    mask = batch["mask_time_indices"]
+    out = model(input_values=batch["input_values"], mask_time_indices=mask)
+
+    def kl(key: str) -> torch.Tensor:
+        t = batch[f"target_{key}"]
+        return (t.exp() * (t - out[key].log_softmax(-1))).sum(-1)
+
+    top = kl("top")
+    loss = top[mask].mean() + TERM_WEIGHTS["unmasked"] * top[~mask].mean()
+    return loss + TERM_WEIGHTS["cnn"] * kl("cnn").mean()
+
+
 # ------------------------------------------------------------------------------------ data
 def manifest() -> dict:
     path = DATA / "manifest.json"

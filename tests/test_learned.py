@@ -157,6 +157,19 @@ def test_never_worse_than_the_start_on_held_out_data_and_deterministic():
     assert r1.heldout_after == r2.heldout_after
 
 
+def test_the_progress_bar_shows_the_held_out_objective_from_the_start_and_the_best(capsys):
+    a, b = load_model("builtin:bert-tiny"), load_model("builtin:bert-tiny", seed=1)
+    start = align(a, b, "weights")
+    settings = Learn(steps=4, lr=0.5, eval_every=2, seed=4)
+    _, report = learn_alignment(
+        start.analysis, [a, b], start.perm, _token_batches(), settings, weight_a=0.5, progress=True
+    )
+    err = capsys.readouterr().err
+    assert "learning the alignment" in err
+    assert f"heldout={report.heldout_before:.4g}" in err  # before the first evaluation
+    assert f"best={report.heldout_after:.4g} (step {report.best_step})" in err
+
+
 def test_references_too_large_to_keep_are_run_again_with_the_same_result(monkeypatch):
     """Past REFERENCE_BYTES the parents' outputs are computed again at every step and
     evaluation instead of kept (HuBERT base's sites on 128 clips would take ~19 GB): the

@@ -279,6 +279,7 @@ def learn_alignment(
         from tqdm.auto import tqdm
 
         bar = tqdm(total=steps, desc="learning the alignment", unit="step")
+        bar.set_postfix(heldout=f"{held_before:.4g}")  # the start's, until the first evaluation
     t_steps = time.perf_counter()
     step = skipped = 0
     while step < steps:
@@ -314,7 +315,11 @@ def learn_alignment(
             if score < best[0]:
                 best = (score, step, hard)
             if bar is not None:
-                bar.set_postfix(train=f"{loss.detach().item():.4g}", heldout=f"{score:.4g}")
+                bar.set_postfix(
+                    train=f"{loss.detach().item():.4g}",
+                    heldout=f"{score:.4g}",
+                    best=f"{best[0]:.4g} (step {best[1]})",
+                )
         if bar is not None:
             bar.update(1)
     if bar is not None:

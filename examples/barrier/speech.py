@@ -118,9 +118,12 @@ def objective(
 ) -> torch.Tensor:
     """table1's speech objective: CE at masked frames + 0.5 CE at unmasked frames (last layer)
     + 0.5 CE at every frame (conv front-end)."""
-    t = terms(out, units, mask)
-    loss = t["masked"] + TERM_WEIGHTS["unmasked"] * t["unmasked"]
-    return loss + TERM_WEIGHTS["cnn"] * t["cnn"]
+    return weighted(terms(out, units, mask))
+
+
+def weighted(t: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The three terms' sum, each weighted by :data:`TERM_WEIGHTS`."""
+    return sum(TERM_WEIGHTS[k] * t[k] for k in TERM_WEIGHTS)
 
 
 def own_loss(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -168,8 +171,9 @@ def distill_loss(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return (t.exp() * (t - out[key].log_softmax(-1))).sum(-1)
 
     top = kl("top")
-    loss = top[mask].mean() + TERM_WEIGHTS["unmasked"] * top[~mask].mean()
-    return loss + TERM_WEIGHTS["cnn"] * kl("cnn").mean()
+    return weighted(
+        {"masked": top[mask].mean(), "unmasked": top[~mask].mean(), "cnn": kl("cnn").mean()}
+    )
 
 
 # ------------------------------------------------------------------------------------ data

@@ -49,6 +49,12 @@ class Permutation:
         dtype = torch.float64 if perm.is_floating_point() else torch.long
         self.perms.setdefault(group, {})[part] = perm.to(dtype)
 
+    def to(self, device: torch.device | str) -> Permutation:
+        """A copy with every tensor on ``device`` (learned alignment on a GPU)."""
+        return Permutation(
+            {g: {p: t.to(device) for p, t in parts.items()} for g, parts in self.perms.items()}
+        )
+
     @property
     def rotated(self) -> set[tuple[str, str]]:
         """The ``(group, part)`` entries that hold orthogonal matrices."""

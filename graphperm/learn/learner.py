@@ -29,6 +29,8 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import itertools
 import logging
 import math
 import random
@@ -85,6 +87,7 @@ class LearnReport:
     seconds: float = 0.0
     seconds_per_step: float = 0.0
     peak_rss_mb: float | None = None
+    peak_gpu_mb: float | None = None  # learning on a GPU: the most its memory held
     # with learn.budget: the floating-point operations (matrix products and convolutions,
     # counted by torch's FlopCounterMode) allowed, spent, and those of one step
     flops_allowed: float | None = None
@@ -107,6 +110,7 @@ def learn_alignment(
     progress: bool = False,
     plan: Plan | None = None,
     calibration_items: int = 0,
+    device: str | torch.device = "cpu",
 ) -> tuple[Permutation, LearnReport]:
     """Optimise ``start`` (model B's transforms into A's basis) for the merged model.
 
@@ -118,7 +122,43 @@ def learn_alignment(
     both models), learning's floating-point operations (references, evaluations, steps with
     their transforms and backward passes, all counted as they run) are capped at ``budget``
     times the calibration's forwards; the steps beyond are not run.
+    On ``device`` (``"cuda"``: a GPU) the weights, batches, references and transforms live
+    there for the whole optimisation (A's module is moved there and back); linear
+    assignments are solved on the CPU, and the transforms come back on the CPU.
     """
+    dev = torch.device(device)
+    with _placed(models[0].module, dev):
+        perm, report = _learn(
+            analysis,
+            models,
+            start.to(dev),
+            [_to_device(b, dev) for b in batches],
+            settings,
+            weight_a=weight_a,
+            loss_fn=loss_fn,
+            progress=progress,
+            plan=plan,
+            calibration_items=calibration_items,
+            device=dev,
+        )
+    return perm.to("cpu"), report
+
+
+def _learn(
+    analysis: Analysis,
+    models: Sequence[LoadedModel],
+    start: Permutation,
+    batches: Sequence,
+    settings: Learn,
+    *,
+    weight_a: float,
+    loss_fn: LossFn | None,
+    progress: bool,
+    plan: Plan | None,
+    calibration_items: int,
+    device: torch.device,
+) -> tuple[Permutation, LearnReport]:
+    """:func:`learn_alignment` with everything on ``device`` already."""
     if len(models) != 2:
         raise PolicyError("learned alignment brings one model into A's basis at a time")
     if len(batches) < 2:
@@ -127,13 +167,16 @@ def learn_alignment(
             "raise learn.items or pass more data"
         )
     t0 = time.perf_counter()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     gen = random.Random(settings.seed)
     torch.manual_seed(settings.seed)
     indexer = Indexer(analysis)
     coupling = analysis.coupling
     module = models[0].module
-    state_a = {k: v.detach() for k, v in models[0].state_dict().items()}
-    state_b = {k: v.detach() for k, v in models[1].state_dict().items()}
+    state_b_cpu = {k: v.detach() for k, v in models[1].state_dict().items()}  # weight matching
+    state_a = {k: v.detach().to(device) for k, v in models[0].state_dict().items()}
+    state_b = {k: v.to(device) for k, v in state_b_cpu.items()}
     moving = {
         name: coupling.classes(key)
         for key, name in coupling.state.items()
@@ -270,9 +313,9 @@ def learn_alignment(
 
     def matched() -> Permutation:
         """B's transforms that bring it closest to the proxy weights (weight matching)."""
-        proxy_state = {**state_b, **{n: v.detach() for n, v in proxy.items()}}
-        problem = Problem(analysis, plan, 1, states=[proxy_state, state_b])
-        return _keep_frozen(weight_matching(problem), start, frozen)
+        proxy_state = {**state_b_cpu, **{n: v.detach().cpu() for n, v in proxy.items()}}
+        problem = Problem(analysis, plan, 1, states=[proxy_state, state_b_cpu])
+        return _keep_frozen(weight_matching(problem), start, frozen).to(device)
 
     bar = None
     if progress:
@@ -344,6 +387,9 @@ def learn_alignment(
         seconds=time.perf_counter() - t0,
         seconds_per_step=per_step,
         peak_rss_mb=_peak_rss_mb(),
+        peak_gpu_mb=(
+            torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+        ),
         **budget.report(),
     )
     log.info(
@@ -445,6 +491,37 @@ def _items(batch) -> int:
     return 1 if first is None or first.ndim == 0 else int(first.shape[0])
 
 
+@contextlib.contextmanager
+def _placed(module: torch.nn.Module, device: torch.device):
+    """``module`` on ``device`` inside (its buffers outside the state dict, such as position
+    ids, must be where the weights are), back where it was afterwards."""
+    first = next(itertools.chain(module.parameters(), module.buffers()), None)
+    home = first.device if first is not None else device
+    if home == device:
+        yield
+        return
+    module.to(device)
+    try:
+        yield
+    finally:
+        module.to(home)
+
+
+def _to_device(batch: object, device: torch.device) -> object:
+    """A batch (a dict of model inputs, or a :class:`~graphperm.inputs.ModelBatch`) with its
+    tensors on ``device``."""
+    if device.type == "cpu":
+        return batch
+    if dataclasses.is_dataclass(batch):
+        moved = {
+            f.name: _to_device(getattr(batch, f.name), device) for f in dataclasses.fields(batch)
+        }
+        return dataclasses.replace(batch, **moved)
+    if isinstance(batch, dict):
+        return {k: _to_device(v, device) for k, v in batch.items()}
+    return batch.to(device) if isinstance(batch, torch.Tensor) else batch
+
+
 def _inputs(batch: dict) -> dict:
     """Model inputs of a batch (a :class:`~graphperm.inputs.ModelBatch` or a dict)."""
     return dict(getattr(batch, "inputs", batch))
@@ -484,7 +561,7 @@ def _distance(
     """Mean squared distance of the merged model's floating outputs from the parents' outputs
     interpolated in A's basis, each relative to that target's mean square."""
     known = indexer.analysis.coupling.tensors
-    total = torch.zeros((), dtype=torch.float64)
+    total = torch.zeros((), dtype=torch.float64, device=got[0].device if got else None)
     count = 0
     for name, g, a, b in zip(names, got, ref_a, ref_b):
         if not g.is_floating_point():

@@ -55,6 +55,7 @@ class LearnedAlignment(AlignmentMethod):
             progress=ctx.progress,
             plan=problem.plan,
             calibration_items=problem.stats.items if problem.stats else 0,
+            device=ctx.device,
         )
         rows = []
         for r in first.reports:

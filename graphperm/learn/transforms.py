@@ -39,14 +39,15 @@ def as_matrix(p: torch.Tensor) -> torch.Tensor:
     """
     n = p.shape[-1]
     rows = p.reshape(-1, n)
-    out = torch.zeros(rows.shape[0], n, n, dtype=torch.float64)
-    cols = torch.arange(n).expand_as(rows)
-    out[torch.arange(rows.shape[0])[:, None], rows, cols] = 1.0
+    out = torch.zeros(rows.shape[0], n, n, dtype=torch.float64, device=p.device)
+    cols = torch.arange(n, device=p.device).expand_as(rows)
+    out[torch.arange(rows.shape[0], device=p.device)[:, None], rows, cols] = 1.0
     return out.reshape(*p.shape, n)
 
 
 def _assign(w: torch.Tensor) -> torch.Tensor:
-    """Index permutation ``p`` maximising ``Σ_j w[p[j], j]``, per block."""
+    """Index permutation ``p`` maximising ``Σ_j w[p[j], j]``, per block (solved on the CPU,
+    returned on ``w``'s device)."""
     n = w.shape[-1]
     blocks = w.detach().reshape(-1, n, n).cpu().numpy()
     rows = []
@@ -55,7 +56,7 @@ def _assign(w: torch.Tensor) -> torch.Tensor:
         p = np.empty(n, dtype=np.int64)
         p[c] = r
         rows.append(torch.from_numpy(p))
-    return torch.stack(rows).reshape(w.shape[:-1])
+    return torch.stack(rows).reshape(w.shape[:-1]).to(w.device)
 
 
 def _orthogonal(r: torch.Tensor, name: str) -> torch.Tensor:
@@ -104,9 +105,11 @@ class LearnedTransforms(torch.nn.Module):
                 keep = keeps_ones.get((g, p), False) and n > 1
                 m = n - 1 if keep else n
                 if keep:
-                    self._bases[(g, p)] = ones_basis(n)
+                    self._bases[(g, p)] = ones_basis(n).to(t.device)
                 self._kind[(g, p)] = ("orth", len(self.angles))
-                self.angles.append(torch.nn.Parameter(torch.zeros(*t.shape[:-2], m, m)))
+                self.angles.append(
+                    torch.nn.Parameter(torch.zeros(*t.shape[:-2], m, m, device=t.device))
+                )
             else:
                 self._kind[(g, p)] = ("perm", len(self.scores))
                 self.scores.append(torch.nn.Parameter(as_matrix(t).float()))
@@ -118,7 +121,7 @@ class LearnedTransforms(torch.nn.Module):
         if key in self._bases:
             u = self._bases[key]
             n = u.shape[0]
-            q = torch.full((n, n), 1.0 / n, dtype=torch.float64) + u @ q @ u.T
+            q = torch.full((n, n), 1.0 / n, dtype=torch.float64, device=u.device) + u @ q @ u.T
         return self.start.get(*key) @ q
 
     def both(self) -> tuple[Permutation, Permutation]:

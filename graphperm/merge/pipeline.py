@@ -55,7 +55,7 @@ from graphperm.merge.combine import combine
 from graphperm.merge.quality import weight_agreement
 from graphperm.merge.results import Alignment, MergeResult
 from graphperm.policy import Plan, Policy, load_policy, resolve
-from graphperm.runtime import release_memory
+from graphperm.runtime import release_memory, resolve_device
 from graphperm.solve import (
     Problem,
     RunContext,
@@ -232,7 +232,7 @@ def align_models(
             )
         batches = learning_batches(adapter, calib, wanted, policy.calibration.batch_size)
     if "models" in method.needs:
-        context = RunContext(list(models), batches, loss_fn, progress)
+        context = RunContext(list(models), batches, loss_fn, progress, resolve_device(device))
     alignment = finish_alignment(
         analysis, plan, stats, calibration, timings, sources, states=states, context=context
     )

@@ -46,12 +46,13 @@ __all__ = [
 class RunContext:
     """What a method that runs the models needs (``needs`` holds ``"models"``): the loaded
     models (A first), calibration batches of model inputs kept in memory, and optionally a
-    user's loss ``loss_fn(model, batch)``."""
+    user's loss ``loss_fn(model, batch)``; ``device``: where they run (``cpu``, ``cuda``)."""
 
     models: list = field(default_factory=list)
     batches: list = field(default_factory=list)
     loss_fn: object | None = None
     progress: bool = False
+    device: str = "cpu"
 
 
 @dataclass

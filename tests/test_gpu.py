@@ -74,7 +74,7 @@ def test_learned_merge_on_cuda_gives_back_a_from_an_exact_start(tmp_path: Path) 
     policy = {
         "align": [{"transform": "orth"}],
         "method": "learned",
-        "learn": {"steps": 4, "items": 8, "eval_every": 2, "lr": 0.1},
+        "learn": {"steps": 4, "items": 8, "eval_every": 2, "lr": 0.1, "objective": "sites"},
         "weight_a": 0.5,
         "calibration": {"batch_size": 2},
     }

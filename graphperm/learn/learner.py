@@ -209,7 +209,7 @@ def _learn(
         if plan is None:
             raise PolicyError("learn.objective 'sites' needs the plan (where the sites are)")
         sites = sorted({s.key for s in plan.sites()} - set(names))
-        runner = SiteRunner(analysis.traced.program, [*names, *sites])
+        runner = SiteRunner(analysis.traced.program, [*names, *sites], device=device)
         wanted = set(runner.input_names)
         lacking = sorted(wanted - set(_inputs(batches[0])))
         if lacking:

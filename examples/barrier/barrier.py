@@ -306,6 +306,7 @@ def _learned(
                 weight_a=0.5,
                 loss_fn=loss_fn,
                 plan=alignment.plan,
+                progress=True,
             )
             alignment.perms[0] = perm
             info["learn"] = report.to_dict()
@@ -703,6 +704,22 @@ METHODS: dict[str, Callable[[LoadedModel, LoadedModel, Calib], Merger]] = {
         settings={**LEARN, "steps": 16000, "eval_every": 400, "schedule": "cosine"},
         n_batches=1024,
     ),
+    "learned-orth-labels-32000-cosine": _learned(
+        ORTH_ALL_RULES,
+        "every exact rotation, hybrid, learned on the model's own loss, 65,536 items, 32,000 "
+        "steps at lr 0.02, cosine",
+        labels=True,
+        settings={**LEARN, "steps": 32000, "eval_every": 800, "schedule": "cosine"},
+        n_batches=2048,
+    ),
+    "learned-orth-labels-48000-cosine": _learned(
+        ORTH_ALL_RULES,
+        "every exact rotation, hybrid, learned on the model's own loss, 98,304 items, 48,000 "
+        "steps at lr 0.02, cosine",
+        labels=True,
+        settings={**LEARN, "steps": 48000, "eval_every": 1200, "schedule": "cosine"},
+        n_batches=3072,
+    ),
     "learned-labels": _learned(
         ALL_RULES, "hybrid, then learned on the model's own loss", labels=True
     ),
@@ -730,6 +747,8 @@ LABELLED = {
     "learned-orth-labels-2400-cosine",
     "learned-orth-labels-8000-cosine",
     "learned-orth-labels-16000-cosine",
+    "learned-orth-labels-32000-cosine",
+    "learned-orth-labels-48000-cosine",
 }
 
 

@@ -2,7 +2,7 @@
 random-init HuBERT-base models (issue 21's time target: at most 3x).
 
     python examples/benchmarks/learned_time.py [--clips 128] [--policy specs/learned.yaml]
-        [--budget 2.0]
+        [--budget 2.0] [--device cuda]
 
 Both merges run here, one after the other, through the CLI (`--random-init`: HuBERT base's
 configuration, A with seed 0 and B with seed 1), on `--clips` clips of 4 s of the shared speech
@@ -11,7 +11,8 @@ runs used ``--calib $PEER_HOME/calib/N128/clips``, the paper job's 128 clips). W
 results-learned-time.json next to this file (or ``--out``).
 ``--budget B`` sets the policy's ``learn.budget`` (learning capped at B times the calibration's
 forward passes, in floating-point operations counted as learning runs: each step with its
-transforms of B's weights and its backward pass).
+transforms of B's weights and its backward pass). ``--device`` is the CLI's (statistics and
+learning on a GPU when there is one).
 """
 
 from __future__ import annotations
@@ -35,6 +36,9 @@ def main() -> None:
     parser.add_argument("--calib", default="/work/shared/data/audio/speech")
     parser.add_argument("--out", type=Path, default=HERE / "results-learned-time.json")
     parser.add_argument("--budget", type=float, help="learn.budget (default: the policy's)")
+    parser.add_argument(
+        "--device", default="auto", choices=["auto", "cpu", "cuda"], help="where both merges run"
+    )
     args = parser.parse_args()
     from transformers import HubertConfig
 
@@ -51,6 +55,7 @@ def main() -> None:
         HubertConfig().save_pretrained(model)
         common = [str(model), str(model), "--random-init", "--seed-b", "1"]
         common += ["--calib", args.calib, "--num-clips", str(args.clips), "--force", "-q"]
+        common += ["--device", args.device]
         runs = {}
         for name, extra in [
             ("activations", ["--policy", args.policy, "--method", "activations"]),
@@ -69,6 +74,7 @@ def main() -> None:
         "clips": args.clips,
         "policy": source,
         "budget": args.budget,
+        "device": args.device,
         "runs": runs,
         "ratio": round(ratio, 2),
     }

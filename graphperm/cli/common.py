@@ -208,7 +208,8 @@ def add_merge_args(
         "--device",
         default="auto",
         choices=["auto", "cpu", "cuda"],
-        help="where the forwards and statistics run (auto: a GPU if there is one)",
+        help="where the forwards, statistics and learned alignment run (auto: a GPU if there "
+        "is one)",
     )
     p.add_argument("--num-clips", type=int, metavar="N", help="override calibration.num_clips")
     p.add_argument(

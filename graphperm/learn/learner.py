@@ -174,7 +174,7 @@ def _learn(
     indexer = Indexer(analysis)
     coupling = analysis.coupling
     module = models[0].module
-    state_b_cpu = {k: v.detach() for k, v in models[1].state_dict().items()}  # weight matching
+    state_b_cpu = {k: v.detach().cpu() for k, v in models[1].state_dict().items()}  # matching
     state_a = {k: v.detach().to(device) for k, v in models[0].state_dict().items()}
     state_b = {k: v.to(device) for k, v in state_b_cpu.items()}
     moving = {
